@@ -1,0 +1,193 @@
+package forensic
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/sys/unix"
+)
+
+// PruneOptions say what to remove. Negative RetentionDays or MaxRotated mean
+// "no limit of that kind".
+type PruneOptions struct {
+	Signer        note.Signer
+	Verifier      note.Verifier
+	MACKey        []byte
+	RetentionDays int
+	MaxRotated    int
+	ArchiveDir    string // move instead of delete
+	Reason        string
+	Now           time.Time
+}
+
+// PruneReport is Prune's verdict.
+type PruneReport struct {
+	OK       bool     `json:"ok"`
+	Refused  string   `json:"refused,omitempty"`
+	Removed  []string `json:"removed"`
+	Archived string   `json:"archived_to,omitempty"`
+	PruneSeq *uint64  `json:"prune_seq,omitempty"`
+	Before   *Report  `json:"before"`
+	After    *Report  `json:"after,omitempty"`
+}
+
+// Prune removes (or archives) the oldest rotated segments that fall outside
+// the retention policy. It refuses a trail that does not verify, authorises
+// the removal with a signed prune record first, never touches the active
+// segment, and verifies again afterwards.
+func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
+	if opts.Signer == nil || opts.Verifier == nil {
+		return nil, errors.New("pruning needs the signing key and the verification key")
+	}
+	if opts.Now.IsZero() {
+		opts.Now = time.Now()
+	}
+	vopts := VerifyOptions{Verifier: opts.Verifier, MACKey: opts.MACKey}
+	before, err := Verify(dir, vopts)
+	if err != nil {
+		return nil, err
+	}
+	rep := &PruneReport{Before: before, Removed: []string{}}
+	if !before.OK {
+		rep.Refused = "the trail does not verify; nothing was removed: " + before.Problem.String()
+		return rep, nil
+	}
+	segs, _, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	rotated := segs[:len(segs)-1] // the newest segment is never removed
+	n := 0
+	if opts.RetentionDays >= 0 {
+		cutoff := opts.Now.Add(-time.Duration(opts.RetentionDays) * 24 * time.Hour)
+		for n < len(rotated) {
+			end, err := lastTimestamp(rotated[n].path)
+			if err != nil || !end.Before(cutoff) {
+				break
+			}
+			n++
+		}
+	}
+	if opts.MaxRotated >= 0 && len(rotated) > opts.MaxRotated {
+		n = max(n, len(rotated)-opts.MaxRotated)
+	}
+	if n == 0 {
+		rep.OK, rep.After = true, before
+		return rep, nil
+	}
+	keep := segs[n]
+	for _, s := range segs[:n] {
+		rep.Removed = append(rep.Removed, s.name)
+	}
+	reason := opts.Reason
+	if reason == "" {
+		reason = fmt.Sprintf("retention: days=%d max_rotated=%d", opts.RetentionDays, opts.MaxRotated)
+	}
+	l, err := Open(dir, Options{Signer: opts.Signer, MACKey: opts.MACKey, TickInterval: -1})
+	if err != nil {
+		return nil, fmt.Errorf("opening the trail to record the prune: %w", err)
+	}
+	seq, err := l.appendPrune(PruneBody{BeforeSegment: keep.index, BeforeSeq: keep.head.Size, Reason: reason, Files: rep.Removed})
+	if cerr := l.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("writing the prune record: %w", err)
+	}
+	rep.PruneSeq = &seq
+	if opts.ArchiveDir != "" {
+		if err := os.MkdirAll(opts.ArchiveDir, 0o700); err != nil {
+			return nil, err
+		}
+		rep.Archived = opts.ArchiveDir
+	}
+	for _, s := range segs[:n] {
+		clearAppendOnly(s.path)
+		if opts.ArchiveDir != "" {
+			err = archive(s.path, filepath.Join(opts.ArchiveDir, s.name))
+		} else {
+			err = os.Remove(s.path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("removing %s: %w", s.name, err)
+		}
+	}
+	after, err := Verify(dir, vopts)
+	if err != nil {
+		return nil, err
+	}
+	rep.After, rep.OK = after, after.OK
+	return rep, nil
+}
+
+// lastTimestamp is the ts of a segment's last complete record.
+func lastTimestamp(path string) (time.Time, error) {
+	lines, err := os.ReadFile(path)
+	if err != nil {
+		return time.Time{}, err
+	}
+	end := len(lines)
+	for end > 0 && lines[end-1] == '\n' {
+		end--
+	}
+	start := end
+	for start > 0 && lines[start-1] != '\n' {
+		start--
+	}
+	var p parsed
+	if err := parseLine(lines[start:end], &p); err != nil {
+		return time.Time{}, err
+	}
+	return time.Parse(time.RFC3339Nano, string(p.ts))
+}
+
+func clearAppendOnly(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS); err == nil && flags&fsAppendFL != 0 {
+		unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags&^fsAppendFL))
+	}
+}
+
+// archive moves src to dst without ever replacing an existing archive.
+func archive(src, dst string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("archive %s already exists", dst)
+	}
+	if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Remove(src)
+}

@@ -1,0 +1,228 @@
+package forensic
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"time"
+)
+
+// Record kinds. Only KindEvent is written by callers; the others are the
+// trail's own structure.
+const (
+	KindSegment = "segment" // first record of every segment
+	KindEvent   = "event"   // a caller's record
+	KindTick    = "tick"    // idle heartbeat, so silence is itself evidence
+	KindClose   = "close"   // last record of a cleanly closed segment
+	KindPrune   = "prune"   // authorises removal of older segments
+)
+
+// Version is the record format version written in every line's "v" field.
+const Version = 1
+
+// MaxLine caps a record line; longer lines are rejected by writer and parsers.
+const MaxLine = 1 << 20
+
+// MACAlgHMACSHA256 is the only MAC algorithm; MACAlgNone declares no MAC.
+const (
+	MACAlgHMACSHA256 = "hmac-sha256"
+	MACAlgNone       = "none"
+)
+
+// Record is one line of the trail. It is encoded with one json.Marshal; the
+// field order is the wire order and mac, when present, is always last.
+type Record struct {
+	V    int             `json:"v"`
+	Seq  uint64          `json:"seq"`
+	TS   string          `json:"ts"`
+	Kind string          `json:"kind"`
+	Prev []byte          `json:"prev"`
+	Body json.RawMessage `json:"body"`
+	MAC  []byte          `json:"mac,omitempty"`
+}
+
+// SegmentBody is the body of the record that opens every segment.
+type SegmentBody struct {
+	Origin   string   `json:"origin"`
+	Segment  uint64   `json:"segment"`
+	PrevFile string   `json:"prev_file,omitempty"`
+	Size     uint64   `json:"size"`     // records before this one (== its seq)
+	Frontier [][]byte `json:"frontier"` // compact range [0,size)
+	MACAlg   string   `json:"mac_alg"`
+	Torn     *Torn    `json:"torn,omitempty"` // set when the previous segment ended uncleanly
+}
+
+// Torn declares how the previous segment ended when it was not closed: the
+// length of its valid prefix and the exact bytes after it (by length and hash).
+type Torn struct {
+	File       string `json:"file"`
+	ValidLen   int64  `json:"valid_len"`
+	TornLen    int64  `json:"torn_len"`
+	TornSHA256 []byte `json:"torn_sha256"`
+}
+
+// CloseBody is the body of the record that ends a cleanly closed segment.
+type CloseBody struct {
+	Segment uint64 `json:"segment"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// PruneBody authorises the removal of every segment below BeforeSegment
+// (records below BeforeSeq).
+type PruneBody struct {
+	BeforeSegment uint64   `json:"before_segment"`
+	BeforeSeq     uint64   `json:"before_seq"`
+	Reason        string   `json:"reason"`
+	Files         []string `json:"files,omitempty"`
+}
+
+// TickBody is the body of an idle heartbeat.
+type TickBody struct {
+	Reason string `json:"reason"`
+}
+
+var (
+	linePrefix = []byte(`{"v":1,"seq":`)
+	macKey     = []byte(`,"mac":"`)
+)
+
+const macB64Len = 44 // base64 of 32 bytes
+
+// encodeLine marshals r (whose MAC must be nil) and, if mac is non-nil, appends
+// the MAC computed over the line without it. The result has no newline.
+func encodeLine(r *Record, mac hash.Hash) ([]byte, error) {
+	line, err := json.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	if mac == nil {
+		return line, nil
+	}
+	mac.Reset()
+	mac.Write(line)
+	sum := mac.Sum(nil)
+	out := make([]byte, 0, len(line)+len(macKey)+macB64Len+2)
+	out = append(out, line[:len(line)-1]...)
+	out = append(out, macKey...)
+	out = base64.StdEncoding.AppendEncode(out, sum)
+	out = append(out, '"', '}')
+	return out, nil
+}
+
+// parsed is a record line split into its fields without re-serialising.
+type parsed struct {
+	seq      uint64
+	ts       []byte
+	kind     []byte
+	prev     [32]byte
+	body     []byte
+	mac      []byte // decoded, nil if absent
+	macStart int    // offset of `,"mac":"` when present
+}
+
+var errLineShape = errors.New("not a kvh record line")
+
+// parseLine strictly parses a record line in exactly the shape encodeLine
+// writes. It never panics and allocates only for the MAC.
+func parseLine(line []byte, p *parsed) error {
+	if len(line) > MaxLine {
+		return fmt.Errorf("record line of %d bytes exceeds %d", len(line), MaxLine)
+	}
+	if !bytes.HasPrefix(line, linePrefix) {
+		if bytes.HasPrefix(line, []byte(`{"v":`)) {
+			return errors.New("unsupported record version")
+		}
+		return errLineShape
+	}
+	rest := line[len(linePrefix):]
+	i := 0
+	for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+		i++
+	}
+	if i == 0 || i > 20 || (i > 1 && rest[0] == '0') {
+		return errors.New("bad seq")
+	}
+	seq, err := strconv.ParseUint(string(rest[:i]), 10, 64)
+	if err != nil {
+		return errors.New("bad seq")
+	}
+	p.seq = seq
+	rest = rest[i:]
+	var ok bool
+	if p.ts, rest, ok = quoted(rest, `,"ts":"`); !ok {
+		return errors.New("bad ts field")
+	}
+	if p.kind, rest, ok = quoted(rest, `,"kind":"`); !ok {
+		return errors.New("bad kind field")
+	}
+	var prev []byte
+	if prev, rest, ok = quoted(rest, `,"prev":"`); !ok || len(prev) != macB64Len {
+		return errors.New("bad prev field")
+	}
+	if n, err := base64.StdEncoding.Decode(p.prev[:], prev); err != nil || n != 32 {
+		return errors.New("bad prev field")
+	}
+	const bodyKey = `,"body":`
+	if !bytes.HasPrefix(rest, []byte(bodyKey)) {
+		return errors.New("missing body")
+	}
+	rest = rest[len(bodyKey):]
+	// rest is now BODY [,"mac":"…"] }. Bodies are objects, so a MAC'd line ends
+	// in `"}` and a plain one in `}}`: the two cannot be confused.
+	p.mac = nil
+	p.macStart = -1
+	n := len(rest)
+	if n >= 2 && rest[n-1] == '}' && rest[n-2] == '"' {
+		m := n - 2 - macB64Len - len(macKey)
+		if m < 1 || !bytes.Equal(rest[m:m+len(macKey)], macKey) {
+			return errors.New("bad mac field")
+		}
+		mac := make([]byte, 32)
+		if k, err := base64.StdEncoding.Decode(mac, rest[m+len(macKey):n-2]); err != nil || k != 32 {
+			return errors.New("bad mac field")
+		}
+		p.mac = mac
+		p.macStart = len(line) - n + m
+		p.body = rest[:m]
+	} else if n >= 2 && rest[n-1] == '}' {
+		p.body = rest[:n-1]
+	} else {
+		return errors.New("record not terminated")
+	}
+	if len(p.body) < 2 || p.body[0] != '{' || !json.Valid(p.body) {
+		return errors.New("body is not a JSON object")
+	}
+	if _, err := time.Parse(time.RFC3339Nano, string(p.ts)); err != nil {
+		return errors.New("bad ts field")
+	}
+	return nil
+}
+
+// quoted expects key then a string without escapes, returning its contents.
+func quoted(b []byte, key string) (val, rest []byte, ok bool) {
+	if !bytes.HasPrefix(b, []byte(key)) {
+		return nil, nil, false
+	}
+	b = b[len(key):]
+	j := bytes.IndexByte(b, '"')
+	if j < 0 || bytes.IndexByte(b[:j], '\\') >= 0 {
+		return nil, nil, false
+	}
+	return b[:j], b[j+1:], true
+}
+
+// checkMAC reports whether the line's MAC is the HMAC of the line without it.
+func checkMAC(line []byte, p *parsed, mac hash.Hash) bool {
+	mac.Reset()
+	mac.Write(line[:p.macStart])
+	mac.Write([]byte{'}'})
+	var sum [32]byte
+	return hmac.Equal(mac.Sum(sum[:0]), p.mac)
+}
+
+func tsNow() string { return time.Now().UTC().Format(time.RFC3339Nano) }

@@ -1,0 +1,549 @@
+package forensic
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/transparency-dev/formats/log"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// VerifyOptions say what an auditor trusts.
+type VerifyOptions struct {
+	// Verifier is the trail's public key. Nil is refused unless NoSignatures.
+	Verifier note.Verifier
+	// NoSignatures skips checkpoint signatures; the report says so loudly.
+	NoSignatures bool
+	// MACKey checks every record's MAC when the trail declares one.
+	MACKey []byte
+	// Origin, when set, pins the log's origin.
+	Origin string
+	// External holds signed checkpoints kept off the node; the trail must
+	// still contain everything each attests.
+	External [][]byte
+	// Progress, when set, is called with bytes read so far and bytes in all.
+	Progress func(done, total int64)
+}
+
+// Problem names the first thing that failed verification.
+type Problem struct {
+	Segment string  `json:"segment,omitempty"`
+	Line    int     `json:"line,omitempty"`
+	Seq     *uint64 `json:"seq,omitempty"`
+	Reason  string  `json:"reason"`
+}
+
+func (p *Problem) String() string {
+	var b strings.Builder
+	if p.Segment != "" {
+		b.WriteString(p.Segment)
+		if p.Line > 0 {
+			fmt.Fprintf(&b, " line %d", p.Line)
+		}
+		b.WriteString(": ")
+	}
+	if p.Seq != nil {
+		fmt.Fprintf(&b, "seq %d: ", *p.Seq)
+	}
+	b.WriteString(p.Reason)
+	return b.String()
+}
+
+// Report is Verify's verdict.
+type Report struct {
+	OK                  bool        `json:"ok"`
+	Origin              string      `json:"origin"`
+	Records             uint64      `json:"records"`
+	FirstSeq            uint64      `json:"first_seq"`
+	Segments            int         `json:"segments"`
+	Bytes               int64       `json:"bytes"`
+	Checkpoints         int         `json:"checkpoints_matched"`
+	CheckpointsPruned   int         `json:"checkpoints_before_prune"`
+	LatestCheckpoint    uint64      `json:"latest_checkpoint_size"`
+	ExternalCheckpoints int         `json:"external_checkpoints_matched"`
+	Unsealed            uint64      `json:"unsealed_records"`
+	Signatures          string      `json:"signatures"`
+	MAC                 string      `json:"mac"`
+	Open                bool        `json:"last_segment_open"`
+	Prunes              []PruneBody `json:"prunes,omitempty"`
+	Warnings            []string    `json:"warnings,omitempty"`
+	Problem             *Problem    `json:"problem,omitempty"`
+}
+
+type verifier struct {
+	opts   VerifyOptions
+	rep    *Report
+	roots  map[uint64][]byte // size -> root from local checkpoints
+	ext    map[uint64][]byte // size -> root from external checkpoints
+	c      *chain
+	prunes []prunedAt
+	// why the last segment's walk stopped early, for a torn tail that the next
+	// segment fails to declare
+	tornLine   int
+	tornReason string
+	done       int64
+	total      int64
+}
+
+type prunedAt struct {
+	seq  uint64
+	body PruneBody
+}
+
+type verifyErr struct{ p Problem }
+
+func (e *verifyErr) Error() string { return e.p.String() }
+
+func fail(seg string, line int, seq *uint64, format string, args ...any) error {
+	return &verifyErr{Problem{Segment: seg, Line: line, Seq: seq, Reason: fmt.Sprintf(format, args...)}}
+}
+
+func seqp(s uint64) *uint64 { return &s }
+
+// Verify checks a trail directory: segments, chain, MACs, signed checkpoints,
+// linkage, torn tails and prune records. A tampered trail is a Report with
+// OK false and Problem set, not an error; the error is for I/O trouble and
+// refused options.
+func Verify(dir string, opts VerifyOptions) (*Report, error) {
+	if opts.Verifier == nil && !opts.NoSignatures {
+		return nil, errors.New("a verification key is required (or explicitly skip signatures)")
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, err
+	}
+	v := &verifier{opts: opts, rep: &Report{}, roots: map[uint64][]byte{}, ext: map[uint64][]byte{}}
+	err := v.run(dir)
+	var ve *verifyErr
+	switch {
+	case errors.As(err, &ve):
+		v.rep.Problem = &ve.p
+	case err != nil:
+		return nil, err
+	default:
+		v.rep.OK = true
+	}
+	return v.rep, nil
+}
+
+func (v *verifier) run(dir string) error {
+	rep := v.rep
+	rep.Signatures = "verified"
+	if v.opts.NoSignatures {
+		rep.Signatures = "NOT CHECKED"
+	}
+	segs, notes, err := listSegments(dir)
+	if err != nil {
+		return err
+	}
+	for _, n := range notes {
+		rep.Warnings = append(rep.Warnings, "ignored "+n)
+	}
+	if len(segs) == 0 {
+		return fail("", 0, nil, "no segments found in %s", dir)
+	}
+	rep.Origin = segs[0].head.Origin
+	if v.opts.Origin != "" && rep.Origin != v.opts.Origin {
+		return fail(segs[0].name, 1, nil, "origin %q, expected %q", rep.Origin, v.opts.Origin)
+	}
+	for i, s := range segs {
+		if s.head.Origin != rep.Origin {
+			return fail(s.name, 1, seqp(s.first.seq), "origin %q differs from %q (segment from another log)", s.head.Origin, rep.Origin)
+		}
+		if i > 0 && segs[i-1].index == s.index {
+			return fail(s.name, 1, nil, "segment %d appears twice (also %s): replayed copy", s.index, segs[i-1].name)
+		}
+		if s.name != segmentName(s.index) {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s holds segment %d (renamed; ordered by its internal index)", s.name, s.index))
+		}
+		if st, err := os.Stat(s.path); err == nil {
+			v.total += st.Size()
+		}
+	}
+	if err := v.loadCheckpoints(dir); err != nil {
+		return err
+	}
+	first := segs[0]
+	rep.FirstSeq = first.head.Size
+	switch first.head.MACAlg {
+	case MACAlgHMACSHA256:
+		rep.MAC = "present on every record, NOT CHECKED (no key given)"
+		if v.opts.MACKey != nil {
+			rep.MAC = "verified"
+		}
+	case MACAlgNone:
+		rep.MAC = "none declared"
+		if v.opts.MACKey != nil {
+			return fail(first.name, 1, seqp(first.first.seq), "a MAC key was given but the trail declares no MAC (stripped?)")
+		}
+	default:
+		return fail(first.name, 1, seqp(first.first.seq), "unknown mac_alg %q", first.head.MACAlg)
+	}
+	if first.index != 0 && first.head.Size == 0 {
+		return fail(first.name, 1, seqp(0), "segment %d claims to start the log", first.index)
+	}
+	if first.index == 0 && (first.head.Size != 0 || first.head.PrevFile != "" || first.head.Torn != nil) {
+		return fail(first.name, 1, seqp(first.first.seq), "genesis segment record is malformed")
+	}
+	c, err := newChain(first.head.Size, first.head.Frontier)
+	if err != nil {
+		return fail(first.name, 1, seqp(first.first.seq), "frontier: %v", err)
+	}
+	c.mac, c.macAlg = newMAC(v.opts.MACKey), first.head.MACAlg
+	if first.index == 0 {
+		c.prev = [32]byte{}
+	} else {
+		c.prev = first.first.prev // the record it chains to was pruned
+	}
+	v.c = c
+	if err := v.matchRoot(first.name, 1); err != nil {
+		return err
+	}
+	var pendingTorn *Torn
+	var pendingName string
+	for i, s := range segs {
+		if i > 0 {
+			prev := segs[i-1]
+			if s.index != prev.index+1 {
+				return fail(s.name, 1, seqp(s.first.seq), "segment(s) %d..%d missing", prev.index+1, s.index-1)
+			}
+		}
+		torn, err := v.segment(s, i == len(segs)-1, pendingTorn, pendingName)
+		if err != nil {
+			return err
+		}
+		pendingTorn, pendingName = torn, s.name
+	}
+	rep.Segments = len(segs)
+	rep.Records = c.size() - rep.FirstSeq
+	// Truncation: anything a signed checkpoint attests must still be here.
+	for size := range v.roots {
+		if size > c.size() {
+			return fail(segs[len(segs)-1].name, 0, seqp(c.size()), "TRUNCATION: a signed checkpoint attests %d records, only %d present", maxKey(v.roots), c.size())
+		}
+	}
+	for size := range v.ext {
+		if size > c.size() {
+			return fail(segs[len(segs)-1].name, 0, seqp(c.size()), "TRUNCATION: the external checkpoint attests %d records, only %d present", maxKey(v.ext), c.size())
+		}
+	}
+	if len(v.opts.External) > 0 && rep.ExternalCheckpoints < len(v.ext) {
+		return fail("", 0, nil, "an external checkpoint predates the first present record and cannot be checked")
+	}
+	latest := maxKey(v.roots)
+	rep.LatestCheckpoint = latest
+	if latest == 0 && !v.opts.NoSignatures {
+		return fail(CheckpointFile, 0, nil, "no signed checkpoint covers the trail")
+	}
+	if c.size() > latest {
+		rep.Unsealed = c.size() - max(latest, rep.FirstSeq)
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%d record(s) after the latest checkpoint are not covered by a signature", rep.Unsealed))
+	}
+	// Pruning: a missing head is fine only if a sealed prune record allows it.
+	if first.index > 0 {
+		authorised := uint64(0)
+		for _, p := range v.prunes {
+			if p.seq < latest && p.body.BeforeSegment > authorised {
+				authorised = p.body.BeforeSegment
+			}
+		}
+		if authorised < first.index {
+			if authorised == 0 {
+				return fail(first.name, 1, seqp(first.first.seq), "segments 0..%d missing and no signed prune record authorises it", first.index-1)
+			}
+			return fail(first.name, 1, seqp(first.first.seq), "segments %d..%d missing: pruned beyond the authorised point (before segment %d)", authorised, first.index-1, authorised)
+		}
+	}
+	return nil
+}
+
+func maxKey(m map[uint64][]byte) uint64 {
+	var k uint64
+	for s := range m {
+		k = max(k, s)
+	}
+	return k
+}
+
+// matchRoot compares the running root against any checkpoint of this size.
+func (v *verifier) matchRoot(seg string, line int) error {
+	size := v.c.size()
+	want, ok := v.roots[size]
+	ext, eok := v.ext[size]
+	if !ok && !eok {
+		return nil
+	}
+	root := v.c.root()
+	if ok {
+		if !bytes.Equal(root, want) {
+			return fail(seg, line, seqp(size-1), "root at size %d does not match the signed checkpoint", size)
+		}
+		v.rep.Checkpoints++
+	}
+	if eok {
+		if !bytes.Equal(root, ext) {
+			return fail(seg, line, seqp(size-1), "root at size %d does not match the external checkpoint (history rewritten)", size)
+		}
+		v.rep.ExternalCheckpoints++
+	}
+	return nil
+}
+
+// segment walks one segment. It returns the torn tail declaration the next
+// segment must carry (nil when the segment closed cleanly).
+func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*Torn, error) {
+	c := v.c
+	h := s.head
+	if s.first.seq != c.size() && prevName != "" {
+		return nil, fail(s.name, 1, seqp(s.first.seq), "seq %d, expected %d (segment does not continue the previous one)", s.first.seq, c.size())
+	}
+	if prevName != "" {
+		if h.MACAlg != c.macAlg {
+			return nil, fail(s.name, 1, seqp(s.first.seq), "mac_alg %q changed from %q", h.MACAlg, c.macAlg)
+		}
+		if !slices.EqualFunc(h.Frontier, c.rng.Hashes(), bytes.Equal) {
+			return nil, fail(s.name, 1, seqp(s.first.seq), "frontier does not match the records before it (replayed or foreign segment)")
+		}
+		switch {
+		case torn == nil && h.Torn != nil:
+			return nil, fail(s.name, 1, seqp(s.first.seq), "declares a torn tail but %s was closed cleanly", prevName)
+		case torn != nil && h.Torn == nil:
+			return nil, fail(prevName, 0, nil, "segment ends without a close record and %s declares no torn tail", s.name)
+		case torn != nil:
+			if h.Torn.ValidLen != torn.ValidLen || h.Torn.TornLen != torn.TornLen || !bytes.Equal(h.Torn.TornSHA256, torn.TornSHA256) {
+				if v.tornReason != "" {
+					return nil, fail(prevName, v.tornLine, nil, "%s (not declared as a torn tail by %s)", v.tornReason, s.name)
+				}
+				return nil, fail(prevName, 0, nil, "%s does not declare exactly this segment's torn tail (%d bytes after offset %d)", s.name, torn.TornLen, torn.ValidLen)
+			}
+			if h.Torn.File != prevName {
+				v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s declares the torn tail of %q, found as %s", s.name, h.Torn.File, prevName))
+			}
+			if torn.TornLen > 0 {
+				v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s: %d torn byte(s) after offset %d from an unclean stop, declared by %s", prevName, torn.TornLen, torn.ValidLen, s.name))
+			}
+		}
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, MaxLine+1)
+	var p parsed
+	var off int64
+	lineNo := 0
+	closed := false
+	for {
+		line, rerr := readLine(br)
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			if len(line) >= MaxLine {
+				rerr = fmt.Errorf("record line longer than %d bytes", MaxLine)
+			}
+			return v.tornOrFail(s, f, off, lineNo+1, last, rerr.Error())
+		}
+		if errors.Is(rerr, io.EOF) {
+			if len(line) == 0 {
+				break
+			}
+			// A final line with no newline: only a crash leaves that.
+			return v.tornOrFail(s, f, off, lineNo+1, last, "incomplete final line")
+		}
+		lineNo++
+		if closed {
+			return nil, fail(s.name, lineNo, nil, "data after the close record")
+		}
+		if err := parseLine(line, &p); err != nil {
+			return v.tornOrFail(s, f, off, lineNo, last, err.Error())
+		}
+		switch kind := string(p.kind); {
+		case lineNo == 1:
+			if err := c.accept(line, &p, prevName == ""); err != nil {
+				return nil, fail(s.name, lineNo, seqp(p.seq), "%v", err)
+			}
+		case kind == KindSegment:
+			return nil, fail(s.name, lineNo, seqp(p.seq), "segment record inside a segment")
+		default:
+			if err := c.accept(line, &p, false); err != nil {
+				return nil, fail(s.name, lineNo, seqp(p.seq), "%v", err)
+			}
+			switch kind {
+			case KindClose:
+				var cb CloseBody
+				if err := strictUnmarshal(p.body, &cb); err != nil || cb.Segment != s.index {
+					return nil, fail(s.name, lineNo, seqp(p.seq), "malformed close record")
+				}
+				closed = true
+			case KindPrune:
+				var pb PruneBody
+				if err := strictUnmarshal(p.body, &pb); err != nil {
+					return nil, fail(s.name, lineNo, seqp(p.seq), "malformed prune record: %v", err)
+				}
+				v.prunes = append(v.prunes, prunedAt{p.seq, pb})
+				v.rep.Prunes = append(v.rep.Prunes, pb)
+			case KindEvent, KindTick:
+			default:
+				return nil, fail(s.name, lineNo, seqp(p.seq), "unknown record kind %q", kind)
+			}
+		}
+		if err := v.matchRoot(s.name, lineNo); err != nil {
+			return nil, err
+		}
+		off += int64(len(line)) + 1
+		v.progress(int64(len(line)) + 1)
+	}
+	v.rep.Bytes += off
+	if closed {
+		return nil, nil
+	}
+	if last {
+		v.rep.Open = true
+		return nil, nil
+	}
+	v.tornLine, v.tornReason = 0, ""
+	sum := sha256.Sum256(nil)
+	return &Torn{File: s.name, ValidLen: off, TornLen: 0, TornSHA256: sum[:]}, nil
+}
+
+// tornOrFail handles the first line that does not verify: in a segment that
+// a later one follows it may be a declared torn tail; anywhere else, and in
+// the last segment unless it is an incomplete final line, it is a failure.
+func (v *verifier) tornOrFail(s segFile, f *os.File, off int64, lineNo int, last bool, reason string) (*Torn, error) {
+	rest, err := io.ReadAll(io.NewSectionReader(f, off, 1<<62))
+	if err != nil {
+		return nil, err
+	}
+	v.rep.Bytes += off
+	v.progress(int64(len(rest)))
+	if last {
+		if bytes.IndexByte(rest, '\n') < 0 {
+			v.rep.Open = true
+			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s: %d-byte incomplete final line (torn write; the next writer will declare it)", s.name, len(rest)))
+			return nil, nil
+		}
+		return nil, fail(s.name, lineNo, nil, "%s", reason)
+	}
+	sum := sha256.Sum256(rest)
+	// The next segment decides: if it declares exactly these bytes they are a
+	// torn tail, otherwise segment() reports the mismatch with this reason.
+	v.tornLine, v.tornReason = lineNo, reason
+	return &Torn{File: s.name, ValidLen: off, TornLen: int64(len(rest)), TornSHA256: sum[:]}, nil
+}
+
+func (v *verifier) progress(n int64) {
+	v.done += n
+	if v.opts.Progress != nil && v.done&(1<<20-1) < n {
+		v.opts.Progress(v.done, v.total)
+	}
+}
+
+// loadCheckpoints reads checkpoints.jsonl and the external checkpoints,
+// checking every signature.
+func (v *verifier) loadCheckpoints(dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, CheckpointFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		if v.opts.NoSignatures {
+			v.rep.Warnings = append(v.rep.Warnings, "no checkpoint file")
+			return nil
+		}
+		return fail(CheckpointFile, 0, nil, "missing: nothing in the trail is signed")
+	}
+	lines := bytes.Split(data, []byte("\n"))
+	for i, line := range lines {
+		if len(line) == 0 {
+			if i != len(lines)-1 {
+				return fail(CheckpointFile, i+1, nil, "empty line")
+			}
+			continue
+		}
+		var cl checkpointLine
+		if len(line) > 64<<10 || strictUnmarshal(line, &cl) != nil {
+			if i == len(lines)-1 {
+				// An incomplete last checkpoint line is a crash artefact; checkpoints are re-derivable.
+				v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s line %d: incomplete checkpoint ignored", CheckpointFile, i+1))
+				continue
+			}
+			return fail(CheckpointFile, i+1, nil, "malformed checkpoint line")
+		}
+		cp, err := v.openCheckpoint([]byte(cl.Note))
+		if err != nil {
+			return fail(CheckpointFile, i+1, nil, "%v", err)
+		}
+		if cp.Size != cl.Size {
+			return fail(CheckpointFile, i+1, nil, "size %d does not match the signed size %d", cl.Size, cp.Size)
+		}
+		if old, ok := v.roots[cp.Size]; ok && !bytes.Equal(old, cp.Hash) {
+			return fail(CheckpointFile, i+1, nil, "two signed checkpoints for size %d disagree (fork)", cp.Size)
+		}
+		v.roots[cp.Size] = cp.Hash
+	}
+	for i, n := range v.opts.External {
+		cp, err := v.openCheckpoint(n)
+		if err != nil {
+			return fail("external checkpoint", i+1, nil, "%v", err)
+		}
+		v.ext[cp.Size] = cp.Hash
+	}
+	return nil
+}
+
+func (v *verifier) openCheckpoint(n []byte) (*log.Checkpoint, error) {
+	var text string
+	if v.opts.NoSignatures {
+		t, ok := noteText(string(n))
+		if !ok {
+			return nil, errors.New("not a signed note")
+		}
+		text = t
+	} else {
+		nn, err := note.Open(n, note.VerifierList(v.opts.Verifier))
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint signature does not verify with the given key: %v", err)
+		}
+		text = nn.Text
+	}
+	cp := &log.Checkpoint{}
+	rest, err := cp.Unmarshal([]byte(text))
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) > 0 {
+		return nil, errors.New("checkpoint has extension lines")
+	}
+	if cp.Origin != v.rep.Origin {
+		return nil, fmt.Errorf("checkpoint origin %q is not the trail's %q", cp.Origin, v.rep.Origin)
+	}
+	if len(cp.Hash) != 32 {
+		return nil, errors.New("checkpoint root is not 32 bytes")
+	}
+	return cp, nil
+}
+
+// ParseExternalCheckpoint accepts a checkpoint kept off the node as either a
+// raw signed note or one line of checkpoints.jsonl (the last line when many).
+func ParseExternalCheckpoint(data []byte) ([]byte, error) {
+	t := bytes.TrimSpace(data)
+	if len(t) > 0 && t[0] == '{' {
+		lines := bytes.Split(t, []byte("\n"))
+		var cl checkpointLine
+		if err := json.Unmarshal(lines[len(lines)-1], &cl); err != nil {
+			return nil, fmt.Errorf("external checkpoint: %w", err)
+		}
+		return []byte(cl.Note), nil
+	}
+	if !bytes.Contains(data, []byte("\n\n")) {
+		return nil, errors.New("external checkpoint is neither a signed note nor a checkpoint line")
+	}
+	return data, nil
+}
