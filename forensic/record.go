@@ -157,16 +157,18 @@ func parseLine(line []byte, p *parsed) error {
 	if p.ts, rest, ok = quoted(rest, `,"ts":"`); !ok {
 		return errors.New("bad ts field")
 	}
-	if p.kind, rest, ok = quoted(rest, `,"kind":"`); !ok {
+	if p.kind, rest, ok = quoted(rest, `,"kind":"`); !ok || !isKindName(p.kind) {
 		return errors.New("bad kind field")
 	}
 	var prev []byte
 	if prev, rest, ok = quoted(rest, `,"prev":"`); !ok || len(prev) != macB64Len {
 		return errors.New("bad prev field")
 	}
-	if n, err := base64.StdEncoding.Decode(p.prev[:], prev); err != nil || n != 32 {
+	var dec [33]byte // DecodedLen(44): 44 unpadded characters decode to 33 bytes
+	if n, err := base64.StdEncoding.Decode(dec[:], prev); err != nil || n != 32 {
 		return errors.New("bad prev field")
 	}
+	copy(p.prev[:], dec[:32])
 	const bodyKey = `,"body":`
 	if !bytes.HasPrefix(rest, []byte(bodyKey)) {
 		return errors.New("missing body")
@@ -182,11 +184,11 @@ func parseLine(line []byte, p *parsed) error {
 		if m < 1 || !bytes.Equal(rest[m:m+len(macKey)], macKey) {
 			return errors.New("bad mac field")
 		}
-		mac := make([]byte, 32)
-		if k, err := base64.StdEncoding.Decode(mac, rest[m+len(macKey):n-2]); err != nil || k != 32 {
+		var dec [33]byte
+		if k, err := base64.StdEncoding.Decode(dec[:], rest[m+len(macKey):n-2]); err != nil || k != 32 {
 			return errors.New("bad mac field")
 		}
-		p.mac = mac
+		p.mac = dec[:32:32]
 		p.macStart = len(line) - n + m
 		p.body = rest[:m]
 	} else if n >= 2 && rest[n-1] == '}' {
@@ -201,6 +203,18 @@ func parseLine(line []byte, p *parsed) error {
 		return errors.New("bad ts field")
 	}
 	return nil
+}
+
+func isKindName(b []byte) bool {
+	if len(b) == 0 || len(b) > 32 {
+		return false
+	}
+	for _, c := range b {
+		if (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 // quoted expects key then a string without escapes, returning its contents.

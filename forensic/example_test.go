@@ -1,0 +1,46 @@
+package forensic_test
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+
+	"github.com/kvhygiene/kvh/forensic"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// Write a trail, then verify it as an auditor would: with the public key only.
+func Example() {
+	dir, _ := os.MkdirTemp("", "trail")
+	defer os.RemoveAll(dir)
+	skey, vkey, _ := note.GenerateKey(rand.Reader, "kvh-node-1")
+	signer, _ := note.NewSigner(skey)
+	verifier, _ := note.NewVerifier(vkey)
+
+	log, err := forensic.Open(dir, forensic.Options{Signer: signer, Origin: "kvh/node-1/example"})
+	if err != nil {
+		panic(err)
+	}
+	seq, _ := log.Append(map[string]any{"ev": "free", "tenant": "a", "bytes": 4096, "coverage_pct": 100})
+	fmt.Println("appended seq", seq)
+	log.Close()
+
+	rep, _ := forensic.Verify(dir, forensic.VerifyOptions{Verifier: verifier})
+	fmt.Println("ok:", rep.OK, "records:", rep.Records, "signatures:", rep.Signatures)
+	// Output:
+	// appended seq 1
+	// ok: true records: 3 signatures: verified
+}
+
+// A second writer on the same directory is refused.
+func ExampleOpen_locked() {
+	dir, _ := os.MkdirTemp("", "trail")
+	defer os.RemoveAll(dir)
+	skey, _, _ := note.GenerateKey(rand.Reader, "kvh-node-1")
+	signer, _ := note.NewSigner(skey)
+	first, _ := forensic.Open(dir, forensic.Options{Signer: signer})
+	defer first.Close()
+	_, err := forensic.Open(dir, forensic.Options{Signer: signer})
+	fmt.Println(err != nil)
+	// Output: true
+}

@@ -1,0 +1,321 @@
+package forensic
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// pyValue is a JSON value as Python's json module reads it: objects keep
+// their keys (last duplicate wins), numbers keep their text, and NaN,
+// Infinity and -Infinity are accepted because the seed wrote them.
+type pyValue struct {
+	kind byte // 'o' object, 'a' array, 's' string, 'n' number/literal
+	text string
+	keys []string
+	vals map[string]*pyValue
+	arr  []*pyValue
+}
+
+type pyParser struct {
+	b     []byte
+	i     int
+	depth int
+}
+
+func parsePy(b []byte) (*pyValue, error) {
+	p := &pyParser{b: b}
+	p.ws()
+	v, err := p.value()
+	if err != nil {
+		return nil, err
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return nil, fmt.Errorf("extra data at byte %d", p.i)
+	}
+	return v, nil
+}
+
+func (p *pyParser) ws() {
+	for p.i < len(p.b) && (p.b[p.i] == ' ' || p.b[p.i] == '\t' || p.b[p.i] == '\n' || p.b[p.i] == '\r') {
+		p.i++
+	}
+}
+
+func (p *pyParser) value() (*pyValue, error) {
+	if p.i >= len(p.b) {
+		return nil, errors.New("unexpected end of line")
+	}
+	p.depth++
+	defer func() { p.depth-- }()
+	if p.depth > 512 {
+		return nil, errors.New("nesting too deep")
+	}
+	switch c := p.b[p.i]; {
+	case c == '{':
+		p.i++
+		v := &pyValue{kind: 'o', vals: map[string]*pyValue{}}
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == '}' {
+			p.i++
+			return v, nil
+		}
+		for {
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != '"' {
+				return nil, fmt.Errorf("expected key at byte %d", p.i)
+			}
+			k, err := p.str()
+			if err != nil {
+				return nil, err
+			}
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != ':' {
+				return nil, fmt.Errorf("expected ':' at byte %d", p.i)
+			}
+			p.i++
+			p.ws()
+			val, err := p.value()
+			if err != nil {
+				return nil, err
+			}
+			if _, dup := v.vals[k]; !dup {
+				v.keys = append(v.keys, k)
+			}
+			v.vals[k] = val
+			p.ws()
+			if p.i < len(p.b) && p.b[p.i] == ',' {
+				p.i++
+				continue
+			}
+			if p.i < len(p.b) && p.b[p.i] == '}' {
+				p.i++
+				return v, nil
+			}
+			return nil, fmt.Errorf("expected ',' or '}' at byte %d", p.i)
+		}
+	case c == '[':
+		p.i++
+		v := &pyValue{kind: 'a'}
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == ']' {
+			p.i++
+			return v, nil
+		}
+		for {
+			p.ws()
+			e, err := p.value()
+			if err != nil {
+				return nil, err
+			}
+			v.arr = append(v.arr, e)
+			p.ws()
+			if p.i < len(p.b) && p.b[p.i] == ',' {
+				p.i++
+				continue
+			}
+			if p.i < len(p.b) && p.b[p.i] == ']' {
+				p.i++
+				return v, nil
+			}
+			return nil, fmt.Errorf("expected ',' or ']' at byte %d", p.i)
+		}
+	case c == '"':
+		s, err := p.str()
+		return &pyValue{kind: 's', text: s}, err
+	default:
+		for _, lit := range []string{"true", "false", "null", "NaN", "Infinity", "-Infinity"} {
+			if bytes.HasPrefix(p.b[p.i:], []byte(lit)) {
+				p.i += len(lit)
+				return &pyValue{kind: 'n', text: lit}, nil
+			}
+		}
+		start := p.i
+		if p.i < len(p.b) && p.b[p.i] == '-' {
+			p.i++
+		}
+		digits := p.i
+		for p.i < len(p.b) && (p.b[p.i] >= '0' && p.b[p.i] <= '9' || p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E' || p.b[p.i] == '+' || p.b[p.i] == '-') {
+			p.i++
+		}
+		text := string(p.b[start:p.i])
+		if p.i == digits {
+			return nil, fmt.Errorf("unexpected %q at byte %d", c, start)
+		}
+		if _, err := strconv.ParseFloat(text, 64); err != nil {
+			var ne *strconv.NumError
+			if !errors.As(err, &ne) || ne.Err != strconv.ErrRange {
+				return nil, fmt.Errorf("bad number %q", text)
+			}
+		}
+		return &pyValue{kind: 'n', text: text}, nil
+	}
+}
+
+func (p *pyParser) str() (string, error) {
+	p.i++ // opening quote
+	var out []byte
+	for p.i < len(p.b) {
+		c := p.b[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			if !utf8.Valid(out) {
+				return "", errors.New("invalid UTF-8 in string")
+			}
+			return string(out), nil
+		case c < 0x20:
+			return "", errors.New("control character in string")
+		case c == '\\':
+			if p.i+1 >= len(p.b) {
+				return "", errors.New("unterminated escape")
+			}
+			e := p.b[p.i+1]
+			p.i += 2
+			switch e {
+			case '"', '\\', '/':
+				out = append(out, e)
+			case 'b':
+				out = append(out, '\b')
+			case 'f':
+				out = append(out, '\f')
+			case 'n':
+				out = append(out, '\n')
+			case 'r':
+				out = append(out, '\r')
+			case 't':
+				out = append(out, '\t')
+			case 'u':
+				r, err := p.hex4()
+				if err != nil {
+					return "", err
+				}
+				if utf16.IsSurrogate(r) {
+					if r >= 0xdc00 || p.i+6 > len(p.b) || p.b[p.i] != '\\' || p.b[p.i+1] != 'u' {
+						return "", errors.New("lone surrogate (the seed cannot hash it either)")
+					}
+					p.i += 2
+					r2, err := p.hex4()
+					if err != nil {
+						return "", err
+					}
+					r = utf16.DecodeRune(r, r2)
+					if r == utf8.RuneError {
+						return "", errors.New("bad surrogate pair")
+					}
+				}
+				out = utf8.AppendRune(out, r)
+			default:
+				return "", fmt.Errorf("bad escape \\%c", e)
+			}
+		default:
+			out = append(out, c)
+			p.i++
+		}
+	}
+	return "", errors.New("unterminated string")
+}
+
+func (p *pyParser) hex4() (rune, error) {
+	if p.i+4 > len(p.b) {
+		return 0, errors.New("short \\u escape")
+	}
+	n, err := strconv.ParseUint(string(p.b[p.i:p.i+4]), 16, 32)
+	if err != nil {
+		return 0, errors.New("bad \\u escape")
+	}
+	p.i += 4
+	return rune(n), nil
+}
+
+// canonical writes v as the seed's json.dumps(sort_keys=True,
+// ensure_ascii=False, separators=(",", ":")) does.
+func (v *pyValue) canonical(b []byte, skip ...string) []byte {
+	switch v.kind {
+	case 'o':
+		keys := append([]string(nil), v.keys...)
+		sort.Strings(keys) // UTF-8 byte order == code point order
+		b = append(b, '{')
+		first := true
+		for _, k := range keys {
+			if contains(skip, k) {
+				continue
+			}
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = pyString(b, k)
+			b = append(b, ':')
+			b = v.vals[k].canonical(b)
+		}
+		return append(b, '}')
+	case 'a':
+		b = append(b, '[')
+		for i, e := range v.arr {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = e.canonical(b)
+		}
+		return append(b, ']')
+	case 's':
+		return pyString(b, v.text)
+	default:
+		return append(b, v.text...)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func pyString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"':
+			b = append(b, '\\', '"')
+		case '\\':
+			b = append(b, '\\', '\\')
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		case '\b':
+			b = append(b, '\\', 'b')
+		case '\f':
+			b = append(b, '\\', 'f')
+		default:
+			if c < 0x20 {
+				b = fmt.Appendf(b, `\u%04x`, c)
+			} else {
+				b = append(b, c)
+			}
+		}
+	}
+	return append(b, '"')
+}
+
+func (v *pyValue) str(key string) (string, bool) {
+	if v.kind != 'o' {
+		return "", false
+	}
+	e, ok := v.vals[key]
+	if !ok || e.kind != 's' {
+		return "", false
+	}
+	return e.text, true
+}

@@ -1,0 +1,250 @@
+package forensic
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// SeedFile is the verdict on one file of a seed-format (Python) log.
+type SeedFile struct {
+	File       string `json:"file"`
+	Lines      int    `json:"lines"`
+	OK         bool   `json:"ok"`
+	BadLine    *int   `json:"first_bad_line,omitempty"` // zero-based, as the seed counts
+	Reason     string `json:"reason,omitempty"`
+	MissingMAC int    `json:"lines_without_hmac,omitempty"`
+	lastHash   string
+	first      *pyValue
+	seedOK     bool
+	seedCrash  bool
+}
+
+// SeedReport is VerifySeed's verdict, with what the seed's own verifier says.
+type SeedReport struct {
+	OK          bool       `json:"ok"`
+	Files       []SeedFile `json:"files"`
+	Problem     *Problem   `json:"problem,omitempty"`
+	SeedVerdict string     `json:"seed_verifier_verdict"` // ok | fail | crash
+	SeedMisses  []string   `json:"seed_verifier_misses,omitempty"`
+	Warnings    []string   `json:"warnings,omitempty"`
+	Limits      []string   `json:"limits"`
+}
+
+var seedLimits = []string{
+	"the seed format has no sequence numbers or signed heads: truncating the active file's tail cannot be detected",
+	"without a key the SHA-256 chain can be recomputed by anyone: it detects accidents, not tampering",
+	"deleting every rotated file leaves a log that still verifies",
+}
+
+// VerifySeed verifies a log written by the Python system: path is its active
+// file (e.g. kv_cache.log); rotated siblings <stem>-*.log are found beside it.
+// With key, every line must carry a valid HMAC. Rotations are followed by
+// their linkage records, not by file name.
+func VerifySeed(path string, key []byte) (*SeedReport, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, err
+	}
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	stem := strings.TrimSuffix(base, filepath.Ext(base))
+	rotated, _ := filepath.Glob(filepath.Join(dir, globEscape(stem)+"-*.log"))
+	sort.Strings(rotated)
+	files := map[string]*SeedFile{}
+	rep := &SeedReport{Limits: seedLimits}
+	var seedOrder []*SeedFile
+	for _, p := range append(rotated, path) {
+		sf, err := seedChain(p, key)
+		if err != nil {
+			return nil, err
+		}
+		files[sf.File] = sf
+		seedOrder = append(seedOrder, sf)
+	}
+	rep.SeedVerdict = seedVerdict(seedOrder)
+
+	// Our walk: from the active file back through rotate records.
+	var chainFiles []*SeedFile
+	seen := map[string]bool{}
+	cur := files[base]
+	for cur != nil && rep.Problem == nil {
+		chainFiles = append(chainFiles, cur)
+		seen[cur.File] = true
+		if !cur.OK {
+			rep.Problem = &Problem{Segment: cur.File, Line: *cur.BadLine + 1, Reason: cur.Reason}
+			break
+		}
+		if cur.first == nil {
+			break
+		}
+		if ev, _ := cur.first.str("event_type"); ev != "rotate" {
+			if ph, _ := cur.first.str("prev_hash"); ph != "GENESIS" {
+				rep.Problem = &Problem{Segment: cur.File, Line: 1, Reason: "first record does not start a chain (head truncated?)"}
+			}
+			break
+		}
+		pf, _ := cur.first.str("prev_file")
+		plh, _ := cur.first.str("prev_file_last_hash")
+		prev := files[pf]
+		switch {
+		case pf == "" || strings.ContainsAny(pf, "/\\"):
+			rep.Problem = &Problem{Segment: cur.File, Line: 1, Reason: "rotate record names no previous file"}
+		case seen[pf]:
+			rep.Problem = &Problem{Segment: cur.File, Line: 1, Reason: fmt.Sprintf("rotation loop through %s", pf)}
+		case prev == nil:
+			rep.Problem = &Problem{Segment: cur.File, Line: 1, Reason: fmt.Sprintf("rotated file %s is missing (deleted, or overwritten by a same-second rotation)", pf)}
+		case prev.lastHash != plh:
+			rep.Problem = &Problem{Segment: cur.File, Line: 1, Reason: fmt.Sprintf("rotation linkage mismatch: %s does not end with the hash this file names (truncated or replaced)", pf)}
+		}
+		cur = prev
+	}
+	for i := len(chainFiles) - 1; i >= 0; i-- {
+		rep.Files = append(rep.Files, *chainFiles[i])
+	}
+	for _, sf := range seedOrder {
+		if !seen[sf.File] {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s is not part of the rotation chain (ignored)", sf.File))
+		}
+	}
+	rep.OK = rep.Problem == nil
+	for _, sf := range seedOrder {
+		if sf.MissingMAC > 0 {
+			rep.SeedMisses = append(rep.SeedMisses, fmt.Sprintf("%s: %d line(s) carry no HMAC; the seed skips them (stripped MACs pass)", sf.File, sf.MissingMAC))
+		}
+		if sf.seedCrash {
+			rep.SeedMisses = append(rep.SeedMisses, fmt.Sprintf("%s line %d: the seed's verifier crashes here instead of reporting", sf.File, *sf.BadLine+1))
+		}
+	}
+	if !rep.OK && rep.SeedVerdict == "ok" {
+		rep.SeedMisses = append(rep.SeedMisses, "the seed's verifier reports ok: "+rep.Problem.String())
+	}
+	return rep, nil
+}
+
+func globEscape(s string) string {
+	r := strings.NewReplacer(`*`, `\*`, `?`, `\?`, `[`, `\[`, `\`, `\\`)
+	return r.Replace(s)
+}
+
+// seedChain verifies one file's chain as we do, and notes what the seed's
+// verify_chain would conclude.
+func seedChain(path string, key []byte) (*SeedFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sf := &SeedFile{File: filepath.Base(path), OK: true, seedOK: true}
+	br := bufio.NewReaderSize(f, MaxLine+1)
+	prev := "GENESIS"
+	var mac = newMAC(key)
+	bad := func(i int, reason string) {
+		if sf.OK {
+			sf.OK, sf.BadLine, sf.Reason = false, &i, reason
+		}
+	}
+	var buf []byte
+	for i := 0; ; i++ {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			bad(i, fmt.Sprintf("line longer than %d bytes", MaxLine))
+			sf.seedCrash = sf.seedOK
+			break
+		}
+		if len(line) == 0 && err != nil {
+			break
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		v, perr := parsePy(line)
+		if perr == nil && v.kind != 'o' {
+			perr = errors.New("not a JSON object")
+		}
+		if perr != nil {
+			bad(i, "not a seed record: "+perr.Error())
+			if sf.seedOK {
+				sf.seedCrash, sf.seedOK = true, false
+			}
+			break
+		}
+		if sf.first == nil {
+			sf.first = v
+		}
+		buf = append(buf[:0], prev...)
+		buf = v.canonical(buf, "curr_hash", "hmac")
+		calc := hexSHA(buf)
+		curr, _ := v.str("curr_hash")
+		if curr != calc {
+			bad(i, "hash chain broken (record edited, inserted, removed or reordered)")
+			sf.seedOK = false
+			break
+		}
+		if mac != nil {
+			got, _ := v.str("hmac")
+			if got == "" {
+				sf.MissingMAC++
+				bad(i, "HMAC missing (stripped?)")
+			} else {
+				mac.Reset()
+				mac.Write(buf)
+				if !hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(got)) {
+					bad(i, "HMAC invalid")
+					sf.seedOK = false
+					break
+				}
+			}
+		}
+		prev = calc
+		sf.lastHash = calc
+		if sf.OK {
+			sf.Lines++
+		}
+		if err != nil {
+			break
+		}
+	}
+	return sf, nil
+}
+
+// seedVerdict is what the seed's verify_all would conclude over files sorted
+// by name: per-file chains plus linkage of each file to the one before it.
+func seedVerdict(files []*SeedFile) string {
+	for _, f := range files {
+		if f.seedCrash {
+			return "crash"
+		}
+	}
+	for i, f := range files {
+		if !f.seedOK {
+			return "fail"
+		}
+		if i == 0 {
+			continue
+		}
+		if f.first == nil {
+			return "fail"
+		}
+		if ev, _ := f.first.str("event_type"); ev != "rotate" {
+			return "fail"
+		}
+		pf, _ := f.first.str("prev_file")
+		plh, _ := f.first.str("prev_file_last_hash")
+		if (pf != files[i-1].File || plh != files[i-1].lastHash) && !(pf == f.File && plh == files[i-1].lastHash) {
+			return "fail"
+		}
+	}
+	return "ok"
+}
+
+func hexSHA(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
