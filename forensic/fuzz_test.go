@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/json"
+	"github.com/kvhygiene/kvh/internal/pyjson"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -66,17 +67,17 @@ func FuzzSeedLine(f *testing.F) {
 	f.Add([]byte(`{"a":{"b":{"c":[]}}}`))
 	f.Add([]byte(`"\ud800"`))
 	f.Fuzz(func(t *testing.T, line []byte) {
-		v, err := parsePy(line)
+		v, err := pyjson.Parse(line)
 		if err != nil {
 			return
 		}
 		// Canonical output must itself parse to the same canonical form.
-		c := v.canonical(nil)
-		v2, err := parsePy(c)
+		c := v.Canonical(nil)
+		v2, err := pyjson.Parse(c)
 		if err != nil {
 			t.Fatalf("canonical %q does not parse: %v", c, err)
 		}
-		if c2 := v2.canonical(nil); string(c2) != string(c) {
+		if c2 := v2.Canonical(nil); string(c2) != string(c) {
 			t.Fatalf("canonical not stable: %q vs %q", c, c2)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/kvhygiene/kvh/internal/pyjson"
 	"os"
 	"path/filepath"
 	"sort"
@@ -23,7 +24,7 @@ type SeedFile struct {
 	Reason     string `json:"reason,omitempty"`
 	MissingMAC int    `json:"lines_without_hmac,omitempty"`
 	lastHash   string
-	first      *pyValue
+	first      *pyjson.Value
 	seedOK     bool
 	seedCrash  bool
 }
@@ -84,14 +85,14 @@ func VerifySeed(path string, key []byte) (*SeedReport, error) {
 		if cur.first == nil {
 			break
 		}
-		if ev, _ := cur.first.str("event_type"); ev != "rotate" {
-			if ph, _ := cur.first.str("prev_hash"); ph != "GENESIS" {
+		if ev, _ := cur.first.Str("event_type"); ev != "rotate" {
+			if ph, _ := cur.first.Str("prev_hash"); ph != "GENESIS" {
 				rep.Problem = &Problem{Segment: cur.File, Line: 1, Reason: "first record does not start a chain (head truncated?)"}
 			}
 			break
 		}
-		pf, _ := cur.first.str("prev_file")
-		plh, _ := cur.first.str("prev_file_last_hash")
+		pf, _ := cur.first.Str("prev_file")
+		plh, _ := cur.first.Str("prev_file_last_hash")
 		prev := files[pf]
 		switch {
 		case pf == "" || strings.ContainsAny(pf, "/\\"):
@@ -164,8 +165,8 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
-		v, perr := parsePy(line)
-		if perr == nil && v.kind != 'o' {
+		v, perr := pyjson.Parse(line)
+		if perr == nil && v.Kind != 'o' {
 			perr = errors.New("not a JSON object")
 		}
 		if perr != nil {
@@ -179,16 +180,16 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 			sf.first = v
 		}
 		buf = append(buf[:0], prev...)
-		buf = v.canonical(buf, "curr_hash", "hmac")
+		buf = v.Canonical(buf, "curr_hash", "hmac")
 		calc := hexSHA(buf)
-		curr, _ := v.str("curr_hash")
+		curr, _ := v.Str("curr_hash")
 		if curr != calc {
 			bad(i, "hash chain broken (record edited, inserted, removed or reordered)")
 			sf.seedOK = false
 			break
 		}
 		if mac != nil {
-			got, _ := v.str("hmac")
+			got, _ := v.Str("hmac")
 			if got == "" {
 				sf.MissingMAC++
 				bad(i, "HMAC missing (stripped?)")
@@ -232,11 +233,11 @@ func seedVerdict(files []*SeedFile) string {
 		if f.first == nil {
 			return "fail"
 		}
-		if ev, _ := f.first.str("event_type"); ev != "rotate" {
+		if ev, _ := f.first.Str("event_type"); ev != "rotate" {
 			return "fail"
 		}
-		pf, _ := f.first.str("prev_file")
-		plh, _ := f.first.str("prev_file_last_hash")
+		pf, _ := f.first.Str("prev_file")
+		plh, _ := f.first.Str("prev_file_last_hash")
 		if (pf != files[i-1].File || plh != files[i-1].lastHash) && !(pf == f.File && plh == files[i-1].lastHash) {
 			return "fail"
 		}

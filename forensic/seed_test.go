@@ -2,6 +2,7 @@ package forensic
 
 import (
 	"bytes"
+	"github.com/kvhygiene/kvh/internal/pyjson"
 	"os"
 	"path/filepath"
 	"sort"
@@ -54,22 +55,22 @@ func TestSeedFormat(t *testing.T) {
 			lines := readLines(t, p)
 			prev := ""
 			for i, l := range lines {
-				v, err := parsePy(l)
+				v, err := pyjson.Parse(l)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if i == 0 {
-					prev = v.vals["prev_hash"].text
+					prev = v.Vals["prev_hash"].Text
 				}
-				delete(v.vals, "hmac")
-				v.keys = removeKey(v.keys, "hmac")
+				delete(v.Vals, "hmac")
+				v.Keys = removeKey(v.Keys, "hmac")
 				if i == 1 {
-					v.vals["handle"].text = "forged"
+					v.Vals["handle"].Text = "forged"
 				}
-				v.vals["prev_hash"].text = prev
+				v.Vals["prev_hash"].Text = prev
 				prev = seedHash(v)
-				v.vals["curr_hash"].text = prev
-				lines[i] = append(v.canonical(nil), '\n')
+				v.Vals["curr_hash"].Text = prev
+				lines[i] = append(v.Canonical(nil), '\n')
 			}
 			writeLines(t, p, lines)
 		}, false, "HMAC missing", "ok", "carry no HMAC"},
@@ -127,7 +128,7 @@ func removeKey(keys []string, k string) []string {
 	return out
 }
 
-func seedHash(v *pyValue) string {
-	buf := append([]byte(v.vals["prev_hash"].text), v.canonical(nil, "curr_hash", "hmac")...)
+func seedHash(v *pyjson.Value) string {
+	buf := append([]byte(v.Vals["prev_hash"].Text), v.Canonical(nil, "curr_hash", "hmac")...)
 	return hexSHA(buf)
 }

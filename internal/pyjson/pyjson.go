@@ -1,4 +1,8 @@
-package forensic
+// Package pyjson reads JSON the way Python's json module does (NaN and
+// Infinity accepted, last duplicate key wins, number text kept) and writes the
+// canonical form the Python seed hashed: json.dumps(sort_keys=True,
+// ensure_ascii=False, separators=(",", ":")).
+package pyjson
 
 import (
 	"bytes"
@@ -10,15 +14,15 @@ import (
 	"unicode/utf8"
 )
 
-// pyValue is a JSON value as Python's json module reads it: objects keep
+// Value is a JSON value as Python's json module reads it: objects keep
 // their keys (last duplicate wins), numbers keep their text, and NaN,
 // Infinity and -Infinity are accepted because the seed wrote them.
-type pyValue struct {
-	kind byte // 'o' object, 'a' array, 's' string, 'n' number/literal
-	text string
-	keys []string
-	vals map[string]*pyValue
-	arr  []*pyValue
+type Value struct {
+	Kind byte // 'o' object, 'a' array, 's' string, 'n' number or literal
+	Text string
+	Keys []string
+	Vals map[string]*Value
+	Arr  []*Value
 }
 
 type pyParser struct {
@@ -27,7 +31,8 @@ type pyParser struct {
 	depth int
 }
 
-func parsePy(b []byte) (*pyValue, error) {
+// Parse parses one JSON text.
+func Parse(b []byte) (*Value, error) {
 	p := &pyParser{b: b}
 	p.ws()
 	v, err := p.value()
@@ -47,7 +52,7 @@ func (p *pyParser) ws() {
 	}
 }
 
-func (p *pyParser) value() (*pyValue, error) {
+func (p *pyParser) value() (*Value, error) {
 	if p.i >= len(p.b) {
 		return nil, errors.New("unexpected end of line")
 	}
@@ -59,7 +64,7 @@ func (p *pyParser) value() (*pyValue, error) {
 	switch c := p.b[p.i]; {
 	case c == '{':
 		p.i++
-		v := &pyValue{kind: 'o', vals: map[string]*pyValue{}}
+		v := &Value{Kind: 'o', Vals: map[string]*Value{}}
 		p.ws()
 		if p.i < len(p.b) && p.b[p.i] == '}' {
 			p.i++
@@ -84,10 +89,10 @@ func (p *pyParser) value() (*pyValue, error) {
 			if err != nil {
 				return nil, err
 			}
-			if _, dup := v.vals[k]; !dup {
-				v.keys = append(v.keys, k)
+			if _, dup := v.Vals[k]; !dup {
+				v.Keys = append(v.Keys, k)
 			}
-			v.vals[k] = val
+			v.Vals[k] = val
 			p.ws()
 			if p.i < len(p.b) && p.b[p.i] == ',' {
 				p.i++
@@ -101,7 +106,7 @@ func (p *pyParser) value() (*pyValue, error) {
 		}
 	case c == '[':
 		p.i++
-		v := &pyValue{kind: 'a'}
+		v := &Value{Kind: 'a'}
 		p.ws()
 		if p.i < len(p.b) && p.b[p.i] == ']' {
 			p.i++
@@ -113,7 +118,7 @@ func (p *pyParser) value() (*pyValue, error) {
 			if err != nil {
 				return nil, err
 			}
-			v.arr = append(v.arr, e)
+			v.Arr = append(v.Arr, e)
 			p.ws()
 			if p.i < len(p.b) && p.b[p.i] == ',' {
 				p.i++
@@ -127,34 +132,57 @@ func (p *pyParser) value() (*pyValue, error) {
 		}
 	case c == '"':
 		s, err := p.str()
-		return &pyValue{kind: 's', text: s}, err
+		return &Value{Kind: 's', Text: s}, err
 	default:
 		for _, lit := range []string{"true", "false", "null", "NaN", "Infinity", "-Infinity"} {
 			if bytes.HasPrefix(p.b[p.i:], []byte(lit)) {
 				p.i += len(lit)
-				return &pyValue{kind: 'n', text: lit}, nil
+				return &Value{Kind: 'n', Text: lit}, nil
 			}
 		}
 		start := p.i
-		if p.i < len(p.b) && p.b[p.i] == '-' {
-			p.i++
-		}
-		digits := p.i
-		for p.i < len(p.b) && (p.b[p.i] >= '0' && p.b[p.i] <= '9' || p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E' || p.b[p.i] == '+' || p.b[p.i] == '-') {
-			p.i++
-		}
-		text := string(p.b[start:p.i])
-		if p.i == digits {
+		if !p.number() {
 			return nil, fmt.Errorf("unexpected %q at byte %d", c, start)
 		}
-		if _, err := strconv.ParseFloat(text, 64); err != nil {
-			var ne *strconv.NumError
-			if !errors.As(err, &ne) || ne.Err != strconv.ErrRange {
-				return nil, fmt.Errorf("bad number %q", text)
-			}
-		}
-		return &pyValue{kind: 'n', text: text}, nil
+		text := string(p.b[start:p.i])
+		return &Value{Kind: 'n', Text: text}, nil
 	}
+}
+
+// number consumes a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+func (p *pyParser) number() bool {
+	digits := func() int {
+		n := 0
+		for p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9' {
+			p.i++
+			n++
+		}
+		return n
+	}
+	if p.i < len(p.b) && p.b[p.i] == '-' {
+		p.i++
+	}
+	if p.i < len(p.b) && p.b[p.i] == '0' {
+		p.i++
+	} else if digits() == 0 {
+		return false
+	}
+	if p.i < len(p.b) && p.b[p.i] == '.' {
+		p.i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if p.i < len(p.b) && (p.b[p.i] == 'e' || p.b[p.i] == 'E') {
+		p.i++
+		if p.i < len(p.b) && (p.b[p.i] == '+' || p.b[p.i] == '-') {
+			p.i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (p *pyParser) str() (string, error) {
@@ -235,10 +263,11 @@ func (p *pyParser) hex4() (rune, error) {
 
 // canonical writes v as the seed's json.dumps(sort_keys=True,
 // ensure_ascii=False, separators=(",", ":")) does.
-func (v *pyValue) canonical(b []byte, skip ...string) []byte {
-	switch v.kind {
+// Canonical appends v in the seed's canonical form, leaving out the top-level keys in skip.
+func (v *Value) Canonical(b []byte, skip ...string) []byte {
+	switch v.Kind {
 	case 'o':
-		keys := append([]string(nil), v.keys...)
+		keys := append([]string(nil), v.Keys...)
 		sort.Strings(keys) // UTF-8 byte order == code point order
 		b = append(b, '{')
 		first := true
@@ -250,24 +279,24 @@ func (v *pyValue) canonical(b []byte, skip ...string) []byte {
 				b = append(b, ',')
 			}
 			first = false
-			b = pyString(b, k)
+			b = quote(b, k)
 			b = append(b, ':')
-			b = v.vals[k].canonical(b)
+			b = v.Vals[k].Canonical(b)
 		}
 		return append(b, '}')
 	case 'a':
 		b = append(b, '[')
-		for i, e := range v.arr {
+		for i, e := range v.Arr {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = e.canonical(b)
+			b = e.Canonical(b)
 		}
 		return append(b, ']')
 	case 's':
-		return pyString(b, v.text)
+		return quote(b, v.Text)
 	default:
-		return append(b, v.text...)
+		return append(b, v.Text...)
 	}
 }
 
@@ -280,7 +309,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func pyString(b []byte, s string) []byte {
+func quote(b []byte, s string) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
@@ -309,13 +338,14 @@ func pyString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-func (v *pyValue) str(key string) (string, bool) {
-	if v.kind != 'o' {
+// Str returns the string member key of an object.
+func (v *Value) Str(key string) (string, bool) {
+	if v.Kind != 'o' {
 		return "", false
 	}
-	e, ok := v.vals[key]
-	if !ok || e.kind != 's' {
+	e, ok := v.Vals[key]
+	if !ok || e.Kind != 's' {
 		return "", false
 	}
-	return e.text, true
+	return e.Text, true
 }

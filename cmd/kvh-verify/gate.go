@@ -1,0 +1,58 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/kvhygiene/kvh/metrics"
+)
+
+func cmdGate(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("gate", stderr)
+	t := metrics.DefaultThresholds()
+	fs.Float64Var(&t.CoverageMin, "coverage-min", t.CoverageMin, "minimum min_coverage_pct")
+	fs.Int64Var(&t.UnsanitizedMax, "unsanitized-max", t.UnsanitizedMax, "maximum unsanitized_regions_count")
+	fs.Int64Var(&t.QuarantineMax, "quarantine-max", t.QuarantineMax, "maximum quarantine_count")
+	reuse := fs.Float64("reuse-rate-max", 0, "maximum reuse_rate (unchecked unless given)")
+	p95 := fs.Float64("sanitize-p95-ms-max", 0, "maximum sanitize_duration_p95_ms (unchecked unless given)")
+	out := fs.String("out", "forensics/verdict.json", "write the verdict here (empty: don't)")
+	if code, stop := parse(fs, args); stop {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return errorf(stderr, "gate: exactly one metrics JSON file is required")
+	}
+	if fs.Changed("reuse-rate-max") {
+		t.ReuseRateMax = reuse
+	}
+	if fs.Changed("sanitize-p95-ms-max") {
+		t.SanitizeP95MsMax = p95
+	}
+	f, err := os.Open(fs.Arg(0))
+	if err != nil {
+		return errorf(stderr, "gate: reading metrics: %v", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, metrics.MaxGateInput+1))
+	f.Close()
+	if err != nil {
+		return errorf(stderr, "gate: reading metrics: %v", err)
+	}
+	v, err := metrics.Gate(data, t)
+	if err != nil {
+		return errorf(stderr, "gate: %s: %v", fs.Arg(0), err)
+	}
+	if *out != "" {
+		b, _ := json.MarshalIndent(v, "", "  ")
+		if err := metrics.WriteFileAtomic(*out, b, 0o644); err != nil {
+			return errorf(stderr, "gate: writing verdict: %v", err)
+		}
+	}
+	b, _ := json.Marshal(v)
+	fmt.Fprintln(stdout, string(b))
+	if !v.Pass {
+		return exitFail
+	}
+	return exitOK
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/kvhygiene/kvh/forensic"
+	"golang.org/x/term"
+)
+
+func cmdLog(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("log", stderr)
+	pubkey := fs.String("pubkey", "", "the trail's verification key (note vkey format, from keygen)")
+	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
+	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
+	noSigs := fs.Bool("no-signatures", false, "verify without a public key (checkpoint signatures are NOT checked)")
+	origin := fs.String("origin", "", "pin the log origin enrolled for this node")
+	format := fs.String("format", "kvh", "trail format: kvh, or seed for logs written by the Python system")
+	asJSON := fs.Bool("json", false, "print a machine verdict as JSON")
+	out := fs.String("out", "", "also write the JSON verdict to this file")
+	if code, stop := parse(fs, args); stop {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return errorf(stderr, "log: exactly one trail directory (or seed log file) is required")
+	}
+	path := fs.Arg(0)
+	key, err := forensic.LoadMACKey(*macFile)
+	if err != nil {
+		return errorf(stderr, "log: %v", err)
+	}
+	switch *format {
+	case "seed":
+		return logSeed(path, key, *asJSON, *out, stdout, stderr)
+	case "kvh":
+	default:
+		return errorf(stderr, "log: unknown --format %q (kvh or seed)", *format)
+	}
+	opts := forensic.VerifyOptions{MACKey: key, Origin: *origin, NoSignatures: *noSigs}
+	switch {
+	case *pubkey != "":
+		if opts.Verifier, err = forensic.LoadVerifier(*pubkey); err != nil {
+			return errorf(stderr, "log: %v", err)
+		}
+	case !*noSigs:
+		return errorf(stderr, "log: --pubkey is required; without it nothing proves who wrote the trail (use --no-signatures to check structure only)")
+	}
+	for _, c := range *ckpts {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			return errorf(stderr, "log: %v", err)
+		}
+		n, err := forensic.ParseExternalCheckpoint(b)
+		if err != nil {
+			return errorf(stderr, "log: %s: %v", c, err)
+		}
+		opts.External = append(opts.External, n)
+	}
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		opts.Progress = func(done, total int64) {
+			if total > 0 {
+				fmt.Fprintf(stderr, "\rverifying %3d%% (%d / %d MB)", done*100/total, done>>20, total>>20)
+			}
+		}
+		defer fmt.Fprint(stderr, "\r\033[K")
+	}
+	rep, err := forensic.Verify(path, opts)
+	if err != nil {
+		return errorf(stderr, "log: %v", err)
+	}
+	if *out != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(*out, append(b, '\n'), 0o600); err != nil {
+			return errorf(stderr, "log: %v", err)
+		}
+	}
+	if *asJSON {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		fmt.Fprintln(stdout, string(b))
+	} else {
+		printReport(stdout, path, rep, opts)
+	}
+	if *noSigs {
+		fmt.Fprintln(stderr, "kvh-verify: WARNING: --no-signatures: checkpoint signatures were NOT checked; anyone could have rewritten this trail consistently")
+	}
+	if !rep.OK {
+		return exitFail
+	}
+	return exitOK
+}
+
+func printReport(w io.Writer, path string, r *forensic.Report, opts forensic.VerifyOptions) {
+	if r.OK {
+		fmt.Fprintf(w, "kvh-verify: trail %s VERIFIED\n", path)
+	} else {
+		fmt.Fprintf(w, "kvh-verify: trail %s FAILED: %s\n", path, r.Problem)
+	}
+	fmt.Fprintf(w, "  origin       %s\n", r.Origin)
+	if r.Records > 0 {
+		fmt.Fprintf(w, "  records      %d (seq %d..%d) in %d segment(s), %d bytes\n", r.Records, r.FirstSeq, r.FirstSeq+r.Records-1, r.Segments, r.Bytes)
+	}
+	fmt.Fprintf(w, "  checkpoints  %d matched; the latest attests %d records\n", r.Checkpoints, r.LatestCheckpoint)
+	if len(opts.External) > 0 {
+		fmt.Fprintf(w, "  off-node     %d of %d external checkpoint(s) matched\n", r.ExternalCheckpoints, len(opts.External))
+	} else {
+		fmt.Fprintf(w, "  off-node     none given: truncation together with deletion of local checkpoints would not be detected\n")
+	}
+	sig := r.Signatures
+	if opts.Verifier != nil {
+		sig += " with " + opts.Verifier.Name()
+	}
+	fmt.Fprintf(w, "  signatures   %s\n", sig)
+	fmt.Fprintf(w, "  MACs         %s\n", r.MAC)
+	for _, p := range r.Prunes {
+		fmt.Fprintf(w, "  pruned       before segment %d (seq %d): %s\n", p.BeforeSegment, p.BeforeSeq, p.Reason)
+	}
+	if r.Open {
+		fmt.Fprintf(w, "  state        last segment still open (writer running, or stopped uncleanly)\n")
+	}
+	for _, x := range r.Warnings {
+		fmt.Fprintf(w, "  warning      %s\n", x)
+	}
+}
+
+func logSeed(path string, key []byte, asJSON bool, out string, stdout, stderr io.Writer) int {
+	rep, err := forensic.VerifySeed(path, key)
+	if err != nil {
+		return errorf(stderr, "log: %v", err)
+	}
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	if out != "" {
+		if err := os.WriteFile(out, append(b, '\n'), 0o600); err != nil {
+			return errorf(stderr, "log: %v", err)
+		}
+	}
+	if asJSON {
+		fmt.Fprintln(stdout, string(b))
+	} else {
+		if rep.OK {
+			fmt.Fprintf(stdout, "kvh-verify: seed log %s VERIFIED (%d file(s))\n", path, len(rep.Files))
+		} else {
+			fmt.Fprintf(stdout, "kvh-verify: seed log %s FAILED: %s\n", path, rep.Problem)
+		}
+		mac := "not checked (no key)"
+		if key != nil {
+			mac = "required on every line and verified"
+		}
+		fmt.Fprintf(stdout, "  HMAC                   %s\n", mac)
+		fmt.Fprintf(stdout, "  seed verifier says     %s\n", rep.SeedVerdict)
+		for _, m := range rep.SeedMisses {
+			fmt.Fprintf(stdout, "  seed verifier misses   %s\n", m)
+		}
+		for _, x := range rep.Warnings {
+			fmt.Fprintf(stdout, "  warning                %s\n", x)
+		}
+		fmt.Fprintf(stdout, "  limits of this format  %s\n", strings.Join(rep.Limits, ";\n                         "))
+	}
+	if !rep.OK {
+		return exitFail
+	}
+	return exitOK
+}

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/kvhygiene/kvh/forensic"
+)
+
+func cmdPrune(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("prune", stderr)
+	days := fs.Int("retention-days", -1, "remove rotated segments whose last record is older than N days")
+	maxRot := fs.Int("max-rotated", -1, "keep at most N rotated segments (0 keeps none)")
+	archive := fs.String("archive-dir", "", "move pruned segments here instead of deleting them")
+	keyFile := fs.String("key", "", "the trail's signing key (the prune record is signed like any other)")
+	pubkey := fs.String("pubkey", "", "the trail's verification key")
+	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
+	reason := fs.String("reason", "", "reason recorded in the prune record")
+	if code, stop := parse(fs, args); stop {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return errorf(stderr, "prune: exactly one trail directory is required")
+	}
+	if *days < 0 && *maxRot < 0 {
+		return errorf(stderr, "prune: give --retention-days and/or --max-rotated")
+	}
+	if *keyFile == "" || *pubkey == "" {
+		return errorf(stderr, "prune: --key and --pubkey are required: pruning is authorised by a signed record and checked before and after")
+	}
+	signer, err := forensic.LoadSigner(*keyFile)
+	if err != nil {
+		return errorf(stderr, "prune: %v", err)
+	}
+	verifier, err := forensic.LoadVerifier(*pubkey)
+	if err != nil {
+		return errorf(stderr, "prune: %v", err)
+	}
+	mac, err := forensic.LoadMACKey(*macFile)
+	if err != nil {
+		return errorf(stderr, "prune: %v", err)
+	}
+	rep, err := forensic.Prune(fs.Arg(0), forensic.PruneOptions{
+		Signer: signer, Verifier: verifier, MACKey: mac,
+		RetentionDays: *days, MaxRotated: *maxRot, ArchiveDir: *archive, Reason: *reason,
+	})
+	if err != nil {
+		return errorf(stderr, "prune: %v", err)
+	}
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	fmt.Fprintln(stdout, string(b))
+	if !rep.OK {
+		if rep.Refused != "" {
+			fmt.Fprintln(stderr, "kvh-verify: prune refused:", rep.Refused)
+		}
+		return exitFail
+	}
+	return exitOK
+}
