@@ -3,6 +3,7 @@ package forensic
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -208,4 +209,28 @@ func mustGlob(t testing.TB, dir, pat string) []string {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// The writer assembles lines by hand for speed; they must be byte for byte
+// what one json.Marshal of the Record struct gives.
+func TestAppendRecordIsMarshal(t *testing.T) {
+	bodies := []string{
+		`{}`, `{"a":1}`, ` { "a" : [1, 2, {"b": "<&>"}] , "c":"é\u2028"} `, `{"x":"\u0000\"\\"}`,
+		`{"n":1e300,"m":-0.0,"t":true,"f":null}`,
+	}
+	prev := make([]byte, 32)
+	for i := range prev {
+		prev[i] = byte(i * 7)
+	}
+	for i, b := range bodies {
+		cb, err := canonicalBody([]byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := appendRecord(nil, uint64(i*1000), "2026-11-27T05:00:00.123456789Z", KindEvent, prev, cb)
+		want, _ := json.Marshal(Record{V: 1, Seq: uint64(i * 1000), TS: "2026-11-27T05:00:00.123456789Z", Kind: KindEvent, Prev: prev, Body: json.RawMessage(b)})
+		if !bytes.Equal(got, want) {
+			t.Errorf("body %q:\n got %s\nwant %s", b, got, want)
+		}
+	}
 }

@@ -91,6 +91,21 @@ type Log struct {
 	mac       hash.Hash
 	buf       []byte
 	batch     []*request
+
+	// The encoder (run) writes batches and hands them to the syncer, which
+	// fdatasyncs, signs the checkpoint and acknowledges: encoding the next
+	// batch overlaps the flush of the previous one.
+	jobs     chan *job
+	inflight sync.WaitGroup
+}
+
+// job is a written batch waiting for durability.
+type job struct {
+	reqs []*request
+	seg  *os.File
+	size uint64
+	root []byte
+	err  error
 }
 
 type request struct {
@@ -255,7 +270,7 @@ func (l *Log) recover() error {
 	if err := l.startSegment(head); err != nil {
 		return err
 	}
-	if err := l.flush(); err != nil {
+	if err := l.flushSync(); err != nil {
 		return err
 	}
 	return l.syncCheckpoints()
@@ -295,6 +310,9 @@ func (l *Log) startSegment(head SegmentBody) error {
 		d.Close()
 	}
 	l.seg, l.segName, l.segIndex, l.segBytes, l.segRecs = f, name, head.Segment, 0, 0
+	l.statsMu.Lock()
+	l.stats.Segment = head.Segment
+	l.statsMu.Unlock()
 	body, _ := json.Marshal(head)
 	return l.encode(KindSegment, body)
 }
@@ -312,38 +330,54 @@ func (l *Log) setAppendOnly(f *os.File) {
 	unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|fsAppendFL))
 }
 
-// encode appends the next record to buf and advances the chain.
+// encode appends the next record to buf and advances the chain. body must
+// be in canonical form (canonicalBody).
 func (l *Log) encode(kind string, body []byte) error {
-	rec := Record{V: Version, Seq: l.c.size(), TS: tsNow(), Kind: kind, Prev: l.c.prev[:], Body: body}
-	line, err := encodeLine(&rec, l.mac)
-	if err != nil {
-		return err
+	start := len(l.buf)
+	l.buf = appendRecord(l.buf, l.c.size(), tsNow(), kind, l.c.prev[:], body)
+	if l.mac != nil {
+		line := appendMAC(append([]byte(nil), l.buf[start:]...), l.mac)
+		l.buf = append(l.buf[:start], line...)
+	}
+	line := l.buf[start:]
+	if len(line) > MaxLine {
+		l.buf = l.buf[:start]
+		return fmt.Errorf("record of %d bytes exceeds %d", len(line), MaxLine)
 	}
 	leaf := rfc6962.DefaultHasher.HashLeaf(line)
 	if err := l.c.rng.Append(leaf, nil); err != nil {
 		return err
 	}
 	copy(l.c.prev[:], leaf)
-	l.buf = append(append(l.buf, line...), '\n')
+	l.buf = append(l.buf, '\n')
 	l.segRecs++
 	return nil
 }
 
-// flush writes buf to the active segment with one write and one fdatasync,
-// then signs a checkpoint over everything written.
-func (l *Log) flush() error {
-	if len(l.buf) > 0 {
-		if _, err := l.seg.Write(l.buf); err != nil {
-			return fmt.Errorf("writing %s: %w", l.segName, err)
-		}
-		l.segBytes += int64(len(l.buf))
-		l.buf = l.buf[:0]
+// write hands buf to the active segment in one write(2).
+func (l *Log) write() error {
+	if len(l.buf) == 0 {
+		return nil
+	}
+	if _, err := l.seg.Write(l.buf); err != nil {
+		return fmt.Errorf("writing %s: %w", l.segName, err)
+	}
+	l.segBytes += int64(len(l.buf))
+	l.buf = l.buf[:0]
+	l.lastWrite = time.Now()
+	return nil
+}
+
+// flushSync writes buf, fdatasyncs and signs a checkpoint, synchronously
+// (used before the writer goroutines start).
+func (l *Log) flushSync() error {
+	if err := l.write(); err != nil {
+		return err
 	}
 	if err := unix.Fdatasync(int(l.seg.Fd())); err != nil {
 		return fmt.Errorf("syncing %s: %w", l.segName, err)
 	}
-	l.lastWrite = time.Now()
-	return l.checkpoint()
+	return l.checkpoint(l.c.size(), l.c.root())
 }
 
 type checkpointLine struct {
@@ -351,9 +385,8 @@ type checkpointLine struct {
 	Note string `json:"note"`
 }
 
-func (l *Log) checkpoint() error {
-	size := l.c.size()
-	cp := log.Checkpoint{Origin: l.origin, Size: size, Hash: l.c.root()}
+func (l *Log) checkpoint(size uint64, root []byte) error {
+	cp := log.Checkpoint{Origin: l.origin, Size: size, Hash: root}
 	signed, err := note.Sign(&note.Note{Text: string(cp.Marshal())}, l.opts.Signer)
 	if err != nil {
 		return fmt.Errorf("signing checkpoint: %w", err)
@@ -362,15 +395,10 @@ func (l *Log) checkpoint() error {
 	if _, err := l.ckpt.Write(append(line, '\n')); err != nil {
 		return fmt.Errorf("writing checkpoint: %w", err)
 	}
-	l.ckptDirty = true
 	// Checkpoints can be re-derived from the records, so they are synced lazily.
-	if time.Since(l.ckptSync) > time.Second {
-		if err := l.syncCheckpoints(); err != nil {
-			return err
-		}
-	}
+	l.ckptDirty = true
 	l.statsMu.Lock()
-	l.stats.Records, l.stats.CheckpointSize, l.stats.Segment = size, size, l.segIndex
+	l.stats.Records, l.stats.CheckpointSize = size, size
 	l.stats.Commits++
 	l.statsMu.Unlock()
 	return nil
@@ -403,6 +431,10 @@ func (l *Log) Append(body any) (uint64, error) {
 	}
 	if len(b) < 2 || b[0] != '{' || !json.Valid(b) {
 		return 0, errors.New("record body must be a JSON object")
+	}
+	b, err := canonicalBody(b) // here, in the caller's goroutine, not the writer's
+	if err != nil {
+		return 0, err
 	}
 	if len(b) > MaxLine/2 {
 		return 0, fmt.Errorf("record body of %d bytes is too large", len(b))
@@ -456,6 +488,9 @@ func (l *Log) Err() error {
 
 func (l *Log) run() {
 	defer close(l.done)
+	l.jobs = make(chan *job, 4)
+	synced := make(chan struct{})
+	go l.syncer(synced)
 	var tick <-chan time.Time
 	if l.opts.TickInterval > 0 {
 		t := time.NewTicker(min(l.opts.TickInterval, time.Second))
@@ -472,8 +507,6 @@ func (l *Log) run() {
 			if time.Since(l.lastWrite) >= l.opts.TickInterval {
 				body, _ := json.Marshal(TickBody{Reason: "idle"})
 				l.commitInternal(KindTick, body)
-			} else if l.ckptDirty {
-				l.syncCheckpoints()
 			}
 		case <-l.stop:
 			for {
@@ -486,9 +519,8 @@ func (l *Log) run() {
 			}
 			body, _ := json.Marshal(CloseBody{Segment: l.segIndex, Reason: "shutdown"})
 			l.commitInternal(KindClose, body)
-			if l.Err() == nil {
-				l.syncCheckpoints()
-			}
+			close(l.jobs)
+			<-synced
 			l.closeFiles()
 			return
 		}
@@ -507,27 +539,15 @@ func (l *Log) drain() {
 }
 
 func (l *Log) commitInternal(kind string, body []byte) {
-	if l.Err() != nil {
-		return
-	}
-	err := l.encode(kind, body)
+	l.batch = l.batch[:0]
+	err := l.Err()
 	if err == nil {
-		err = l.flush()
+		err = l.encode(kind, body)
 	}
-	l.fail(err)
+	l.send(err)
 }
 
-func (l *Log) fail(err error) {
-	if err == nil {
-		return
-	}
-	l.statsMu.Lock()
-	if l.err == nil {
-		l.err = err
-	}
-	l.statsMu.Unlock()
-}
-
+// commit encodes and writes the batch, then queues it for the syncer.
 func (l *Log) commit() {
 	err := l.Err()
 	if err == nil {
@@ -542,14 +562,91 @@ func (l *Log) commit() {
 				break
 			}
 		}
-		if err == nil {
-			err = l.flush()
-		}
-		l.fail(err)
 	}
-	for _, r := range l.batch {
-		r.err = err
-		r.done <- struct{}{}
+	l.send(err)
+}
+
+func (l *Log) send(err error) {
+	if err == nil {
+		err = l.write()
+	}
+	j := &job{reqs: append([]*request(nil), l.batch...), seg: l.seg, err: err}
+	if err == nil {
+		j.size, j.root = l.c.size(), l.c.root()
+	}
+	l.inflight.Add(1)
+	l.jobs <- j
+}
+
+// syncer makes written batches durable: it merges whatever jobs are queued,
+// fdatasyncs once, signs one checkpoint covering them, then acknowledges.
+func (l *Log) syncer(done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var js []*job
+	for {
+		select {
+		case j, ok := <-l.jobs:
+			if !ok {
+				if l.Err() == nil {
+					l.fail(l.syncCheckpoints())
+				}
+				return
+			}
+			js = append(js[:0], j)
+		more:
+			for {
+				select {
+				case j2, ok := <-l.jobs:
+					if !ok {
+						break more
+					}
+					js = append(js, j2)
+					if j2.seg != j.seg {
+						break more
+					}
+				default:
+					break more
+				}
+			}
+			l.complete(js)
+		case <-t.C:
+			if l.ckptDirty && l.Err() == nil {
+				l.fail(l.syncCheckpoints())
+			}
+		}
+	}
+}
+
+func (l *Log) complete(js []*job) {
+	err := l.Err()
+	for _, j := range js {
+		if err == nil && j.err != nil {
+			err = j.err
+		}
+	}
+	last := js[len(js)-1]
+	if err == nil {
+		for i, j := range js {
+			if i == len(js)-1 || js[i+1].seg != j.seg {
+				if e := unix.Fdatasync(int(j.seg.Fd())); e != nil {
+					err = fmt.Errorf("syncing segment: %w", e)
+					break
+				}
+			}
+		}
+	}
+	if err == nil {
+		err = l.checkpoint(last.size, last.root)
+	}
+	l.fail(err)
+	for _, j := range js {
+		for _, r := range j.reqs {
+			r.err = err
+			r.done <- struct{}{}
+		}
+		l.inflight.Done()
 	}
 }
 
@@ -559,13 +656,13 @@ func (l *Log) rotate() error {
 	if err := l.encode(KindClose, body); err != nil {
 		return err
 	}
-	if _, err := l.seg.Write(l.buf); err != nil {
+	if err := l.write(); err != nil {
 		return err
 	}
-	l.buf = l.buf[:0]
 	if err := unix.Fdatasync(int(l.seg.Fd())); err != nil {
 		return err
 	}
+	l.inflight.Wait() // the syncer may still hold the old segment
 	l.seg.Close()
 	return l.startSegment(SegmentBody{Origin: l.origin, Segment: l.segIndex + 1, PrevFile: l.segName, MACAlg: l.c.macAlg})
 }
@@ -636,4 +733,17 @@ func noteText(n string) (string, bool) {
 		return "", false
 	}
 	return n[:i+1], true
+}
+
+// fail records the first write error; the trail then refuses further records
+// (an audit trail that cannot persist must say so, not drop silently).
+func (l *Log) fail(err error) {
+	if err == nil {
+		return
+	}
+	l.statsMu.Lock()
+	if l.err == nil {
+		l.err = err
+	}
+	l.statsMu.Unlock()
 }

@@ -100,8 +100,37 @@ func encodeLine(r *Record, mac hash.Hash) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return appendMAC(line, mac), nil
+}
+
+// appendRecord appends exactly the bytes json.Marshal(Record{...}) produces
+// for a record without MAC, given a body already in json.Marshal's form
+// (canonicalBody). It is the writer's hot path; TestAppendRecordIsMarshal
+// pins it to json.Marshal.
+func appendRecord(dst []byte, seq uint64, ts, kind string, prev, body []byte) []byte {
+	dst = append(dst, linePrefix...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	dst = append(dst, `,"ts":"`...)
+	dst = append(dst, ts...)
+	dst = append(dst, `","kind":"`...)
+	dst = append(dst, kind...)
+	dst = append(dst, `","prev":"`...)
+	dst = base64.StdEncoding.AppendEncode(dst, prev)
+	dst = append(dst, `","body":`...)
+	dst = append(dst, body...)
+	return append(dst, '}')
+}
+
+// canonicalBody returns body as json.Marshal embeds a RawMessage: compacted,
+// with <, > and & escaped.
+func canonicalBody(body []byte) ([]byte, error) {
+	return json.Marshal(json.RawMessage(body))
+}
+
+// appendMAC appends `,"mac":"…"` computed over line (which has none).
+func appendMAC(line []byte, mac hash.Hash) []byte {
 	if mac == nil {
-		return line, nil
+		return line
 	}
 	mac.Reset()
 	mac.Write(line)
@@ -111,7 +140,7 @@ func encodeLine(r *Record, mac hash.Hash) ([]byte, error) {
 	out = append(out, macKey...)
 	out = base64.StdEncoding.AppendEncode(out, sum)
 	out = append(out, '"', '}')
-	return out, nil
+	return out
 }
 
 // parsed is a record line split into its fields without re-serialising.
