@@ -292,7 +292,9 @@ func defaultOrigin() string {
 	return "kvh/" + host + "/" + hex.EncodeToString(id[:])
 }
 
-// startSegment creates the next segment file and puts its segment record in buf.
+// startSegment creates the next segment. The file appears under its name
+// only once its segment record is durable (written to a temp file, synced,
+// renamed without replacing), so a crash never leaves a segment without one.
 func (l *Log) startSegment(head SegmentBody) error {
 	head.Size = l.c.size()
 	head.Frontier = l.c.rng.Hashes()
@@ -300,21 +302,44 @@ func (l *Log) startSegment(head SegmentBody) error {
 		head.Frontier = [][]byte{}
 	}
 	name := segmentName(head.Segment)
-	f, err := os.OpenFile(filepath.Join(l.dir, name), os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	path := filepath.Join(l.dir, name)
+	tmp := filepath.Join(l.dir, "."+name+".tmp")
+	os.Remove(tmp) // left by a crash between create and rename
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("creating segment: %w", err)
+	}
+	body, _ := json.Marshal(head)
+	prevSeg, prevName := l.seg, l.segName
+	l.seg, l.segName, l.segIndex, l.segBytes, l.segRecs = f, name, head.Segment, 0, 0
+	err = l.encode(KindSegment, body)
+	if err == nil {
+		err = l.write()
+	}
+	if err == nil {
+		err = unix.Fdatasync(int(f.Fd()))
+	}
+	if err == nil {
+		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+		if errors.Is(err, unix.EEXIST) {
+			err = fmt.Errorf("%s already exists but is not a segment this trail recognises; move it aside", name)
+		}
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		l.seg, l.segName = prevSeg, prevName
+		return fmt.Errorf("creating segment %s: %w", name, err)
 	}
 	l.setAppendOnly(f)
 	if d, err := os.Open(l.dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
-	l.seg, l.segName, l.segIndex, l.segBytes, l.segRecs = f, name, head.Segment, 0, 0
 	l.statsMu.Lock()
 	l.stats.Segment = head.Segment
 	l.statsMu.Unlock()
-	body, _ := json.Marshal(head)
-	return l.encode(KindSegment, body)
+	return nil
 }
 
 const fsAppendFL = 0x20 // linux/fs.h FS_APPEND_FL; not exported by x/sys
