@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"golang.org/x/mod/sumdb/note"
 )
@@ -232,5 +235,48 @@ func TestAppendRecordIsMarshal(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Errorf("body %q:\n got %s\nwant %s", b, got, want)
 		}
+	}
+}
+
+func TestIdleTick(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := t.TempDir()
+	l, err := Open(dir, Options{Signer: k.signer, TickInterval: 30 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the ticker checks at most once a second
+	l.Close()
+	data, _ := os.ReadFile(segPath(dir, 0))
+	if !bytes.Contains(data, []byte(`"kind":"tick"`)) {
+		t.Fatalf("no tick record after an idle period:\n%s", data)
+	}
+	if rep := verify(t, dir, k, nil); !rep.OK || rep.Unsealed != 0 {
+		t.Fatalf("%+v", rep)
+	}
+}
+
+func TestAppendOnlyFlag(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := t.TempDir()
+	l, err := Open(dir, Options{Signer: k.signer, AppendOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Append(map[string]int{"a": 1})
+	l.Close()
+	path := segPath(dir, 0)
+	t.Cleanup(func() { clearAppendOnly(path); clearAppendOnly(filepath.Join(dir, CheckpointFile)) })
+	f, _ := os.Open(path)
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	f.Close()
+	if err != nil || os.Geteuid() != 0 {
+		t.Skipf("append-only attribute not available here (euid %d, %v): the writer skips it quietly", os.Geteuid(), err)
+	}
+	if flags&fsAppendFL == 0 {
+		t.Skip("filesystem does not keep FS_APPEND_FL (e.g. tmpfs)")
+	}
+	if err := os.Truncate(path, 10); err == nil {
+		t.Fatal("truncate of an append-only segment succeeded")
 	}
 }
