@@ -1,0 +1,338 @@
+// Package policy is kvh's one hygiene configuration: coverage threshold, TTL,
+// reuse limit, verify mode and samples, double pass, the action on a
+// violation, and per-tenant overrides. Sources, later wins: Default, a YAML
+// file, the environment (the seed's KV_* names, then KVH_*), then flags.
+// An invalid value is an error that names the key and the value; nothing
+// falls back to a default silently. A Config is a value: copy it freely.
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+)
+
+// Actions on a violation.
+const (
+	ActionObserve = "observe"
+	ActionDeny    = "deny"
+	ActionFreeze  = "freeze"
+	ActionKill    = "kill"
+)
+
+// TTL clocks.
+const (
+	TTLFromFirstUse   = "first_use"
+	TTLFromAllocation = "allocation"
+)
+
+// Config is the whole policy. Pointer fields are "unset" when nil.
+type Config struct {
+	CoverageThreshold float64             `yaml:"coverage_threshold"` // percent, (0, 100]
+	VerifyMode        string              `yaml:"verify"`             // off | sample | full
+	VerifySamples     int                 `yaml:"verify_samples"`
+	DoublePass        bool                `yaml:"double_pass"`
+	MaxReuse          int                 `yaml:"max_reuse"` // negative: unlimited; 0: any reuse violates
+	TTLSec            *float64            `yaml:"ttl_sec"`   // nil: no TTL; <= 0: violates on first use
+	TTLFrom           string              `yaml:"ttl_from"`  // first_use | allocation
+	OnViolation       string              `yaml:"on_violation"`
+	AnomalyZ          float64             `yaml:"anomaly_z"` // z-score that flags an anomaly
+	Tenants           map[string]Override `yaml:"tenants"`
+}
+
+// Override changes some fields for one tenant.
+type Override struct {
+	CoverageThreshold *float64 `yaml:"coverage_threshold"`
+	MaxReuse          *int     `yaml:"max_reuse"`
+	TTLSec            *float64 `yaml:"ttl_sec"`
+	OnViolation       *string  `yaml:"on_violation"`
+}
+
+// Default is the seed's defaults, with verification on and full.
+func Default() Config {
+	return Config{
+		CoverageThreshold: 99.9,
+		VerifyMode:        "full",
+		VerifySamples:     8,
+		MaxReuse:          0,
+		TTLFrom:           TTLFromFirstUse,
+		OnViolation:       ActionObserve,
+		AnomalyZ:          6,
+	}
+}
+
+// Effective is the policy for one tenant after overrides.
+type Effective struct {
+	CoverageThreshold float64
+	MaxReuse          int
+	TTLSec            *float64
+	TTLFrom           string
+	OnViolation       string
+}
+
+// For returns the effective policy for tenant.
+func (c Config) For(tenant string) Effective {
+	e := Effective{c.CoverageThreshold, c.MaxReuse, c.TTLSec, c.TTLFrom, c.OnViolation}
+	if o, ok := c.Tenants[tenant]; ok {
+		if o.CoverageThreshold != nil {
+			e.CoverageThreshold = *o.CoverageThreshold
+		}
+		if o.MaxReuse != nil {
+			e.MaxReuse = *o.MaxReuse
+		}
+		if o.TTLSec != nil {
+			e.TTLSec = o.TTLSec
+		}
+		if o.OnViolation != nil {
+			e.OnViolation = *o.OnViolation
+		}
+	}
+	return e
+}
+
+// Validate reports the first invalid field by its key and value.
+func (c Config) Validate() error {
+	if err := checkThreshold("coverage_threshold", c.CoverageThreshold); err != nil {
+		return err
+	}
+	switch c.VerifyMode {
+	case "off", "sample", "full":
+	default:
+		return fmt.Errorf("verify: %q is not off, sample or full", c.VerifyMode)
+	}
+	if c.VerifySamples < 1 {
+		return fmt.Errorf("verify_samples: %d must be at least 1", c.VerifySamples)
+	}
+	if err := checkTTL("ttl_sec", c.TTLSec); err != nil {
+		return err
+	}
+	switch c.TTLFrom {
+	case TTLFromFirstUse, TTLFromAllocation:
+	default:
+		return fmt.Errorf("ttl_from: %q is not first_use or allocation", c.TTLFrom)
+	}
+	if err := checkAction("on_violation", c.OnViolation); err != nil {
+		return err
+	}
+	if !(c.AnomalyZ > 0) || math.IsInf(c.AnomalyZ, 0) {
+		return fmt.Errorf("anomaly_z: %v must be a positive number", c.AnomalyZ)
+	}
+	names := make([]string, 0, len(c.Tenants))
+	for n := range c.Tenants {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		o := c.Tenants[n]
+		if o.CoverageThreshold != nil {
+			if err := checkThreshold("tenants."+n+".coverage_threshold", *o.CoverageThreshold); err != nil {
+				return err
+			}
+		}
+		if err := checkTTL("tenants."+n+".ttl_sec", o.TTLSec); err != nil {
+			return err
+		}
+		if o.OnViolation != nil {
+			if err := checkAction("tenants."+n+".on_violation", *o.OnViolation); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkThreshold(key string, v float64) error {
+	if !(v > 0 && v <= 100) {
+		return fmt.Errorf("%s: %v must be in (0, 100] percent", key, v)
+	}
+	return nil
+}
+
+func checkTTL(key string, v *float64) error {
+	if v != nil && (math.IsNaN(*v) || math.IsInf(*v, 0)) {
+		return fmt.Errorf("%s: %v is not a finite number of seconds", key, *v)
+	}
+	return nil
+}
+
+func checkAction(key, v string) error {
+	switch v {
+	case ActionObserve, ActionDeny, ActionFreeze, ActionKill:
+		return nil
+	}
+	return fmt.Errorf("%s: %q is not observe, deny, freeze or kill", key, v)
+}
+
+// LoadFile overlays a YAML file on c. Unknown keys are errors.
+func (c *Config) LoadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("policy file: %w", err)
+	}
+	d := yaml.NewDecoder(bytes.NewReader(data))
+	d.KnownFields(true)
+	if err := d.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("policy file %s: %w", path, err)
+	}
+	return nil
+}
+
+// envVar is one environment variable and how it sets the config.
+type envVar struct {
+	name string
+	set  func(c *Config, v string) error
+}
+
+func floatVar(dst func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return errors.New("not a finite number")
+		}
+		*dst(c) = f
+		return nil
+	}
+}
+
+func intVar(dst func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return errors.New("not an integer")
+		}
+		*dst(c) = n
+		return nil
+	}
+}
+
+func boolVar(dst func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "1", "true", "yes", "on":
+			*dst(c) = true
+		case "0", "false", "no", "off":
+			*dst(c) = false
+		default:
+			return errors.New("not a boolean (1/0, true/false, yes/no, on/off)")
+		}
+		return nil
+	}
+}
+
+func ttlVar(c *Config, v string) error {
+	if strings.TrimSpace(v) == "" {
+		c.TTLSec = nil // the seed's "unset or empty means no TTL"
+		return nil
+	}
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return errors.New("not a finite number of seconds")
+	}
+	c.TTLSec = &f
+	return nil
+}
+
+func strVar(dst func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *dst(c) = strings.TrimSpace(v); return nil }
+}
+
+// Env lists the variables ApplyEnv reads, seed names first so KVH_* wins.
+var envVars = []envVar{
+	{"KV_COVERAGE_THRESHOLD", floatVar(func(c *Config) *float64 { return &c.CoverageThreshold })},
+	{"KV_DOUBLE_PASS_DEFAULT", boolVar(func(c *Config) *bool { return &c.DoublePass })},
+	{"KV_VERIFY_SAMPLES_DEFAULT", intVar(func(c *Config) *int { return &c.VerifySamples })},
+	{"KV_DEFAULT_MAX_REUSE", intVar(func(c *Config) *int { return &c.MaxReuse })},
+	{"KV_DEFAULT_TTL_SEC", ttlVar},
+	{"KVH_COVERAGE_THRESHOLD", floatVar(func(c *Config) *float64 { return &c.CoverageThreshold })},
+	{"KVH_DOUBLE_PASS", boolVar(func(c *Config) *bool { return &c.DoublePass })},
+	{"KVH_VERIFY_SAMPLES", intVar(func(c *Config) *int { return &c.VerifySamples })},
+	{"KVH_MAX_REUSE", intVar(func(c *Config) *int { return &c.MaxReuse })},
+	{"KVH_TTL_SEC", ttlVar},
+	{"KVH_TTL_FROM", strVar(func(c *Config) *string { return &c.TTLFrom })},
+	{"KVH_VERIFY", strVar(func(c *Config) *string { return &c.VerifyMode })},
+	{"KVH_ON_VIOLATION", strVar(func(c *Config) *string { return &c.OnViolation })},
+	{"KVH_ANOMALY_Z", floatVar(func(c *Config) *float64 { return &c.AnomalyZ })},
+}
+
+// ApplyEnv overlays the environment (lookup is os.LookupEnv in production).
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	for _, e := range envVars {
+		v, ok := lookup(e.name)
+		if !ok {
+			continue
+		}
+		if err := e.set(c, v); err != nil {
+			return fmt.Errorf("%s=%q: %v", e.name, v, err)
+		}
+	}
+	return nil
+}
+
+// Flags are the command-line overrides; Register adds them to a FlagSet and
+// Apply overlays those that were given.
+type Flags struct {
+	file                         string
+	threshold, ttl, anomalyZ     float64
+	verify, ttlFrom, onViolation string
+	samples, maxReuse            int
+	doublePass                   bool
+	fs                           *pflag.FlagSet
+}
+
+// Register adds the policy flags to fs.
+func Register(fs *pflag.FlagSet) *Flags {
+	f := &Flags{fs: fs}
+	d := Default()
+	fs.StringVar(&f.file, "policy", "", "policy YAML file (then env KV_*/KVH_*, then these flags)")
+	fs.Float64Var(&f.threshold, "coverage-threshold", d.CoverageThreshold, "coverage percent a buffer needs before it may be freed")
+	fs.StringVar(&f.verify, "verify", d.VerifyMode, "verification after zeroize: off, sample or full")
+	fs.IntVar(&f.samples, "verify-samples", d.VerifySamples, "offsets checked in sample mode")
+	fs.BoolVar(&f.doublePass, "double-pass", d.DoublePass, "write a pattern before the zero pass")
+	fs.IntVar(&f.maxReuse, "max-reuse", d.MaxReuse, "reuses allowed per buffer (negative: unlimited)")
+	fs.Float64Var(&f.ttl, "ttl-sec", 0, "buffer time-to-live in seconds (unset: none)")
+	fs.StringVar(&f.ttlFrom, "ttl-from", d.TTLFrom, "TTL clock: first_use or allocation")
+	fs.StringVar(&f.onViolation, "on-violation", d.OnViolation, "action on a violation: observe, deny, freeze or kill")
+	fs.Float64Var(&f.anomalyZ, "anomaly-z", d.AnomalyZ, "z-score that flags a sanitize duration or size anomaly")
+	return f
+}
+
+// Load builds the Config: defaults, the --policy file, the environment, then
+// the flags that were set, and validates it.
+func (f *Flags) Load(lookup func(string) (string, bool)) (Config, error) {
+	c := Default()
+	if f.file != "" {
+		if err := c.LoadFile(f.file); err != nil {
+			return c, err
+		}
+	}
+	if err := c.ApplyEnv(lookup); err != nil {
+		return c, err
+	}
+	set := func(name string, apply func()) {
+		if f.fs.Changed(name) {
+			apply()
+		}
+	}
+	set("coverage-threshold", func() { c.CoverageThreshold = f.threshold })
+	set("verify", func() { c.VerifyMode = f.verify })
+	set("verify-samples", func() { c.VerifySamples = f.samples })
+	set("double-pass", func() { c.DoublePass = f.doublePass })
+	set("max-reuse", func() { c.MaxReuse = f.maxReuse })
+	set("ttl-sec", func() { t := f.ttl; c.TTLSec = &t })
+	set("ttl-from", func() { c.TTLFrom = f.ttlFrom })
+	set("on-violation", func() { c.OnViolation = f.onViolation })
+	set("anomaly-z", func() { c.AnomalyZ = f.anomalyZ })
+	return c, c.Validate()
+}
+
+// File is the policy file given with --policy, for reloads.
+func (f *Flags) File() string { return f.file }
