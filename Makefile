@@ -36,6 +36,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 bench: ## benchmarks, reported as throughput and ratios against references measured in the same run
 	@mkdir -p $(BUILD)
 	$(GO) test -run '^$$' -bench . -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
+	$(GO) test -run '^$$' -bench Zeroize -benchtime 2s ./zeroize/ | tee $(BUILD)/bench-zeroize.txt
+	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
+	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || (gofmt -l . ; exit 1)

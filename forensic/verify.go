@@ -547,3 +547,34 @@ func ParseExternalCheckpoint(data []byte) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// Events calls fn with the seq and body of every event record in the trail,
+// in order. It does not verify anything: run Verify first.
+func Events(dir string, fn func(seq uint64, body []byte) error) error {
+	segs, _, err := listSegments(dir)
+	if err != nil {
+		return err
+	}
+	for _, s := range segs {
+		f, err := os.Open(s.path)
+		if err != nil {
+			return err
+		}
+		br := bufio.NewReaderSize(f, MaxLine+1)
+		var p parsed
+		for {
+			line, err := readLine(br)
+			if err != nil {
+				break
+			}
+			if parseLine(line, &p) == nil && string(p.kind) == KindEvent {
+				if err := fn(p.seq, p.body); err != nil {
+					f.Close()
+					return err
+				}
+			}
+		}
+		f.Close()
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+package tracer
+
+import (
+	"encoding/json"
+	"math"
+	"strconv"
+)
+
+// AppendBody encodes r exactly as json.Marshal(r) does, without reflection:
+// the ledger writes several records per lifecycle and this is its hot path.
+// TestRecordAppendBodyIsMarshal pins it to json.Marshal.
+func (r record) AppendBody(b []byte) []byte {
+	if r.Metric != "" { // anomaly records are rare: take the general path
+		m, _ := json.Marshal(r)
+		return append(b, m...)
+	}
+	b = append(b, `{"ev":`...)
+	b = appendString(b, r.Ev)
+	if r.H != 0 {
+		b = append(b, `,"h":`...)
+		b = strconv.AppendUint(b, uint64(r.H), 10)
+	}
+	b = optString(b, `,"buf":`, r.Kind)
+	b = optString(b, `,"from":`, r.From)
+	b = optString(b, `,"to":`, r.To)
+	b = optString(b, `,"tenant":`, r.Tenant)
+	b = optString(b, `,"request":`, r.Request)
+	b = optString(b, `,"model":`, r.Model)
+	b = optString(b, `,"device":`, r.Device)
+	b = optString(b, `,"framework":`, r.Framework)
+	if r.PID != 0 {
+		b = append(b, `,"pid":`...)
+		b = strconv.AppendInt(b, int64(r.PID), 10)
+	}
+	b = optString(b, `,"stream":`, r.Stream)
+	if r.Bytes != 0 {
+		b = append(b, `,"bytes":`...)
+		b = strconv.AppendInt(b, r.Bytes, 10)
+	}
+	if r.Coverage != nil {
+		b = append(b, `,"coverage_pct":`...)
+		b = appendFloat(b, *r.Coverage)
+	}
+	if r.Verified != nil {
+		b = append(b, `,"verified":`...)
+		b = strconv.AppendBool(b, *r.Verified)
+	}
+	b = optString(b, `,"method":`, r.Method)
+	if r.Seed != 0 {
+		b = append(b, `,"seed":`...)
+		b = strconv.AppendUint(b, r.Seed, 10)
+	}
+	if r.DurNS != 0 {
+		b = append(b, `,"duration_ns":`...)
+		b = strconv.AppendInt(b, r.DurNS, 10)
+	}
+	if r.Reuse != 0 {
+		b = append(b, `,"reuse_count":`...)
+		b = strconv.AppendInt(b, int64(r.Reuse), 10)
+	}
+	if r.MaxReuse != nil {
+		b = append(b, `,"max_reuse":`...)
+		b = strconv.AppendInt(b, int64(*r.MaxReuse), 10)
+	}
+	b = optString(b, `,"reason":`, r.Reason)
+	return append(b, '}')
+}
+
+func optString(b []byte, key, v string) []byte {
+	if v == "" {
+		return b
+	}
+	return appendString(append(b, key...), v)
+}
+
+// appendString quotes s as encoding/json does; anything but plain printable
+// ASCII goes through json.Marshal itself.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			m, _ := json.Marshal(s)
+			return append(b, m...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// appendFloat formats like encoding/json's float64 encoder.
+func appendFloat(b []byte, f float64) []byte {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return append(b, '0') // json.Marshal would fail; coverage is always finite
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
