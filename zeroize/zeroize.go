@@ -57,14 +57,14 @@ type Faults struct {
 
 // Result is what Sanitize did and found.
 type Result struct {
-	Bytes       int           `json:"bytes"`
-	Zeroed      int           `json:"zeroed_bytes"`
-	Checked     int           `json:"checked_bytes"`
-	Verified    bool          `json:"verified"` // a verification ran and found only zeros
-	Method      string        `json:"method"`
-	Seed        uint64        `json:"seed,omitempty"`
-	FirstNonZero int          `json:"first_nonzero"` // -1 when none was found
-	Duration    time.Duration `json:"duration_ns"`
+	Bytes        int           `json:"bytes"`
+	Zeroed       int           `json:"zeroed_bytes"`
+	Checked      int           `json:"checked_bytes"`
+	Verified     bool          `json:"verified"` // a verification ran and found only zeros
+	Method       string        `json:"method"`
+	Seed         uint64        `json:"seed,omitempty"`
+	FirstNonZero int           `json:"first_nonzero"` // -1 when none was found
+	Duration     time.Duration `json:"duration_ns"`
 }
 
 // CoveragePct is verified-zero bytes over bytes, in percent. Without
