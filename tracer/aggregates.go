@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"strings"
@@ -253,4 +254,22 @@ func sortedKeys(m map[string]int64) []string {
 	}
 	sort.Strings(k)
 	return k
+}
+
+// Export writes the seed-compatible exports atomically: the JSON file with
+// the seed's 13 keys (read by kvh-verify gate) and, when promPath is set, the
+// node_exporter textfile with its kv_hygiene_* series.
+func (l *Ledger) Export(jsonPath, promPath string) error {
+	s := l.Snapshot()
+	if jsonPath != "" {
+		if err := metrics.WriteFileAtomic(jsonPath, s.JSON(), 0o644); err != nil {
+			return fmt.Errorf("exporting %s: %w", jsonPath, err)
+		}
+	}
+	if promPath != "" {
+		if err := metrics.WriteFileAtomic(promPath, s.Textfile(), 0o644); err != nil {
+			return fmt.Errorf("exporting %s: %w", promPath, err)
+		}
+	}
+	return nil
 }
