@@ -1,0 +1,245 @@
+/* Test clients, one binary per way a serving process reaches the driver
+ * (WAY is set at compile time; see the Makefile):
+ *   runtime   cudaMalloc/cudaFree through libcudart (dynamic link)
+ *   driver    cuMemAlloc_v2/cuMemFree_v2 bound directly to libcuda
+ *   dlopen    dlopen(libcuda.so.1) + dlsym, no link to CUDA at all
+ *   entry     cudaGetDriverEntryPoint, as PyTorch and NCCL reach cuMem*
+ *   vmm       cuMemCreate/AddressReserve/Map ... Unmap/Release (vLLM sleep mode)
+ *   async     cuMemAllocAsync/cuMemFreeAsync on a stream
+ *   host      pinned host: cuMemHostAlloc/cuMemFreeHost
+ *   ipc       a forked importer opens and closes an IPC handle
+ *   stress    16 threads x N alloc/write/free, checking every new buffer
+ *   fork      the parent and a forked child both allocate and free
+ *
+ * Each prints "RESIDUE n": how many bytes of tenant A's freed buffer tenant B
+ * could read back from its own new allocation (0 = clean).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "kvh_cuda.h"
+
+#define N (64 << 10)
+static const char secret[] = "TENANT-A-KV-BLOCK:the quick brown fox jumps over the lazy dog";
+
+static void (*peek)(void *, CUdeviceptr, size_t);
+static int residue_of(const unsigned char *b, size_t n) {
+  int r = 0;
+  for (size_t i = 0; i < n; i++) r += b[i] == (unsigned char)secret[i % (sizeof secret - 1)];
+  return r;
+}
+static void fill(unsigned char *b, size_t n) { for (size_t i = 0; i < n; i++) b[i] = (unsigned char)secret[i % (sizeof secret - 1)]; }
+static void die(const char *what, int rc) { fprintf(stderr, "client: %s failed: %d\n", what, rc); exit(1); }
+#define CHECK(call) do { int rc_ = (call); if (rc_) die(#call, rc_); } while (0)
+
+/* The driver functions this client uses, however it obtained them. */
+static CUresult (*d_alloc)(CUdeviceptr *, size_t);
+static CUresult (*d_free)(CUdeviceptr);
+static CUresult (*d_htod)(CUdeviceptr, const void *, size_t);
+
+__attribute__((unused)) static int residue_device(CUdeviceptr p, size_t n) {
+  unsigned char *b = malloc(n);
+  peek(b, p, n);
+  int r = residue_of(b, n);
+  free(b);
+  return r;
+}
+
+/* One tenant A / tenant B round on device memory through d_alloc/d_free. */
+__attribute__((unused)) static void round_device(void) {
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  CUdeviceptr a, b;
+  CHECK(d_alloc(&a, N));
+  CHECK(d_htod(a, buf, N));
+  CHECK(d_free(a));
+  CHECK(d_alloc(&b, N));
+  printf("REUSED %d\n", a == b);
+  printf("RESIDUE %d\n", residue_device(b, N));
+  CHECK(d_free(b));
+  free(buf);
+}
+
+extern CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
+extern CUresult cuMemFree_v2(CUdeviceptr);
+extern CUresult cuMemcpyHtoD_v2(CUdeviceptr, const void *, size_t);
+
+#if defined(WAY_runtime) || defined(WAY_entry)
+extern cudaError_t cudaMalloc(void **, size_t);
+extern cudaError_t cudaFree(void *);
+extern cudaError_t cudaMemcpy(void *, const void *, size_t, int);
+extern cudaError_t cudaGetDriverEntryPoint(const char *, void **, unsigned long long, cudaDriverEntryPointQueryResult *);
+__attribute__((unused)) static CUresult rt_alloc(CUdeviceptr *p, size_t n) { void *v; int rc = cudaMalloc(&v, n); if (!rc) *p = (CUdeviceptr)(uintptr_t)v; return rc; }
+__attribute__((unused)) static CUresult rt_free(CUdeviceptr p) { return cudaFree((void *)(uintptr_t)p); }
+__attribute__((unused)) static CUresult rt_htod(CUdeviceptr p, const void *h, size_t n) { return cudaMemcpy((void *)(uintptr_t)p, h, n, 1); }
+#endif
+
+static void *libcuda(void) {
+  void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!h) { fprintf(stderr, "client: %s\n", dlerror()); exit(1); }
+  return h;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  void *cu = libcuda();
+  *(void **)&peek = dlsym(cu, "fakecuda_peek");
+  if (!peek) { fprintf(stderr, "client: needs the fake libcuda (fakecuda_peek)\n"); return 1; }
+  int iters = argc > 1 ? atoi(argv[1]) : 1;
+  (void)iters;
+#if defined(WAY_runtime)
+  d_alloc = rt_alloc, d_free = rt_free, d_htod = rt_htod;
+  round_device();
+#elif defined(WAY_driver)
+  d_alloc = cuMemAlloc_v2, d_free = cuMemFree_v2, d_htod = cuMemcpyHtoD_v2;
+  round_device();
+#elif defined(WAY_dlopen)
+  *(void **)&d_alloc = dlsym(cu, "cuMemAlloc_v2");
+  *(void **)&d_free = dlsym(cu, "cuMemFree_v2");
+  *(void **)&d_htod = dlsym(cu, "cuMemcpyHtoD_v2");
+  round_device();
+#elif defined(WAY_entry)
+  cudaDriverEntryPointQueryResult st;
+  CHECK(cudaGetDriverEntryPoint("cuMemAlloc", (void **)&d_alloc, cudaEnableDefault, &st));
+  CHECK(cudaGetDriverEntryPoint("cuMemFree", (void **)&d_free, cudaEnableDefault, &st));
+  CHECK(cudaGetDriverEntryPoint("cuMemcpyHtoD", (void **)&d_htod, cudaEnableDefault, &st));
+  round_device();
+#elif defined(WAY_vmm)
+  extern CUresult cuMemCreate(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+  extern CUresult cuMemRelease(CUmemGenericAllocationHandle);
+  extern CUresult cuMemAddressReserve(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+  extern CUresult cuMemAddressFree(CUdeviceptr, size_t);
+  extern CUresult cuMemMap(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+  extern CUresult cuMemUnmap(CUdeviceptr, size_t);
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  CUmemGenericAllocationHandle h1, h2;
+  CUdeviceptr va1, va2;
+  /* vLLM sleep: the KV cache's physical memory is unmapped and released */
+  CHECK(cuMemCreate(&h1, N, &prop, 0));
+  CHECK(cuMemAddressReserve(&va1, N, 0, 0, 0));
+  CHECK(cuMemMap(va1, N, 0, h1, 0));
+  CHECK(cuMemcpyHtoD_v2(va1, buf, N));
+  CHECK(cuMemUnmap(va1, N));
+  CHECK(cuMemRelease(h1));
+  CHECK(cuMemAddressFree(va1, N));
+  /* wake up for another tenant: "empty memory" */
+  CHECK(cuMemCreate(&h2, N, &prop, 0));
+  CHECK(cuMemAddressReserve(&va2, N, 0, 0, 0));
+  CHECK(cuMemMap(va2, N, 0, h2, 0));
+  printf("RESIDUE %d\n", residue_device(va2, N));
+  CHECK(cuMemUnmap(va2, N));
+  CHECK(cuMemRelease(h2));
+  CHECK(cuMemAddressFree(va2, N));
+  free(buf);
+#elif defined(WAY_async)
+  extern CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
+  extern CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+  CUstream s = (CUstream)(uintptr_t)0x5;
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  CUdeviceptr a, b;
+  CHECK(cuMemAllocAsync(&a, N, s));
+  CHECK(cuMemcpyHtoD_v2(a, buf, N));
+  CHECK(cuMemFreeAsync(a, s));
+  CHECK(cuMemAllocAsync(&b, N, s));
+  printf("REUSED %d\n", a == b);
+  printf("RESIDUE %d\n", residue_device(b, N));
+  CHECK(cuMemFreeAsync(b, s));
+  free(buf);
+#elif defined(WAY_host)
+  extern CUresult cuMemHostAlloc(void **, size_t, unsigned int);
+  extern CUresult cuMemFreeHost(void *);
+  void *a, *b;
+  CHECK(cuMemHostAlloc(&a, N, 0));
+  fill(a, N);
+  CHECK(cuMemFreeHost(a));
+  CHECK(cuMemHostAlloc(&b, N, 0));
+  printf("REUSED %d\n", a == b);
+  printf("RESIDUE %d\n", residue_of(b, N));
+  CHECK(cuMemFreeHost(b));
+#elif defined(WAY_ipc)
+  extern CUresult cuIpcGetMemHandle(CUipcMemHandle *, CUdeviceptr);
+  extern CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *, CUipcMemHandle, unsigned int);
+  extern CUresult cuIpcCloseMemHandle(CUdeviceptr);
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  CUdeviceptr a;
+  CHECK(cuMemAlloc_v2(&a, N));
+  CHECK(cuMemcpyHtoD_v2(a, buf, N));
+  CUipcMemHandle ih;
+  CHECK(cuIpcGetMemHandle(&ih, a));
+  pid_t pid = fork();
+  if (pid == 0) { /* the importer maps, reads and closes: it must not clear the exporter's data */
+    CUdeviceptr m;
+    if (cuIpcOpenMemHandle_v2(&m, ih, 1)) _exit(2);
+    int seen = residue_device(m, N);
+    if (cuIpcCloseMemHandle(m)) _exit(3);
+    _exit(seen == N ? 0 : 4);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  printf("IMPORTER %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 99);
+  printf("INTACT %d\n", residue_device(a, N) == N);
+  d_alloc = cuMemAlloc_v2, d_free = cuMemFree_v2, d_htod = cuMemcpyHtoD_v2;
+  CHECK(cuMemFree_v2(a));
+  CUdeviceptr b;
+  CHECK(cuMemAlloc_v2(&b, N));
+  printf("RESIDUE %d\n", residue_device(b, N));
+  CHECK(cuMemFree_v2(b));
+  free(buf);
+#elif defined(WAY_stress)
+  d_alloc = cuMemAlloc_v2, d_free = cuMemFree_v2, d_htod = cuMemcpyHtoD_v2;
+  extern void *stress(void *);
+  int threads = 16;
+  pthread_t t[16];
+  for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, stress, (void *)(intptr_t)(iters > 1 ? iters : 1000));
+  long total = 0;
+  for (int i = 0; i < threads; i++) { void *r; pthread_join(t[i], &r); total += (long)(intptr_t)r; }
+  printf("RESIDUE %ld\n", total);
+#elif defined(WAY_fork)
+  d_alloc = cuMemAlloc_v2, d_free = cuMemFree_v2, d_htod = cuMemcpyHtoD_v2;
+  round_device();
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    round_device();
+    fflush(stdout);
+    _exit(0);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  printf("CHILD %d %d\n", (int)pid, WIFEXITED(st) ? WEXITSTATUS(st) : 99);
+#else
+#error "define WAY_<name>"
+#endif
+  return 0;
+}
+
+#if defined(WAY_stress)
+/* stress: every new buffer must hold nothing from any earlier owner. */
+void *stress(void *arg) {
+  long n = (long)(intptr_t)arg, bad = 0;
+  size_t sz = 4096;
+  unsigned char *buf = malloc(sz), *chk = malloc(sz);
+  fill(buf, sz);
+  for (long i = 0; i < n; i++) {
+    CUdeviceptr p;
+    if (d_alloc(&p, sz)) continue;
+    peek(chk, p, sz);
+    bad += residue_of(chk, sz) > (int)(sz / 8);
+    d_htod(p, buf, sz);
+    d_free(p);
+  }
+  free(buf);
+  free(chk);
+  return (void *)(intptr_t)bad;
+}
+#endif
