@@ -8,12 +8,54 @@ BIN   := $(BUILD)/bin
 GOFILES := $(shell find . -name '*.go' -not -path './var/*' -not -path './build/*') go.mod go.sum
 FUZZTIME ?= 10s
 
-.PHONY: help build test test-short fuzz bench lint demo clean
+CC ?= gcc
+KVH_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Werror -Iinterpose/include -Iinterpose
+KVH_LDFLAGS := -shared -Wl,--version-script=interpose/exports.map -lpthread -ldl
+KVH_SRC := interpose/kvh.c interpose/hooks.def interpose/exports.map $(wildcard interpose/include/*.h)
+FAKE := $(BUILD)/fakecuda
+WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench
+CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
+
+.PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: $(BIN)/kvh-verify ## build the Go binaries into build/bin
+
+interpose: $(BUILD)/lib/libkvh.so $(BUILD)/lib/libkvh-asan.so ## build libkvh.so (and its ASan/UBSan twin) into build/lib
+
+$(BUILD)/lib/libkvh.so: $(KVH_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(KVH_CFLAGS) -Wl,-z,defs -o $@ interpose/kvh.c $(KVH_LDFLAGS)
+
+$(BUILD)/lib/libkvh-asan.so: $(KVH_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(KVH_CFLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ interpose/kvh.c $(KVH_LDFLAGS)
+
+fakecuda: $(FAKE)/libcuda.so.1 $(FAKE)/libcudart.so.12 $(FAKE)/client_runtime_now $(addprefix $(FAKE)/client_,$(WAYS)) ## build the fake CUDA libraries and the test clients
+
+$(FAKE)/libcuda.so.1: testdata/fakecuda/fakecuda.c interpose/include/kvh_cuda.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -Iinterpose/include -Wl,-soname,libcuda.so.1 -o $@ $< -lpthread
+	ln -sf libcuda.so.1 $(FAKE)/libcuda.so
+
+$(FAKE)/libcudart.so.12: testdata/fakecuda/fakecudart.c interpose/include/kvh_cuda.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -Iinterpose/include -Wl,-soname,libcudart.so.12 -o $@ $< -ldl -lpthread
+	ln -sf libcudart.so.12 $(FAKE)/libcudart.so
+
+$(FAKE)/client_runtime $(FAKE)/client_entry: $(FAKE)/client_%: testdata/fakecuda/client.c $(FAKE)/libcudart.so.12 $(FAKE)/libcuda.so.1
+	$(CC) $(CLIENT_CFLAGS) -DWAY_$* -o $@ $< -L$(FAKE) -lcudart -Wl,-rpath,'$$ORIGIN' -ldl -lpthread
+
+$(FAKE)/client_runtime_now: testdata/fakecuda/client.c $(FAKE)/libcudart.so.12 $(FAKE)/libcuda.so.1
+	$(CC) $(CLIENT_CFLAGS) -DWAY_runtime -o $@ $< -L$(FAKE) -lcudart -Wl,-z,now -Wl,-rpath,'$$ORIGIN' -ldl -lpthread
+
+$(FAKE)/client_dlopen: testdata/fakecuda/client.c $(FAKE)/libcuda.so.1
+	$(CC) $(CLIENT_CFLAGS) -DWAY_dlopen -o $@ $< -Wl,-rpath,'$$ORIGIN' -ldl -lpthread
+
+$(FAKE)/client_%: testdata/fakecuda/client.c $(FAKE)/libcuda.so.1
+	$(CC) $(CLIENT_CFLAGS) -DWAY_$* -o $@ $< -L$(FAKE) -lcuda -Wl,-rpath,'$$ORIGIN' -ldl -lpthread
 
 $(BIN)/%: $(GOFILES)
 	@mkdir -p $(BIN)
@@ -33,12 +75,13 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null; \
 	  done; done
 
-bench: ## benchmarks, reported as throughput and ratios against references measured in the same run
+bench: interpose fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run
 	@mkdir -p $(BUILD)
 	$(GO) test -run '^$$' -bench . -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
 	$(GO) test -run '^$$' -bench Zeroize -benchtime 2s ./zeroize/ | tee $(BUILD)/bench-zeroize.txt
 	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
+	$(GO) test -run '^$$' -bench Interposer -benchtime 3x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || (gofmt -l . ; exit 1)

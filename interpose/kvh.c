@@ -40,6 +40,9 @@
 
 #define EXPORT __attribute__((visibility("default")))
 #define UNUSED __attribute__((unused))
+/* Code that runs before a sanitizer runtime has initialised (the sanitizer
+ * itself calls dlsym while starting) must not be instrumented. */
+#define NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
@@ -151,7 +154,7 @@ static void read_config(void) {
 typedef void *(*dlsym_fn)(void *, const char *);
 static _Atomic(dlsym_fn) real_dlsym_p;
 
-static dlsym_fn real_dlsym(void) {
+NO_SANITIZE static dlsym_fn real_dlsym(void) {
   dlsym_fn f = atomic_load_explicit(&real_dlsym_p, memory_order_acquire);
   if (likely(f)) return f;
   f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
@@ -373,10 +376,14 @@ static void disconnect(void) {
   sock = -1;
 }
 
+/* While exiting, the flush gives up at this CLOCK_MONOTONIC time (0: no limit). */
+static uint64_t flush_deadline;
+
 /* send_batch sends n records; on a slow agent it waits a little, then gives
  * the records up as dropped (the ring keeps filling, and drops are counted). */
 static void send_batch(struct kvh_record *b, int n) {
   for (int tries = 0; sock >= 0 && tries < 50; tries++) {
+    if (flush_deadline && now_ns(CLOCK_MONOTONIC) > flush_deadline) break;
     ssize_t w = send(sock, b, (size_t)n * sizeof *b, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (w == (ssize_t)((size_t)n * sizeof *b)) return;
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
@@ -501,11 +508,13 @@ static void start_thread(void) {
   pthread_attr_destroy(&a);
 }
 
-/* At exit, deliver what is queued (bounded: the process must not hang). */
+/* At exit, deliver what is queued, within 200 ms: the process must not hang
+ * on a stalled agent. (_exit skips this, as it skips every destructor.) */
 __attribute__((destructor)) static void flush_at_exit(void) {
   if (cfg.mode == MODE_OFF) return;
   struct timespec d = {0, 1000000L};
-  for (int i = 0; i < 200; i++) {
+  flush_deadline = now_ns(CLOCK_MONOTONIC) + 200 * 1000000ULL;
+  for (int i = 0; i < 200 && now_ns(CLOCK_MONOTONIC) < flush_deadline; i++) {
     pthread_mutex_lock(&consumer);
     if (sock < 0 && i == 0) {
       sock = try_connect();
@@ -572,15 +581,14 @@ static inline uint64_t splitmix(uint64_t *x) {
   return z ^ (z >> 31);
 }
 
+static const unsigned char zero_block[4096];
+
+/* is_zero compares against a zero block with libc's vectorised memcmp. */
 static int is_zero(const unsigned char *p, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, p + i, 8);
-    if (w) return 0;
+  for (size_t off = 0; off < n; off += sizeof zero_block) {
+    size_t len = n - off < sizeof zero_block ? n - off : sizeof zero_block;
+    if (memcmp(p + off, zero_block, len) != 0) return 0;
   }
-  for (; i < n; i++)
-    if (p[i]) return 0;
   return 1;
 }
 
@@ -1034,7 +1042,7 @@ EXPORT CUresult cudaGetDriverEntryPointByVersion_ptsz(const char *symbol, void *
 /* dlsym: callers that dlopen libcuda and look entry points up by name get
  * the wrappers. Unversioned, so it answers references to both
  * dlsym@GLIBC_2.2.5 and dlsym@GLIBC_2.34. */
-EXPORT void *dlsym(void *handle, const char *name) {
+NO_SANITIZE EXPORT void *dlsym(void *handle, const char *name) {
   dlsym_fn ds = real_dlsym();
   if (unlikely(!ds)) return NULL;
   void *p = ds(handle, name);

@@ -10,6 +10,9 @@
  *   ipc       a forked importer opens and closes an IPC handle
  *   stress    16 threads x N alloc/write/free, checking every new buffer
  *   fork      the parent and a forked child both allocate and free
+ *   edge      unknown pointer, double free, failing real calls, out-params
+ *   deny      allocates every 10 ms until the agent denies (prints DENIED)
+ *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
  *
  * Each prints "RESIDUE n": how many bytes of tenant A's freed buffer tenant B
  * could read back from its own new allocation (0 = clean).
@@ -21,10 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include "kvh_cuda.h"
 
 #define N (64 << 10)
+__attribute__((unused)) static int pace_us; /* stress: optional pause per operation (argv[2]) */
 static const char secret[] = "TENANT-A-KV-BLOCK:the quick brown fox jumps over the lazy dog";
 
 static void (*peek)(void *, CUdeviceptr, size_t);
@@ -200,6 +205,7 @@ int main(int argc, char **argv) {
   extern void *stress(void *);
   int threads = 16;
   pthread_t t[16];
+  pace_us = argc > 2 ? atoi(argv[2]) : 0;
   for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, stress, (void *)(intptr_t)(iters > 1 ? iters : 1000));
   long total = 0;
   for (int i = 0; i < threads; i++) { void *r; pthread_join(t[i], &r); total += (long)(intptr_t)r; }
@@ -211,17 +217,93 @@ int main(int argc, char **argv) {
   pid_t pid = fork();
   if (pid == 0) {
     round_device();
-    fflush(stdout);
-    _exit(0);
+    exit(0); /* exit, not _exit: destructors (libkvh's final flush) run */
   }
   int st;
   waitpid(pid, &st, 0);
   printf("CHILD %d %d\n", (int)pid, WIFEXITED(st) ? WEXITSTATUS(st) : 99);
+#elif defined(WAY_edge)
+  CUdeviceptr a = 0xabcdef;
+  /* a failing real call leaves the out-param alone */
+  int rc = cuMemAlloc_v2(&a, (size_t)1 << 40);
+  printf("OOM %d UNTOUCHED %d\n", rc, a == 0xabcdef);
+  /* unknown pointer and double free pass through to the driver */
+  printf("UNKNOWN %d\n", cuMemFree_v2(0x1234));
+  CHECK(cuMemAlloc_v2(&a, 4096));
+  CHECK(cuMemFree_v2(a));
+  printf("DOUBLE %d\n", cuMemFree_v2(a));
+  /* a failing free: the memory stays allocated and tracked */
+  CHECK(cuMemAlloc_v2(&a, 4096));
+  setenv("FAKECUDA_FREE_FAIL", "1", 1);
+  printf("FREEFAIL %d\n", cuMemFree_v2(a));
+  unsetenv("FAKECUDA_FREE_FAIL");
+  CHECK(cuMemFree_v2(a));
+  printf("RESIDUE 0\n");
+#elif defined(WAY_deny)
+  for (int i = 0; i < 500; i++) {
+    CUdeviceptr p;
+    int rc = cuMemAlloc_v2(&p, 4096);
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY) { printf("DENIED %d\n", i); return 0; }
+    if (rc == 0) cuMemFree_v2(p);
+    usleep(10000);
+  }
+  printf("NOT DENIED\n");
+#elif defined(WAY_bench)
+  long n = iters > 1 ? iters : 400000, live = 1024; /* a few thousand live KV blocks, as in serving */
+  struct timespec t0, t1, t2;
+  CUdeviceptr *ps = malloc((size_t)live * sizeof *ps);
+  uint64_t ta = 0, tf = 0;
+  long done = 0;
+  for (; done + live <= n; done += live) {
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < live; i++) CHECK(cuMemAlloc_v2(&ps[i], 256));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    for (long i = live - 1; i >= 0; i--) CHECK(cuMemFree_v2(ps[i]));
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    ta += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec));
+    tf += (uint64_t)((t2.tv_sec - t1.tv_sec) * 1000000000L + (t2.tv_nsec - t1.tv_nsec));
+  }
+  printf("ALLOC_NS %.1f\nFREE_NS %.1f\n", (double)ta / (double)done, (double)tf / (double)done);
+  extern CUresult cuMemHostAlloc(void **, size_t, unsigned int);
+  extern CUresult cuMemFreeHost(void *);
+  size_t hn = 64 << 20;
+  void *h;
+  CHECK(cuMemHostAlloc(&h, hn, 0));
+  memset(h, 1, hn);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  memset(h, 0, hn);
+  __asm__ __volatile__("" ::: "memory");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  memset(h, 1, hn);
+  clock_gettime(CLOCK_MONOTONIC, &t2);
+  (void)t2;
+  struct timespec t3, t4;
+  clock_gettime(CLOCK_MONOTONIC, &t3);
+  CHECK(cuMemFreeHost(h));
+  clock_gettime(CLOCK_MONOTONIC, &t4);
+  double ms = (double)((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec));
+  double fr = (double)((t4.tv_sec - t3.tv_sec) * 1000000000L + (t4.tv_nsec - t3.tv_nsec));
+  printf("HOST_MEMSET_GBS %.2f\nHOST_FREE_GBS %.2f\n", (double)hn / ms, (double)hn / fr);
+  free(ps);
 #else
 #error "define WAY_<name>"
 #endif
   return 0;
 }
+
+#if defined(WAY_stress) || defined(WAY_driver)
+/* kvh_stats, when libkvh is loaded, says how many reports were dropped. */
+__attribute__((destructor)) static void report_stats(void) {
+  void (*st)(unsigned long *, unsigned long *, int *);
+  *(void **)&st = dlsym(RTLD_DEFAULT, "kvh_stats");
+  if (st) {
+    unsigned long d, u;
+    int deny;
+    st(&d, &u, &deny);
+    printf("DROPPED %lu\n", d);
+  }
+}
+#endif
 
 #if defined(WAY_stress)
 /* stress: every new buffer must hold nothing from any earlier owner. */
@@ -237,6 +319,7 @@ void *stress(void *arg) {
     bad += residue_of(chk, sz) > (int)(sz / 8);
     d_htod(p, buf, sz);
     d_free(p);
+    if (pace_us) usleep((useconds_t)pace_us);
   }
   free(buf);
   free(chk);

@@ -23,9 +23,17 @@
 #define ARENA (256u << 20)
 #define MAXB 65536
 
-struct block { CUdeviceptr p; size_t size; int used; int host; unsigned long long handle; };
-static struct block blocks[MAXB];
-static int nblocks;
+/* Blocks are carved from the arena and never merged. Free blocks wait on a
+ * LIFO stack per (size class, host) so the most recently freed block of a
+ * size is the next one handed out; live blocks are found by address in a
+ * hash table. Both are O(1), so benchmarks measure kvh, not the fake. */
+struct block { CUdeviceptr p; size_t size; int host; };
+#define CLASSES 64
+#define HASH (1u << 18)
+struct klass { size_t size; int host; int n, cap; struct block *stack; };
+static struct klass classes[CLASSES];
+static int nclasses;
+static struct block live[HASH]; /* p == 0: empty; size == 0 with p: tombstone */
 static unsigned char *arena;
 static size_t top;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -35,53 +43,66 @@ static int env_int(const char *k) { const char *v = getenv(k); return v ? atoi(v
 
 static void init(void) {
   if (!arena) {
-    arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (arena == MAP_FAILED) abort();
   }
 }
 
 static size_t round_up(size_t n) { return (n + 255) & ~(size_t)255; }
 
-/* take returns a block of at least n bytes: the most recently freed fit, or new space. */
-static CUdeviceptr take(size_t n, int host, unsigned long long handle) {
+static struct klass *klass_of(size_t n, int host) {
+  for (int i = 0; i < nclasses; i++)
+    if (classes[i].size == n && classes[i].host == host) return &classes[i];
+  if (nclasses == CLASSES) return NULL;
+  classes[nclasses] = (struct klass){n, host, 0, 0, NULL};
+  return &classes[nclasses++];
+}
+
+static unsigned hslot(CUdeviceptr p) { return (unsigned)((p >> 8) * 0x9E3779B1u) & (HASH - 1); }
+
+static void live_put(struct block b) {
+  for (unsigned i = hslot(b.p);; i = (i + 1) & (HASH - 1))
+    if (live[i].p == 0 || live[i].size == 0) { live[i] = b; return; }
+}
+
+static int live_take(CUdeviceptr p, struct block *out) {
+  for (unsigned i = hslot(p);; i = (i + 1) & (HASH - 1)) {
+    if (live[i].p == 0) return 0;
+    if (live[i].p == p && live[i].size) { *out = live[i]; live[i].size = 0; return 1; }
+  }
+}
+
+/* take returns a block of n bytes: the most recently freed of that size, or new space. */
+static CUdeviceptr take(size_t n, int host) {
   if (n == 0) n = 1;
   n = round_up(n);
   pthread_mutex_lock(&mu);
   init();
-  for (int i = nblocks - 1; i >= 0; i--) {
-    if (!blocks[i].used && blocks[i].size >= n && blocks[i].host == host) {
-      struct block b = blocks[i];
-      memmove(&blocks[i], &blocks[i + 1], (size_t)(nblocks - i - 1) * sizeof b); /* keep LIFO order */
-      b.used = 1;
-      b.handle = handle;
-      blocks[nblocks - 1] = b;
-      pthread_mutex_unlock(&mu);
-      return b.p;
-    }
-  }
-  if (top + n > ARENA || nblocks == MAXB) { pthread_mutex_unlock(&mu); return 0; }
-  struct block b = { (CUdeviceptr)(uintptr_t)(arena + top), n, 1, host, handle };
-  top += n;
-  blocks[nblocks++] = b;
+  struct klass *k = klass_of(n, host);
+  struct block b = {0, n, host};
+  if (k && k->n) b = k->stack[--k->n];
+  else if (top + n <= ARENA) { b.p = (CUdeviceptr)(uintptr_t)(arena + top); top += n; }
+  if (b.p) live_put(b);
   pthread_mutex_unlock(&mu);
   return b.p;
 }
 
-/* give puts a block back on top of the LIFO list. */
+/* give puts a live block on top of its size's stack. */
 static CUresult give(CUdeviceptr p) {
   pthread_mutex_lock(&mu);
-  for (int i = 0; i < nblocks; i++) {
-    if (blocks[i].p == p && blocks[i].used) {
-      struct block b = blocks[i];
-      memmove(&blocks[i], &blocks[i + 1], (size_t)(nblocks - i - 1) * sizeof b);
-      b.used = 0;
-      blocks[nblocks - 1] = b;
-      pthread_mutex_unlock(&mu);
-      return CUDA_SUCCESS;
+  struct block b;
+  CUresult r = CUDA_ERROR_INVALID_VALUE;
+  if (live_take(p, &b)) {
+    struct klass *k = klass_of(b.size, b.host);
+    if (k && k->n == k->cap) {
+      k->cap = k->cap ? 2 * k->cap : 64;
+      k->stack = realloc(k->stack, (size_t)k->cap * sizeof *k->stack);
     }
+    if (k) k->stack[k->n++] = b;
+    r = CUDA_SUCCESS;
   }
   pthread_mutex_unlock(&mu);
-  return CUDA_ERROR_INVALID_VALUE;
+  return r;
 }
 
 EXPORT CUresult cuInit(unsigned int f) { (void)f; pthread_mutex_lock(&mu); init(); pthread_mutex_unlock(&mu); return CUDA_SUCCESS; }
@@ -92,7 +113,7 @@ EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { (void)s; return CUDA_SUCC
 
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *d, size_t n) {
   if (!d) return CUDA_ERROR_INVALID_VALUE;
-  CUdeviceptr p = take(n, 0, 0);
+  CUdeviceptr p = take(n, 0);
   if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
   *d = p;
   return CUDA_SUCCESS;
@@ -142,7 +163,7 @@ EXPORT CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr d, const void *h, size_t n) { m
 /* Pinned host memory comes from the same arena (host=1 blocks). */
 EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int f) {
   (void)f;
-  CUdeviceptr p = take(n, 1, 0);
+  CUdeviceptr p = take(n, 1);
   if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
   *pp = (void *)(uintptr_t)p;
   return CUDA_SUCCESS;

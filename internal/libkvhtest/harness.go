@@ -1,0 +1,227 @@
+package libkvhtest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kvhygiene/kvh/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Root is the repository root (this file's ../..).
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var (
+	buildOnce sync.Once
+	buildErr  error
+)
+
+// Build runs `make interpose fakecuda` once per test binary.
+func Build() error {
+	buildOnce.Do(func() {
+		cmd := exec.Command("make", "-s", "interpose", "fakecuda")
+		cmd.Dir = Root()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("make interpose fakecuda: %v\n%s", err, out)
+		}
+	})
+	return buildErr
+}
+
+// Paths of the built artefacts.
+func Lib() string     { return filepath.Join(Root(), "build", "lib", "libkvh.so") }
+func LibASan() string { return filepath.Join(Root(), "build", "lib", "libkvh-asan.so") }
+func FakeDir() string { return filepath.Join(Root(), "build", "fakecuda") }
+func Client(way string) string {
+	return filepath.Join(FakeDir(), "client_"+way)
+}
+
+// Got is a record with the kernel's word on who sent it.
+type Got struct {
+	wire.Record
+	PeerPID int32
+	PeerUID uint32
+}
+
+// Listener is a stand-in agent: it accepts SOCK_SEQPACKET connections and
+// keeps every record with the sender's SO_PEERCRED pid.
+type Listener struct {
+	Path  string
+	ln    *net.UnixListener
+	mu    sync.Mutex
+	recs  []Got
+	errs  int
+	deny  bool // send a deny control message to every new connection
+	mute  bool // accept but never read (an agent that stalls)
+	conns []*net.UnixConn
+}
+
+// Listen starts a Listener on a socket in dir.
+func Listen(dir string) (*Listener, error) {
+	l := &Listener{Path: filepath.Join(dir, "kvh.sock")}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: l.Path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	l.ln = ln
+	go l.accept()
+	return l, nil
+}
+
+func (l *Listener) accept() {
+	for {
+		c, err := l.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		deny, mute := l.deny, l.mute
+		l.mu.Unlock()
+		var cred *unix.Ucred
+		if rc, err := c.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+		}
+		if deny {
+			c.Write(wire.Control(wire.CtlDeny))
+		}
+		if mute {
+			continue
+		}
+		go l.read(c, cred)
+	}
+}
+
+func (l *Listener) read(c *net.UnixConn, cred *unix.Ucred) {
+	buf := make([]byte, wire.RecordSize*wire.MaxBatch+1)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		recs, err := wire.Decode(buf[:n])
+		l.mu.Lock()
+		if err != nil {
+			l.errs++
+		}
+		for _, r := range recs {
+			g := Got{Record: r}
+			if cred != nil {
+				g.PeerPID, g.PeerUID = cred.Pid, cred.Uid
+			}
+			l.recs = append(l.recs, g)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// SetDeny makes the listener deny allocations to every new connection.
+func (l *Listener) SetDeny(v bool) { l.mu.Lock(); l.deny = v; l.mu.Unlock() }
+
+// SetMute makes the listener accept but never read (an agent that stalls).
+func (l *Listener) SetMute(v bool) { l.mu.Lock(); l.mute = v; l.mu.Unlock() }
+
+// Records returns what was received so far.
+func (l *Listener) Records() []Got {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Got(nil), l.recs...)
+}
+
+// WaitFor polls until pred holds over the records, or d passes.
+func (l *Listener) WaitFor(d time.Duration, pred func([]Got) bool) ([]Got, bool) {
+	deadline := time.Now().Add(d)
+	for {
+		r := l.Records()
+		if pred(r) {
+			return r, true
+		}
+		if time.Now().After(deadline) {
+			return r, false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Close stops the listener.
+func (l *Listener) Close() {
+	l.ln.Close()
+	l.mu.Lock()
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+}
+
+// Run is one client run.
+type Run struct {
+	Stdout, Stderr string
+	PID            int
+	Err            error
+	Wall           time.Duration
+}
+
+// Value returns the integer after "KEY " in the client's output (-1 if absent).
+func (r Run) Value(key string) int {
+	for _, line := range strings.Split(r.Stdout, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == key {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return -1
+}
+
+// Exec runs a client with env (preload, when set, goes into LD_PRELOAD).
+func Exec(way string, preload string, env []string, args ...string) Run {
+	cmd := exec.Command(Client(way), args...)
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+FakeDir())
+	if preload != "" {
+		cmd.Env = append(cmd.Env, "LD_PRELOAD="+preload)
+	}
+	cmd.Env = append(cmd.Env, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Start()
+	pid := 0
+	if err == nil {
+		pid = cmd.Process.Pid
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err = <-done:
+		case <-time.After(2 * time.Minute):
+			cmd.Process.Kill()
+			err = errors.New("client timed out (blocked?)")
+		}
+	}
+	return Run{Stdout: out.String(), Stderr: errb.String(), PID: pid, Err: err, Wall: time.Since(start)}
+}
+
+// ASanPreload is the LD_PRELOAD value for the sanitizer build: the ASan
+// runtime must come first.
+func ASanPreload() (string, error) {
+	out, err := exec.Command("gcc", "-print-file-name=libasan.so").Output()
+	if err != nil {
+		return "", err
+	}
+	rt := strings.TrimSpace(string(out))
+	if !filepath.IsAbs(rt) {
+		return "", fmt.Errorf("no ASan runtime (%s)", rt)
+	}
+	return rt + " " + LibASan(), nil
+}

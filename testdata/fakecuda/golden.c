@@ -1,0 +1,40 @@
+/* Writes the golden kvh_record bytes the Go mirror (package wire) is pinned
+ * to: every field set to a distinct value, produced by the C layout itself. */
+#include <stdio.h>
+#include <string.h>
+#include "kvh_wire.h"
+
+int main(void) {
+  struct kvh_record r;
+  memset(&r, 0, sizeof r);
+  r.magic = KVH_WIRE_MAGIC;
+  r.version = KVH_WIRE_VERSION;
+  r.type = KVH_REC_FREE;
+  r.seq = 0x0102030405060708ULL;
+  r.ts_ns = 1764220800123456789ULL;
+  r.ptr = 0x7e0000001000ULL;
+  r.bytes = 65536;
+  r.zeroed = 65280;
+  r.dur_ns = 12345;
+  r.seed = 0xdeadbeefcafef00dULL;
+  r.stream = 5;
+  r.count = 77;
+  r.pid = 4242;
+  r.tid = 4243;
+  r.fn = 4;
+  r.mem_kind = KVH_MEM_ASYNC;
+  r.verify = KVH_VERIFY_SAMPLE;
+  r.result = KVH_RES_VERIFY_FAILED;
+  r.flags = KVH_F_ENFORCE | KVH_F_ASYNC;
+  r.device = -1;
+  strcpy(r.tenant, "tenant-a");
+  strcpy(r.request, "req-42");
+  struct kvh_control c;
+  memset(&c, 0, sizeof c);
+  c.magic = KVH_WIRE_MAGIC;
+  c.version = KVH_WIRE_VERSION;
+  c.type = KVH_CTL_DENY;
+  fwrite(&r, sizeof r, 1, stdout);
+  fwrite(&c, sizeof c, 1, stdout);
+  return 0;
+}

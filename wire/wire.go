@@ -1,0 +1,251 @@
+// Package wire is the Go mirror of interpose/include/kvh_wire.h: the
+// fixed-layout records libkvh.so sends to the agent over SOCK_SEQPACKET, and
+// the control messages the agent sends back. The C header is the source of
+// truth; golden bytes produced by the C side pin this mirror.
+//
+// Decoding never panics: a packet of the wrong size, an unknown type or a bad
+// magic is an error. Nothing here is trusted for identity — pid, tenant and
+// request are the client's claims.
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Sizes and limits from kvh_wire.h.
+const (
+	Magic       = 0x3148564b
+	Version     = 1
+	RecordSize  = 160
+	ControlSize = 16
+	MaxBatch    = 32
+)
+
+// Record types.
+const (
+	Hello      = 1
+	Alloc      = 2
+	Free       = 3
+	Quarantine = 4
+	Drops      = 5
+)
+
+// Memory kinds.
+const (
+	MemDevice         = 1
+	MemAsync          = 2
+	MemManaged        = 3
+	MemHostPinned     = 4
+	MemHostRegistered = 5
+	MemVMM            = 6
+	MemIPCImport      = 7
+)
+
+// Results.
+const (
+	ResOK            = 0
+	ResZeroizeFailed = 1
+	ResVerifyFailed  = 2
+	ResPassthrough   = 3
+)
+
+// Flags.
+const (
+	FlagDoublePass = 1 << 0
+	FlagImporter   = 1 << 1
+	FlagAsync      = 1 << 2
+	FlagEnforce    = 1 << 3
+	FlagVerified   = 1 << 4
+)
+
+// Verify modes.
+const (
+	VerifyOff    = 0
+	VerifySample = 1
+	VerifyFull   = 2
+)
+
+// Control types.
+const (
+	CtlDeny  = 1
+	CtlAllow = 2
+)
+
+// Record is struct kvh_record.
+type Record struct {
+	Type     uint16
+	Seq      uint64
+	TSNanos  uint64
+	Ptr      uint64
+	Bytes    uint64
+	Zeroed   uint64
+	DurNanos uint64
+	Seed     uint64
+	Stream   uint64
+	Count    uint64
+	PID      uint32 // claimed
+	TID      uint32
+	Fn       uint16
+	MemKind  uint8
+	Verify   uint8
+	Result   uint8
+	Flags    uint8
+	Device   int32
+	Tenant   string // claimed
+	Request  string // claimed
+}
+
+// Errors.
+var (
+	ErrSize    = errors.New("packet size is not a whole number of records")
+	ErrMagic   = errors.New("bad magic or version")
+	ErrType    = errors.New("unknown record type")
+	ErrTooMany = errors.New("more records than a packet may hold")
+)
+
+var le = binary.LittleEndian
+
+// Decode parses one packet into its records.
+func Decode(b []byte) ([]Record, error) {
+	if len(b) == 0 || len(b)%RecordSize != 0 {
+		return nil, fmt.Errorf("%w: %d bytes", ErrSize, len(b))
+	}
+	if len(b)/RecordSize > MaxBatch {
+		return nil, fmt.Errorf("%w: %d", ErrTooMany, len(b)/RecordSize)
+	}
+	out := make([]Record, 0, len(b)/RecordSize)
+	for off := 0; off < len(b); off += RecordSize {
+		r, err := decodeOne(b[off : off+RecordSize])
+		if err != nil {
+			return nil, fmt.Errorf("record %d: %w", off/RecordSize, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func decodeOne(b []byte) (Record, error) {
+	if le.Uint32(b[0:]) != Magic || le.Uint16(b[4:]) != Version {
+		return Record{}, ErrMagic
+	}
+	r := Record{
+		Type:     le.Uint16(b[6:]),
+		Seq:      le.Uint64(b[8:]),
+		TSNanos:  le.Uint64(b[16:]),
+		Ptr:      le.Uint64(b[24:]),
+		Bytes:    le.Uint64(b[32:]),
+		Zeroed:   le.Uint64(b[40:]),
+		DurNanos: le.Uint64(b[48:]),
+		Seed:     le.Uint64(b[56:]),
+		Stream:   le.Uint64(b[64:]),
+		Count:    le.Uint64(b[72:]),
+		PID:      le.Uint32(b[80:]),
+		TID:      le.Uint32(b[84:]),
+		Fn:       le.Uint16(b[88:]),
+		MemKind:  b[90],
+		Verify:   b[91],
+		Result:   b[92],
+		Flags:    b[93],
+		Device:   int32(le.Uint32(b[96:])),
+		Tenant:   cstring(b[104:128]),
+		Request:  cstring(b[128:152]),
+	}
+	if r.Type < Hello || r.Type > Drops {
+		return Record{}, fmt.Errorf("%w %d", ErrType, r.Type)
+	}
+	return r, nil
+}
+
+// cstring reads a NUL-padded field as printable UTF-8 (anything else is
+// replaced, so a hostile client cannot inject control bytes into logs).
+func cstring(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// Encode renders r as kvh_record bytes.
+func (r Record) Encode() []byte {
+	b := make([]byte, RecordSize)
+	le.PutUint32(b[0:], Magic)
+	le.PutUint16(b[4:], Version)
+	le.PutUint16(b[6:], r.Type)
+	le.PutUint64(b[8:], r.Seq)
+	le.PutUint64(b[16:], r.TSNanos)
+	le.PutUint64(b[24:], r.Ptr)
+	le.PutUint64(b[32:], r.Bytes)
+	le.PutUint64(b[40:], r.Zeroed)
+	le.PutUint64(b[48:], r.DurNanos)
+	le.PutUint64(b[56:], r.Seed)
+	le.PutUint64(b[64:], r.Stream)
+	le.PutUint64(b[72:], r.Count)
+	le.PutUint32(b[80:], r.PID)
+	le.PutUint32(b[84:], r.TID)
+	le.PutUint16(b[88:], r.Fn)
+	b[90], b[91], b[92], b[93] = r.MemKind, r.Verify, r.Result, r.Flags
+	le.PutUint32(b[96:], uint32(r.Device))
+	copy(b[104:127], r.Tenant)
+	copy(b[128:151], r.Request)
+	return b
+}
+
+// Control encodes an agent-to-interposer message.
+func Control(typ uint16) []byte {
+	b := make([]byte, ControlSize)
+	le.PutUint32(b[0:], Magic)
+	le.PutUint16(b[4:], Version)
+	le.PutUint16(b[6:], typ)
+	return b
+}
+
+// FnNames are the hooked functions in hooks.def order; Fn n is FnNames[n-1].
+var FnNames = []string{
+	"cuMemAlloc_v2", "cuMemAllocManaged", "cuMemAllocPitch_v2", "cuMemFree_v2",
+	"cuMemAllocAsync", "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz",
+	"cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemPoolTrimTo", "cuMemPoolDestroy",
+	"cuMemHostAlloc", "cuMemAllocHost_v2", "cuMemFreeHost", "cuMemHostRegister_v2", "cuMemHostUnregister",
+	"cuMemCreate", "cuMemRelease", "cuMemMap", "cuMemUnmap", "cuMemAddressFree",
+	"cuMemImportFromShareableHandle", "cuIpcOpenMemHandle_v2", "cuIpcCloseMemHandle",
+	"cuGetProcAddress", "cuGetProcAddress_v2", "cuGetProcAddress_v2_ptsz",
+	"cudaGetDriverEntryPoint", "cudaGetDriverEntryPoint_ptsz", "cudaGetDriverEntryPointByVersion", "cudaGetDriverEntryPointByVersion_ptsz",
+}
+
+// FnName names a hook id.
+func FnName(fn uint16) string {
+	if fn >= 1 && int(fn) <= len(FnNames) {
+		return FnNames[fn-1]
+	}
+	return fmt.Sprintf("fn%d", fn)
+}
+
+var kinds = [...]string{"", "device", "async", "managed", "host_pinned", "host_registered", "vmm", "ipc_import"}
+
+// KindName names a memory kind.
+func KindName(k uint8) string {
+	if int(k) < len(kinds) && k != 0 {
+		return kinds[k]
+	}
+	return fmt.Sprintf("kind%d", k)
+}
+
+var verifies = [...]string{"off", "sample", "full"}
+
+// VerifyName names a verify mode.
+func VerifyName(v uint8) string {
+	if int(v) < len(verifies) {
+		return verifies[v]
+	}
+	return fmt.Sprintf("verify%d", v)
+}

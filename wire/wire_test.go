@@ -1,0 +1,125 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+)
+
+var golden = Record{
+	Type: Free, Seq: 0x0102030405060708, TSNanos: 1764220800123456789, Ptr: 0x7e0000001000,
+	Bytes: 65536, Zeroed: 65280, DurNanos: 12345, Seed: 0xdeadbeefcafef00d, Stream: 5, Count: 77,
+	PID: 4242, TID: 4243, Fn: 4, MemKind: MemAsync, Verify: VerifySample, Result: ResVerifyFailed,
+	Flags: FlagEnforce | FlagAsync, Device: -1, Tenant: "tenant-a", Request: "req-42",
+}
+
+// testdata/golden.bin was written by testdata/fakecuda/golden.c from the C
+// header; when a C compiler is here the test regenerates it and compares.
+func goldenBytes(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile("testdata/golden.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc, err := exec.LookPath("cc"); err == nil {
+		exe := filepath.Join(t.TempDir(), "golden")
+		out, err := exec.Command(cc, "-Wall", "-Werror", "-I../interpose/include", "-o", exe, "../testdata/fakecuda/golden.c").CombinedOutput()
+		if err != nil {
+			t.Fatalf("building golden.c: %v\n%s", err, out)
+		}
+		fresh, err := exec.Command(exe).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fresh, b) {
+			t.Fatal("kvh_wire.h changed: regenerate wire/testdata/golden.bin and update the Go mirror")
+		}
+	}
+	return b
+}
+
+func TestGolden(t *testing.T) {
+	b := goldenBytes(t)
+	recs, err := Decode(b[:RecordSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs[0] != golden {
+		t.Fatalf("decoded %+v\nwant    %+v", recs[0], golden)
+	}
+	if !bytes.Equal(golden.Encode(), b[:RecordSize]) {
+		t.Fatal("Encode differs from the C layout")
+	}
+	if !bytes.Equal(Control(CtlDeny), b[RecordSize:]) {
+		t.Fatal("Control differs from the C layout")
+	}
+}
+
+func TestFnNamesMatchHooksDef(t *testing.T) {
+	def, err := os.ReadFile("../interpose/hooks.def")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range regexp.MustCompile(`(?m)^KVH_HOOK\((\w+),`).FindAllSubmatch(def, -1) {
+		names = append(names, string(m[1]))
+	}
+	if len(names) != len(FnNames) {
+		t.Fatalf("hooks.def has %d hooks, FnNames %d", len(names), len(FnNames))
+	}
+	for i := range names {
+		if names[i] != FnNames[i] {
+			t.Fatalf("hook %d: hooks.def %s, FnNames %s", i+1, names[i], FnNames[i])
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	ok := golden.Encode()
+	cases := map[string][]byte{
+		"empty":     nil,
+		"truncated": ok[:100],
+		"oversized": bytes.Repeat(ok, MaxBatch+1),
+		"magic":     append([]byte{0}, ok[1:]...),
+		"type":      func() []byte { b := bytes.Clone(ok); b[6] = 99; return b }(),
+	}
+	for name, b := range cases {
+		if _, err := Decode(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := Decode(bytes.Repeat(ok, 3)); err != nil {
+		t.Fatal(err)
+	}
+	b := bytes.Clone(ok)
+	copy(b[104:], "evil\n\x1b[31m")
+	recs, _ := Decode(b)
+	if recs[0].Tenant != "evil??[31m" {
+		t.Fatalf("control bytes passed through: %q", recs[0].Tenant)
+	}
+	if _, err := Decode(ok[:RecordSize-1]); !errors.Is(err, ErrSize) {
+		t.Fatal(err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(golden.Encode())
+	f.Add(bytes.Repeat(golden.Encode(), 2))
+	f.Add([]byte("KVH1"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs, err := Decode(b)
+		if err != nil {
+			return
+		}
+		for _, r := range recs {
+			back, err := Decode(r.Encode())
+			if err != nil || back[0].Seq != r.Seq || back[0].Ptr != r.Ptr {
+				t.Fatalf("re-encode: %v", err)
+			}
+		}
+	})
+}
