@@ -30,6 +30,7 @@ type aggregates struct {
 	doubleFrees int64
 	refused     int64
 	anomalies   int64
+	orphans     int64
 	quarantines map[string]int64
 	violations  map[string]int64
 	// coverage of retired buffers that were sanitized: exact min and sum
@@ -85,6 +86,12 @@ func (a *aggregates) reused() {
 func (a *aggregates) doubleFree() {
 	a.mu.Lock()
 	a.doubleFrees++
+	a.mu.Unlock()
+}
+
+func (a *aggregates) retiredOrphan() {
+	a.mu.Lock()
+	a.orphans++
 	a.mu.Unlock()
 }
 

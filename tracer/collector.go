@@ -9,6 +9,7 @@ var (
 	descReuses      = prometheus.NewDesc("kvh_ledger_reuses_total", "Reuse attempts.", nil, nil)
 	descQuarantines = prometheus.NewDesc("kvh_ledger_quarantines_total", "Buffers quarantined, by reason.", []string{"reason"}, nil)
 	descViolations  = prometheus.NewDesc("kvh_ledger_violations_total", "Hygiene policy violations, by kind.", []string{"kind"}, nil)
+	descRetired     = prometheus.NewDesc("kvh_ledger_retired_total", "Remote buffers retired unfreed because their process exited (memory went back to the driver with it).", nil, nil)
 	descAnomalies   = prometheus.NewDesc("kvh_ledger_anomalies_total", "Sanitize duration or size anomalies flagged.", nil, nil)
 	descDuration    = prometheus.NewDesc("kvh_ledger_sanitize_duration_seconds", "Duration of each sanitize or attested zeroize.", nil, nil)
 	descCoverage    = prometheus.NewDesc("kvh_ledger_coverage_ratio", "Coverage of each sanitize or attestation (verified-zero bytes / bytes).", nil, nil)
@@ -17,7 +18,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (l *Ledger) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuffers, descAllocs, descFrees, descReuses, descQuarantines, descViolations, descAnomalies, descDuration, descCoverage, descThreshold} {
+	for _, d := range []*prometheus.Desc{descBuffers, descAllocs, descFrees, descReuses, descQuarantines, descViolations, descRetired, descAnomalies, descDuration, descCoverage, descThreshold} {
 		ch <- d
 	}
 }
@@ -45,6 +46,7 @@ func (l *Ledger) Collect(ch chan<- prometheus.Metric) {
 	for _, k := range sortedKeys(a.violations) {
 		ch <- prometheus.MustNewConstMetric(descViolations, prometheus.CounterValue, float64(a.violations[k]), k)
 	}
+	ch <- prometheus.MustNewConstMetric(descRetired, prometheus.CounterValue, float64(a.orphans))
 	ch <- prometheus.MustNewConstMetric(descAnomalies, prometheus.CounterValue, float64(a.anomalies))
 	ch <- prometheus.MustNewConstHistogram(descDuration, a.dur.n, a.dur.sum/1e9, cumulative(durationBuckets, a.durCounts))
 	var covN uint64

@@ -33,6 +33,7 @@ func (r record) AppendBody(b []byte) []byte {
 		b = strconv.AppendInt(b, int64(r.PID), 10)
 	}
 	b = optString(b, `,"stream":`, r.Stream)
+	b = optString(b, `,"claimed_tenant":`, r.Claimed)
 	if r.Bytes != 0 {
 		b = append(b, `,"bytes":`...)
 		b = strconv.AppendInt(b, r.Bytes, 10)

@@ -14,7 +14,7 @@ func TestRecordAppendBodyIsMarshal(t *testing.T) {
 	pick := func() string { return strs[r.IntN(len(strs))] }
 	for i := 0; i < 5000; i++ {
 		rec := record{Ev: pick(), H: Handle(r.Uint64N(1 << 40)), Kind: pick(), From: pick(), To: pick(), Tenant: pick(),
-			Request: pick(), Model: pick(), Device: pick(), Framework: pick(), PID: r.IntN(3) * 1234, Stream: pick(),
+			Request: pick(), Model: pick(), Device: pick(), Framework: pick(), PID: r.IntN(3) * 1234, Stream: pick(), Claimed: pick(),
 			Bytes: r.Int64N(3) * 4096, Method: pick(), Seed: r.Uint64N(2), DurNS: r.Int64N(2) * 5000, Reuse: r.IntN(2), Reason: pick()}
 		if r.IntN(2) == 0 {
 			f := floats[r.IntN(len(floats))]

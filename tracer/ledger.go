@@ -40,6 +40,9 @@ type Tags struct {
 	Framework string `json:"framework,omitempty"`
 	PID       int    `json:"pid,omitempty"`
 	Stream    string `json:"stream,omitempty"`
+	// Claimed is a tenant the buffer's owner claimed for itself (e.g. an
+	// engine tagging requests), recorded beside the kernel-derived Tenant.
+	Claimed string `json:"claimed_tenant,omitempty"`
 }
 
 // Kind says who owns a buffer's memory.
@@ -205,6 +208,7 @@ type record struct {
 	Framework string   `json:"framework,omitempty"`
 	PID       int      `json:"pid,omitempty"`
 	Stream    string   `json:"stream,omitempty"`
+	Claimed   string   `json:"claimed_tenant,omitempty"`
 	Bytes     int64    `json:"bytes,omitempty"`
 	Coverage  *float64 `json:"coverage_pct,omitempty"`
 	Verified  *bool    `json:"verified,omitempty"`
@@ -224,7 +228,7 @@ type record struct {
 func (b *buffer) rec(ev string, to State) record {
 	return record{Ev: ev, H: b.h, Kind: b.kind.String(), From: b.state.String(), To: to.String(),
 		Tenant: b.tags.Tenant, Request: b.tags.Request, Model: b.tags.Model, Device: b.tags.Device,
-		Framework: b.tags.Framework, PID: b.tags.PID, Stream: b.tags.Stream}
+		Framework: b.tags.Framework, PID: b.tags.PID, Stream: b.tags.Stream, Claimed: b.tags.Claimed}
 }
 
 // commit records r, then moves b to state to. b.mu is held.
@@ -680,6 +684,22 @@ func (l *Ledger) Release(h Handle, reason string) error {
 	return l.retireWith(b, "release", reason)
 }
 
+// Retire ends a remote buffer whose owner is gone (the process exited, so its
+// memory went back to the driver with it) without a sanitize gate. It is
+// recorded as "retire" with the reason and counted apart from frees.
+func (l *Ledger) Retire(h Handle, reason string) error {
+	b, err := l.get(h)
+	if err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	if b.kind != Remote {
+		return fmt.Errorf("%w: %s is local: free it", ErrIllegalTransition, h)
+	}
+	l.agg.retiredOrphan()
+	return l.retireWith(b, "retire", reason)
+}
+
 func (l *Ledger) retire(b *buffer, ev string) error { return l.retireWith(b, ev, "") }
 
 func (l *Ledger) retireWith(b *buffer, ev, reason string) error {
@@ -696,7 +716,9 @@ func (l *Ledger) retireWith(b *buffer, ev, reason string) error {
 	delete(s.m, b.h)
 	s.mu.Unlock()
 	l.remember(b.h)
-	l.agg.retired(b, from)
+	if ev != "retire" {
+		l.agg.retired(b, from)
+	}
 	if b.mem != nil {
 		l.alloc.Put(b.mem)
 		b.mem = nil
