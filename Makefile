@@ -23,7 +23,7 @@ CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: $(BIN)/kvh-verify ## build the Go binaries into build/bin
+build: $(BIN)/kvh-verify $(BIN)/kvh-agent ## build the Go binaries into build/bin
 
 interpose: $(BUILD)/lib/libkvh.so $(BUILD)/lib/libkvh-asan.so ## build libkvh.so (and its ASan/UBSan twin) into build/lib
 
@@ -35,7 +35,7 @@ $(BUILD)/lib/libkvh-asan.so: $(KVH_SRC)
 	@mkdir -p $(@D)
 	$(CC) $(KVH_CFLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ interpose/kvh.c $(KVH_LDFLAGS)
 
-fakecuda: $(FAKE)/libcuda.so.1 $(FAKE)/libcudart.so.12 $(FAKE)/client_runtime_now $(addprefix $(FAKE)/client_,$(WAYS)) ## build the fake CUDA libraries and the test clients
+fakecuda: $(FAKE)/libcuda.so.1 $(FAKE)/libcudart.so.12 $(FAKE)/client_runtime_now $(addprefix $(FAKE)/client_,$(WAYS)) $(FAKE)/kvh_demo ## build the fake CUDA libraries and the test clients
 
 $(FAKE)/libcuda.so.1: testdata/fakecuda/fakecuda.c interpose/include/kvh_cuda.h
 	@mkdir -p $(@D)
@@ -55,6 +55,9 @@ $(FAKE)/client_runtime_now: testdata/fakecuda/client.c $(FAKE)/libcudart.so.12 $
 
 $(FAKE)/client_dlopen: testdata/fakecuda/client.c $(FAKE)/libcuda.so.1
 	$(CC) $(CLIENT_CFLAGS) -DWAY_dlopen -o $@ $< -Wl,-rpath,'$$ORIGIN' -ldl -lpthread
+
+$(FAKE)/kvh_demo: testdata/fakecuda/demo.c $(FAKE)/libcudart.so.12 $(FAKE)/libcuda.so.1
+	$(CC) $(CLIENT_CFLAGS) -o $@ $< -L$(FAKE) -lcudart -lcuda -Wl,-rpath,'$$ORIGIN' -ldl
 
 $(FAKE)/client_%: testdata/fakecuda/client.c $(FAKE)/libcuda.so.1
 	$(CC) $(CLIENT_CFLAGS) -DWAY_$* -o $@ $< -L$(FAKE) -lcuda -Wl,-rpath,'$$ORIGIN' -ldl -lpthread
@@ -90,9 +93,8 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
-demo: ## run the main job on an embedded default (needs the agent: see README)
-	@echo "make demo: not yet available — the agent (kvh-agent) and interposer are not built yet."
-	@echo "What exists today: 'make test' and build/bin/kvh-verify (log | gate | prune | keygen)."
+demo: build interpose fakecuda ## run kvh end to end on the fake driver: leak without kvh, zeros with it, a verified trail
+	@DEMO_DIR=$${DEMO_DIR:-./var/demo} bash scripts/demo.sh
 
 clean: ## remove build outputs
 	rm -rf $(BUILD)

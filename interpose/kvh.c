@@ -563,6 +563,14 @@ static void init(void) {
   if (getrandom(&s, sizeof s, GRND_NONBLOCK) != sizeof s) s = now_ns(CLOCK_MONOTONIC);
   seed_base = s | 1;
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+  /* Say hello now, while the process is surely alive: the agent reads its
+   * identity from /proc when it accepts. (Connecting a Unix socket does not
+   * block; no thread is started here.) */
+  if (cfg.mode != MODE_OFF) {
+    sock = try_connect();
+    if (sock >= 0) hello();
+    clock_gettime(CLOCK_MONOTONIC, &next_connect);
+  }
 }
 
 static inline void ensure_init(void) { pthread_once(&init_once, init); }

@@ -83,6 +83,10 @@ type Options struct {
 	Faults    *zeroize.Faults // test seam for local sanitize
 	Logger    hclog.Logger
 	Now       func() time.Time
+	// OnViolation, when set, is told of every policy violation after it is
+	// recorded (the agent's enforcer acts on it). It runs with the buffer's
+	// lock held and must not call back into the Ledger.
+	OnViolation func(tags Tags, kind, reason string)
 	// RetiredWindow is how many freed handles are remembered so that a second
 	// Free is recognised as a double free (default 65536).
 	RetiredWindow int
@@ -140,6 +144,8 @@ type Ledger struct {
 	retPos  int
 
 	agg aggregates
+
+	onViolation func(tags Tags, kind, reason string)
 }
 
 // New returns a Ledger writing to opts.Trail.
@@ -162,7 +168,7 @@ func New(opts Options) (*Ledger, error) {
 	if opts.RetiredWindow <= 0 {
 		opts.RetiredWindow = 65536
 	}
-	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy}
+	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy, onViolation: opts.OnViolation}
 	for i := range l.shards {
 		l.shards[i].m = map[Handle]*buffer{}
 	}
@@ -408,6 +414,9 @@ func (l *Ledger) violate(b *buffer, reason string) error {
 		return err
 	}
 	l.agg.violation(reason)
+	if l.onViolation != nil {
+		l.onViolation(b.tags, reason, fmt.Sprintf("%s of %d bytes", b.h, b.size))
+	}
 	return fmt.Errorf("%w: %s: %s", ErrPolicyViolation, b.h, reason)
 }
 

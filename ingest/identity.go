@@ -1,0 +1,104 @@
+package ingest
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Identity is who a connected process is, as the kernel says: the pid and
+// uid from SO_PEERCRED, the rest from /proc/<pid>. Nothing comes from what
+// the process claims on the wire.
+type Identity struct {
+	PID          int    `json:"pid"`
+	UID          uint32 `json:"uid"`
+	Comm         string `json:"comm,omitempty"`
+	Cgroup       string `json:"cgroup,omitempty"`
+	ContainerID  string `json:"container_id,omitempty"`
+	PodUID       string `json:"pod_uid,omitempty"`
+	Tenant       string `json:"tenant"`
+	TenantSource string `json:"tenant_source"` // env | pod | container | uid
+}
+
+var (
+	containerRe = regexp.MustCompile(`(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$`)
+	podRe       = regexp.MustCompile(`pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})`)
+)
+
+// Identify reads /proc/<pid> under procRoot. The tenant is KVH_TENANT from
+// the process's environment (as it was at exec), else its pod UID, else its
+// container id, else "uid:<uid>".
+func Identify(procRoot string, pid int, uid uint32) Identity {
+	id := Identity{PID: pid, UID: uid}
+	dir := filepath.Join(procRoot, strconv.Itoa(pid))
+	if b, err := os.ReadFile(filepath.Join(dir, "comm")); err == nil {
+		id.Comm = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "cgroup")); err == nil {
+		id.Cgroup = cgroupPath(b)
+		if m := podRe.FindStringSubmatch(id.Cgroup); m != nil {
+			id.PodUID = strings.ReplaceAll(m[1], "_", "-")
+		}
+		for _, part := range strings.Split(id.Cgroup, "/") {
+			if m := containerRe.FindStringSubmatch(part); m != nil {
+				id.ContainerID = m[1]
+			}
+		}
+	}
+	if t := environ(filepath.Join(dir, "environ"), "KVH_TENANT"); t != "" {
+		id.Tenant, id.TenantSource = t, "env"
+	} else if id.PodUID != "" {
+		id.Tenant, id.TenantSource = "pod:"+id.PodUID, "pod"
+	} else if id.ContainerID != "" {
+		id.Tenant, id.TenantSource = "container:"+id.ContainerID[:12], "container"
+	} else {
+		id.Tenant, id.TenantSource = "uid:"+strconv.FormatUint(uint64(uid), 10), "uid"
+	}
+	return id
+}
+
+// cgroupPath returns the cgroup v2 path ("0::/…") or, on v1, the memory or
+// first controller's path.
+func cgroupPath(b []byte) string {
+	var first string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			return parts[2]
+		}
+		if first == "" || strings.Contains(parts[1], "memory") {
+			first = parts[2]
+		}
+	}
+	return first
+}
+
+func environ(path, key string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, kv := range bytes.Split(b, []byte{0}) {
+		if k, v, ok := bytes.Cut(kv, []byte("=")); ok && string(k) == key {
+			s := strings.Map(func(r rune) rune {
+				if r < 0x20 || r == 0x7f {
+					return -1
+				}
+				return r
+			}, string(v))
+			if len(s) > 128 {
+				s = s[:128]
+			}
+			return s
+		}
+	}
+	return ""
+}
