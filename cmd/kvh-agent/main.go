@@ -127,7 +127,7 @@ func run(args []string, stderr *os.File) int {
 	log := hclog.New(&hclog.LoggerOptions{Name: "kvh-agent", Level: hclog.LevelFromString(cfg.LogLevel), JSONFormat: cfg.LogFormat == "json", Output: stderr})
 	pol, err := cfg.policyFlags.Load(os.LookupEnv)
 	if err != nil {
-		log.Error("invalid policy", "error", err)
+		fmt.Fprintln(stderr, "kvh-agent: invalid policy:", err)
 		return 2
 	}
 	a := &agent{cfg: cfg, log: log}

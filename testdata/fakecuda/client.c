@@ -240,11 +240,16 @@ int main(int argc, char **argv) {
   CHECK(cuMemFree_v2(a));
   printf("RESIDUE 0\n");
 #elif defined(WAY_deny)
+  unsigned char kv[4096];
+  fill(kv, sizeof kv);
   for (int i = 0; i < 500; i++) {
     CUdeviceptr p;
-    int rc = cuMemAlloc_v2(&p, 4096);
+    int rc = cuMemAlloc_v2(&p, sizeof kv);
     if (rc == CUDA_ERROR_OUT_OF_MEMORY) { printf("DENIED %d\n", i); return 0; }
-    if (rc == 0) cuMemFree_v2(p);
+    if (rc == 0) {
+      cuMemcpyHtoD_v2(p, kv, sizeof kv); /* a request's KV data */
+      cuMemFree_v2(p);
+    }
     usleep(10000);
   }
   printf("NOT DENIED\n");

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvhygiene/kvh/forensic"
+	"github.com/kvhygiene/kvh/internal/libkvhtest"
+	"github.com/kvhygiene/kvh/wire"
+)
+
+var agentBin string
+
+func TestMain(m *testing.M) {
+	if err := libkvhtest.Build(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	dir, _ := os.MkdirTemp("", "kvh-agent-test")
+	agentBin = filepath.Join(dir, "kvh-agent")
+	if out, err := exec.Command("go", "build", "-race", "-o", agentBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building kvh-agent: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type testAgent struct {
+	t      *testing.T
+	dir    string
+	sock   string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+	addr   string
+	pub    string
+	extra  []string
+}
+
+func newAgent(t *testing.T, extra ...string) *testAgent {
+	t.Helper()
+	dir := t.TempDir()
+	if _, _, err := forensic.GenerateKeys(dir, "kvh-test"); err != nil {
+		t.Fatal(err)
+	}
+	a := &testAgent{t: t, dir: dir, sock: filepath.Join(dir, "run", "kvh.sock"), pub: filepath.Join(dir, forensic.VerificationKeyFile), extra: extra}
+	a.start()
+	t.Cleanup(func() { a.kill() })
+	return a
+}
+
+var listenRe = regexp.MustCompile(`HTTP: listen=(\S+)`)
+
+func (a *testAgent) start() {
+	a.t.Helper()
+	args := append([]string{"--socket", a.sock, "--listen", "127.0.0.1:0", "--trail-dir", filepath.Join(a.dir, "trail"),
+		"--signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--metrics-json", filepath.Join(a.dir, "metrics.json"),
+		"--export-interval", "200ms", "--append-only=false", "--sweep-interval", "100ms"}, a.extra...)
+	a.cmd = exec.Command(agentBin, args...)
+	a.log = &bytes.Buffer{}
+	pr, pw := io.Pipe()
+	a.cmd.Stderr = pw
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			a.log.WriteString(line + "\n")
+			if m := listenRe.FindStringSubmatch(line); m != nil {
+				select {
+				case found <- m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	select {
+	case a.addr = <-found:
+	case <-time.After(15 * time.Second):
+		a.t.Fatalf("agent did not start:\n%s", a.log)
+	}
+	for i := 0; i < 100; i++ {
+		if code, _ := a.get("/readyz"); code == 200 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.t.Fatal("agent never became ready")
+}
+
+func (a *testAgent) get(path string) (int, string) {
+	resp, err := http.Get("http://" + a.addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (a *testAgent) stop() {
+	a.t.Helper()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- a.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			a.t.Fatalf("agent exit: %v\n%s", err, a.log)
+		}
+	case <-time.After(20 * time.Second):
+		a.t.Fatal("agent did not stop on SIGTERM")
+	}
+}
+
+func (a *testAgent) kill() {
+	if a.cmd != nil && a.cmd.ProcessState == nil {
+		a.cmd.Process.Kill()
+		a.cmd.Wait()
+	}
+}
+
+func (a *testAgent) verify() *forensic.Report {
+	a.t.Helper()
+	v, err := forensic.LoadVerifier(a.pub)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	rep, err := forensic.Verify(filepath.Join(a.dir, "trail"), forensic.VerifyOptions{Verifier: v})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return rep
+}
+
+// events returns the trail's event bodies.
+func (a *testAgent) events() []map[string]any {
+	var out []map[string]any
+	forensic.Events(filepath.Join(a.dir, "trail"), func(_ uint64, body []byte) error {
+		var m map[string]any
+		json.Unmarshal(body, &m)
+		out = append(out, m)
+		return nil
+	})
+	return out
+}
+
+func (a *testAgent) waitEvent(d time.Duration, pred func(map[string]any) bool) (map[string]any, bool) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		for _, e := range a.events() {
+			if pred(e) {
+				return e, true
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil, false
+}
+
+func num(v any) int {
+	f, _ := v.(float64)
+	return int(f)
+}
+
+func (a *testAgent) client(way string, env ...string) libkvhtest.Run {
+	return libkvhtest.Exec(way, libkvhtest.Lib(), append(env, "KVH_SOCKET="+a.sock))
+}
+
+func TestAttestationsReachTheTrail(t *testing.T) {
+	a := newAgent(t)
+	run := a.client("driver", "KVH_TENANT=acme")
+	if run.Err != nil || run.Value("RESIDUE") != 0 {
+		t.Fatalf("%v %s", run.Err, run.Stdout)
+	}
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "free" && num(e["pid"]) == run.PID })
+	if !ok {
+		t.Fatalf("no free from pid %d in the trail", run.PID)
+	}
+	if ev["tenant"] != "acme" || num(ev["coverage_pct"]) != 100 {
+		t.Fatalf("free record %v", ev)
+	}
+	code, metrics := a.get("/metrics")
+	if code != 200 || !strings.Contains(metrics, `kvh_frees_total{result="ok"} 2`) {
+		t.Fatalf("/metrics:\n%s", grepMetrics(metrics))
+	}
+	a.stop()
+	rep := a.verify()
+	if !rep.OK || rep.Open {
+		t.Fatalf("trail after SIGTERM: %+v", rep.Problem)
+	}
+	var m map[string]any
+	b, _ := os.ReadFile(filepath.Join(a.dir, "metrics.json"))
+	if err := json.Unmarshal(b, &m); err != nil || num(m["freed_total"]) != 2 {
+		t.Fatalf("metrics.json %s", b)
+	}
+}
+
+func grepMetrics(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, "kvh_") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// A fault-injected client's buffer is quarantined and the configured action
+// applied to it.
+func TestActions(t *testing.T) {
+	faulty := []string{"FAKECUDA_MEMSET_PARTIAL=100", "KVH_VERIFY=full", "KVH_TENANT=mallory"}
+	t.Run("observe", func(t *testing.T) {
+		a := newAgent(t, "--on-violation", "observe")
+		run := a.client("driver", faulty...)
+		if run.Err != nil || run.Value("REUSED") != 0 {
+			t.Fatalf("%v %s", run.Err, run.Stdout)
+		}
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+			return e["ev"] == "violation" && e["kind"] == "quarantined_buffer" && num(e["pid"]) == run.PID && e["tenant"] == "mallory"
+		}); !ok {
+			t.Fatal("no violation recorded")
+		}
+		_, m := a.get("/metrics")
+		if !strings.Contains(m, `kvh_violations_total{kind="quarantined_buffer"} 1`) || !strings.Contains(m, `kvh_actions_total{action="observe"} 1`) {
+			t.Fatalf("%s", grepMetrics(m))
+		}
+	})
+	t.Run("deny", func(t *testing.T) {
+		a := newAgent(t, "--on-violation", "deny")
+		run := a.client("deny", faulty...)
+		if run.Err != nil || !strings.Contains(run.Stdout, "DENIED") {
+			t.Fatalf("not denied: %v %s\n%s", run.Err, run.Stdout, a.log)
+		}
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "action" && e["action"] == "deny" && num(e["pid"]) == run.PID }); !ok {
+			t.Fatal("no deny action recorded")
+		}
+	})
+	t.Run("kill", func(t *testing.T) {
+		a := newAgent(t, "--on-violation", "kill")
+		run := a.client("deny", faulty...)
+		ws, _ := run.Err.(*exec.ExitError)
+		if ws == nil || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("client not killed: %v %s", run.Err, run.Stdout)
+		}
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "action" && e["action"] == "kill" && num(e["pid"]) == run.PID }); !ok {
+			t.Fatal("no kill action recorded")
+		}
+	})
+	t.Run("freeze", func(t *testing.T) {
+		a := newAgent(t, "--on-violation", "freeze")
+		cmd := exec.Command(libkvhtest.Client("deny"))
+		cmd.Env = append(os.Environ(), append(faulty, "KVH_SOCKET="+a.sock, "LD_PRELOAD="+libkvhtest.Lib(), "LD_LIBRARY_PATH="+libkvhtest.FakeDir())...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		ev, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool { return e["ev"] == "action" && e["action"] == "freeze" && num(e["pid"]) == cmd.Process.Pid })
+		if !ok {
+			t.Fatalf("no freeze action\n%s", a.log)
+		}
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if f := strings.Fields(string(stat)); len(f) < 3 || f[2] != "T" {
+			t.Fatalf("process not stopped (%v): %s", ev["result"], stat)
+		}
+	})
+}
+
+// Hostile clients: the agent survives, counts them, and attributes events to
+// the kernel's identity, not the client's claims.
+func TestHostileClients(t *testing.T) {
+	a := newAgent(t)
+	dial := func() *net.UnixConn {
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: a.sock, Net: "unixpacket"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// garbage, truncated and oversized packets
+	c := dial()
+	c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	good := wire.Record{Type: wire.Alloc, Ptr: 0x1000, Bytes: 4096}.Encode()
+	c.Write(good[:100])
+	c.Write(bytes.Repeat(good, 40))
+	c.Close()
+	// a flood of connections
+	var flood []*net.UnixConn
+	for i := 0; i < 200; i++ {
+		flood = append(flood, dial())
+	}
+	for _, f := range flood {
+		f.Close()
+	}
+	// a client lying about its pid and tenant
+	liar := dial()
+	lie := wire.Record{Type: wire.Alloc, Ptr: 0x2000, Bytes: 4096, PID: 1, Tenant: "root-tenant"}
+	free := wire.Record{Type: wire.Free, Ptr: 0x2000, Bytes: 4096, Zeroed: 4096, PID: 1, Tenant: "root-tenant", Flags: wire.FlagVerified, Fn: 4}
+	liar.Write(append(lie.Encode(), free.Encode()...))
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "free" })
+	liar.Close()
+	if !ok {
+		t.Fatalf("the liar's records were not handled\n%s", a.log)
+	}
+	if num(ev["pid"]) != os.Getpid() || ev["tenant"] == "root-tenant" || ev["claimed_tenant"] != "root-tenant" {
+		t.Fatalf("identity taken from the claim: %v", ev)
+	}
+	if code, _ := a.get("/healthz"); code != 200 {
+		t.Fatal("agent unhealthy after hostile clients")
+	}
+	_, m := a.get("/metrics")
+	if !strings.Contains(m, `kvh_ingest_errors_total{reason="malformed"}`) {
+		t.Fatalf("malformed packets not counted:\n%s", grepMetrics(m))
+	}
+	a.stop()
+	if rep := a.verify(); !rep.OK {
+		t.Fatal(rep.Problem)
+	}
+}
+
+// SIGKILL of the agent under load, then a restart: the trail verifies and
+// the restarted agent keeps going.
+func TestAgentKilledUnderLoad(t *testing.T) {
+	a := newAgent(t)
+	done := make(chan libkvhtest.Run, 1)
+	go func() { done <- a.client("stress", "KVH_TENANT=load") }()
+	time.Sleep(300 * time.Millisecond)
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+	run := <-done
+	if run.Err != nil || run.Value("RESIDUE") != 0 {
+		t.Fatalf("client under a dying agent: %v %s", run.Err, run.Stdout)
+	}
+	a.start()
+	run2 := a.client("driver")
+	if run2.Err != nil {
+		t.Fatal(run2.Err)
+	}
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "free" && num(e["pid"]) == run2.PID }); !ok {
+		t.Fatal("restarted agent did not record")
+	}
+	a.stop()
+	rep := a.verify()
+	if !rep.OK {
+		t.Fatalf("trail after SIGKILL and restart: %v", rep.Problem)
+	}
+	t.Logf("trail: %d records in %d segments; warnings %v", rep.Records, rep.Segments, rep.Warnings)
+}
+
+func TestBadConfigIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string][]string{
+		"log format":   {"--log-format", "xml"},
+		"on-violation": {"--on-violation", "explode"},
+		"missing key":  {"--signing-key", filepath.Join(dir, "nope"), "--trail-dir", dir, "--socket", filepath.Join(dir, "s")},
+	}
+	for name, args := range cases {
+		out, err := exec.Command(agentBin, args...).CombinedOutput()
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if len(out) == 0 || strings.Count(string(out), "\n") > 5 {
+			t.Errorf("%s: unclear error:\n%s", name, out)
+		}
+	}
+	cmd := exec.Command(agentBin, "--socket", filepath.Join(dir, "s"))
+	cmd.Env = append(os.Environ(), "KV_DEFAULT_MAX_REUSE=lots")
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), `KV_DEFAULT_MAX_REUSE="lots"`) {
+		t.Errorf("bad env not named:\n%s", out)
+	}
+}
