@@ -290,7 +290,7 @@ static void unlock_all(void) {
 
 /* ---- events: a lock-free ring drained by one background thread --------- */
 
-#define RING 4096
+#define RING 8192
 
 struct cell {
   atomic_uint_fast64_t seq;
@@ -378,17 +378,24 @@ static void disconnect(void) {
 
 /* While exiting, the flush gives up at this CLOCK_MONOTONIC time (0: no limit). */
 static uint64_t flush_deadline;
+/* send_mu serialises use of the socket (sending, connecting, closing); the
+ * consumer mutex only covers taking records off the ring, so fork() never
+ * waits on a slow agent. */
+static pthread_mutex_t send_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* send_batch sends n records; on a slow agent it waits a little, then gives
- * the records up as dropped (the ring keeps filling, and drops are counted). */
+/* send_batch sends n records (send_mu held). A slow agent is waited for, up
+ * to 5 s (the ring keeps filling meanwhile, and a full ring counts drops);
+ * a dead one is dropped and reconnected later. */
 static void send_batch(struct kvh_record *b, int n) {
-  for (int tries = 0; sock >= 0 && tries < 50; tries++) {
-    if (flush_deadline && now_ns(CLOCK_MONOTONIC) > flush_deadline) break;
+  uint64_t give_up = now_ns(CLOCK_MONOTONIC) + 5000000000ULL;
+  while (sock >= 0) {
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    if (now > give_up || (flush_deadline && now > flush_deadline)) break;
     ssize_t w = send(sock, b, (size_t)n * sizeof *b, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (w == (ssize_t)((size_t)n * sizeof *b)) return;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR)) {
       struct pollfd p = {.fd = sock, .events = POLLOUT};
-      poll(&p, 1, 10);
+      poll(&p, 1, 20);
       continue;
     }
     disconnect();
@@ -418,29 +425,35 @@ static void hello(void) {
   }
 }
 
-/* drain moves everything in the ring to the socket (or to the drop count
- * when there is no agent). The consumer mutex is held. */
-static int drain(void) {
-  struct kvh_record batch[KVH_WIRE_MAX_BATCH];
-  int total = 0;
-  for (;;) {
-    int n = 0;
-    while (n < KVH_WIRE_MAX_BATCH) {
-      struct cell *c = &ring[ring_tail & (RING - 1)];
-      uint64_t s = atomic_load_explicit(&c->seq, memory_order_acquire);
-      if ((int64_t)s - (int64_t)(ring_tail + 1) < 0) break;
-      batch[n++] = c->rec;
-      atomic_store_explicit(&c->seq, ring_tail + RING, memory_order_release);
-      ring_tail++;
-    }
-    if (!n) return total;
-    total += n;
-    if (sock >= 0) send_batch(batch, n);
-    else atomic_fetch_add(&dropped, (unsigned long)n);
+static atomic_int inflight; /* records taken off the ring, not yet delivered */
+
+/* take_batch moves up to KVH_WIRE_MAX_BATCH records off the ring. */
+static int take_batch(struct kvh_record *batch) {
+  int n = 0;
+  pthread_mutex_lock(&consumer);
+  while (n < KVH_WIRE_MAX_BATCH) {
+    struct cell *c = &ring[ring_tail & (RING - 1)];
+    uint64_t s = atomic_load_explicit(&c->seq, memory_order_acquire);
+    if ((int64_t)s - (int64_t)(ring_tail + 1) < 0) break;
+    batch[n++] = c->rec;
+    atomic_store_explicit(&c->seq, ring_tail + RING, memory_order_release);
+    ring_tail++;
   }
+  atomic_fetch_add(&inflight, n);
+  pthread_mutex_unlock(&consumer);
+  return n;
 }
 
-static void maybe_connect(void) {
+/* deliver sends a batch, or counts it dropped when there is no agent. */
+static void deliver(struct kvh_record *batch, int n) {
+  pthread_mutex_lock(&send_mu);
+  if (sock >= 0) send_batch(batch, n);
+  else atomic_fetch_add(&dropped, (unsigned long)n);
+  pthread_mutex_unlock(&send_mu);
+  atomic_fetch_sub(&inflight, n);
+}
+
+static void maybe_connect(void) { /* send_mu held */
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   if (now.tv_sec < next_connect.tv_sec || (now.tv_sec == next_connect.tv_sec && now.tv_nsec < next_connect.tv_nsec)) return;
@@ -451,7 +464,7 @@ static void maybe_connect(void) {
   if (sock >= 0) hello();
 }
 
-static void read_control(void) {
+static void read_control(void) { /* send_mu held */
   struct kvh_control c[8];
   for (;;) {
     ssize_t n = recv(sock, c, sizeof c, MSG_DONTWAIT);
@@ -470,19 +483,23 @@ static void read_control(void) {
 
 static void *reporter(void *arg) {
   (void)arg;
+  struct kvh_record batch[KVH_WIRE_MAX_BATCH];
   for (;;) {
-    pthread_mutex_lock(&consumer);
+    pthread_mutex_lock(&send_mu);
     if (sock < 0) maybe_connect();
-    int n = drain();
     int fd = sock;
-    pthread_mutex_unlock(&consumer);
-    if (n) continue;
+    pthread_mutex_unlock(&send_mu);
+    int n = take_batch(batch);
+    if (n) {
+      deliver(batch, n);
+      continue;
+    }
     if (fd >= 0) {
       struct pollfd p = {.fd = fd, .events = POLLIN};
       if (poll(&p, 1, 2) > 0) {
-        pthread_mutex_lock(&consumer);
-        if (sock >= 0) read_control();
-        pthread_mutex_unlock(&consumer);
+        pthread_mutex_lock(&send_mu);
+        if (sock == fd) read_control();
+        pthread_mutex_unlock(&send_mu);
       }
     } else {
       struct timespec d = {0, 5 * 1000000L};
@@ -512,18 +529,25 @@ static void start_thread(void) {
  * on a stalled agent. (_exit skips this, as it skips every destructor.) */
 __attribute__((destructor)) static void flush_at_exit(void) {
   if (cfg.mode == MODE_OFF) return;
+  struct kvh_record batch[KVH_WIRE_MAX_BATCH];
   struct timespec d = {0, 1000000L};
   flush_deadline = now_ns(CLOCK_MONOTONIC) + 200 * 1000000ULL;
-  for (int i = 0; i < 200 && now_ns(CLOCK_MONOTONIC) < flush_deadline; i++) {
-    pthread_mutex_lock(&consumer);
-    if (sock < 0 && i == 0) {
-      sock = try_connect();
-      if (sock >= 0) hello();
+  pthread_mutex_lock(&send_mu);
+  if (sock < 0) {
+    sock = try_connect();
+    if (sock >= 0) hello();
+  }
+  pthread_mutex_unlock(&send_mu);
+  while (now_ns(CLOCK_MONOTONIC) < flush_deadline) {
+    int n = take_batch(batch);
+    if (n) {
+      deliver(batch, n);
+      continue;
     }
-    drain();
+    pthread_mutex_lock(&consumer);
     int empty = atomic_load(&ring_head) == ring_tail;
     pthread_mutex_unlock(&consumer);
-    if (empty) break;
+    if (empty && atomic_load(&inflight) == 0) break; /* the reporter's batch is out too */
     nanosleep(&d, NULL);
   }
 }
@@ -540,6 +564,7 @@ static void atfork_parent(void) {
 }
 static void atfork_child(void) {
   unlock_all();
+  pthread_mutex_init(&send_mu, NULL); /* a parent thread may have held it */
   /* The child has no reporter thread and must not speak on the parent's
    * connection (the agent knows it by the parent's credentials). */
   if (sock >= 0) close(sock);
@@ -547,6 +572,7 @@ static void atfork_child(void) {
   next_connect.tv_sec = 0;
   next_connect.tv_nsec = 0;
   ring_reset();
+  atomic_store(&inflight, 0);
   cached_pid = 0;
   atomic_fetch_add(&fork_gen, 1);
   atomic_store(&thread_started, 0);

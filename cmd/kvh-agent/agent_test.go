@@ -41,14 +41,14 @@ func TestMain(m *testing.M) {
 }
 
 type testAgent struct {
-	t      *testing.T
-	dir    string
-	sock   string
-	cmd    *exec.Cmd
-	log    *bytes.Buffer
-	addr   string
-	pub    string
-	extra  []string
+	t     *testing.T
+	dir   string
+	sock  string
+	cmd   *exec.Cmd
+	log   *bytes.Buffer
+	addr  string
+	pub   string
+	extra []string
 }
 
 func newAgent(t *testing.T, extra ...string) *testAgent {
@@ -249,7 +249,9 @@ func TestActions(t *testing.T) {
 		if run.Err != nil || !strings.Contains(run.Stdout, "DENIED") {
 			t.Fatalf("not denied: %v %s\n%s", run.Err, run.Stdout, a.log)
 		}
-		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "action" && e["action"] == "deny" && num(e["pid"]) == run.PID }); !ok {
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+			return e["ev"] == "action" && e["action"] == "deny" && num(e["pid"]) == run.PID
+		}); !ok {
 			t.Fatal("no deny action recorded")
 		}
 	})
@@ -260,7 +262,9 @@ func TestActions(t *testing.T) {
 		if ws == nil || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 			t.Fatalf("client not killed: %v %s", run.Err, run.Stdout)
 		}
-		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "action" && e["action"] == "kill" && num(e["pid"]) == run.PID }); !ok {
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+			return e["ev"] == "action" && e["action"] == "kill" && num(e["pid"]) == run.PID
+		}); !ok {
 			t.Fatal("no kill action recorded")
 		}
 	})
@@ -272,7 +276,9 @@ func TestActions(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		ev, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool { return e["ev"] == "action" && e["action"] == "freeze" && num(e["pid"]) == cmd.Process.Pid })
+		ev, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool {
+			return e["ev"] == "action" && e["action"] == "freeze" && num(e["pid"]) == cmd.Process.Pid
+		})
 		if !ok {
 			t.Fatalf("no freeze action\n%s", a.log)
 		}

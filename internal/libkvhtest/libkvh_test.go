@@ -213,9 +213,9 @@ func TestStress16Threads(t *testing.T) {
 // While the listener keeps up, no attestation is lost: every allocation and
 // every free of 16 paced threads arrives.
 func TestNoLostAttestation(t *testing.T) {
-	const n = 3000
+	const n = 1000
 	l := listen(t)
-	run := Exec("stress", Lib(), []string{"KVH_SOCKET=" + l.Path}, fmt.Sprint(n), "200")
+	run := Exec("stress", Lib(), []string{"KVH_SOCKET=" + l.Path}, fmt.Sprint(n), "1000")
 	if run.Err != nil || run.Value("RESIDUE") != 0 || run.Value("DROPPED") != 0 {
 		t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
 	}
