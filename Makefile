@@ -15,7 +15,7 @@ KVH_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Werror 
 KVH_LDFLAGS := -shared -Wl,--version-script=interpose/exports.map -lpthread -ldl
 KVH_SRC := interpose/kvh.c interpose/hooks.def interpose/exports.map $(wildcard interpose/include/*.h)
 FAKE := $(BUILD)/fakecuda
-WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench
+WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
 
 .PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda
@@ -87,6 +87,7 @@ bench: interpose fakecuda ## benchmarks, reported as throughput and ratios again
 	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench Interposer -benchtime 3x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
+	$(GO) test -run '^$$' -bench Agent -benchtime 1x ./cmd/kvh-agent/ | tee $(BUILD)/bench-agent.txt
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || (gofmt -l . ; exit 1)

@@ -280,3 +280,34 @@ func TestAppendOnlyFlag(t *testing.T) {
 		t.Fatal("truncate of an append-only segment succeeded")
 	}
 }
+
+func TestAppendAsyncThenSync(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := t.TempDir()
+	l, err := Open(dir, Options{Signer: k.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		if err := l.AppendAsync(map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Everything queued before Sync is durable and checkpointed, in order.
+	if st := l.Stats(); st.CheckpointSize < 1001 {
+		t.Fatalf("checkpoint covers %d", st.CheckpointSize)
+	}
+	got := readEvents(t, dir)
+	for i := 0; i < 1000; i++ {
+		if got[uint64(i+1)] != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("seq %d: %q", i+1, got[uint64(i+1)])
+		}
+	}
+	l.Close()
+	if rep := verify(t, dir, k, nil); !rep.OK {
+		t.Fatal(rep.Problem)
+	}
+}

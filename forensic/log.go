@@ -109,11 +109,12 @@ type job struct {
 }
 
 type request struct {
-	kind string
-	body []byte
-	seq  uint64
-	err  error
-	done chan struct{}
+	kind  string
+	body  []byte
+	seq   uint64
+	err   error
+	async bool // nobody waits: the syncer recycles it
+	done  chan struct{}
 }
 
 var reqPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
@@ -442,14 +443,43 @@ func (l *Log) syncCheckpoints() error {
 // object, and returns its seq once it is durable and covered by a signed
 // checkpoint.
 func (l *Log) Append(body any) (uint64, error) {
+	b, err := canonical(body)
+	if err != nil {
+		return 0, err
+	}
+	return l.submit(KindEvent, b, false)
+}
+
+// AppendAsync queues an event record and returns without waiting for it to
+// be durable. Records are written in the order they are queued, so when a
+// later Append or Sync returns, this record is durable too. A write error
+// stops the trail (Err) and fails every later call.
+func (l *Log) AppendAsync(body any) error {
+	b, err := canonical(body)
+	if err != nil {
+		return err
+	}
+	_, err = l.submit(KindEvent, b, true)
+	return err
+}
+
+// Sync returns once every record queued before it is durable and covered by
+// a signed checkpoint.
+func (l *Log) Sync() error {
+	_, err := l.submit("", nil, false)
+	return err
+}
+
+// canonical turns a body into the bytes a record carries.
+func canonical(body any) ([]byte, error) {
 	var b []byte
 	switch v := body.(type) {
 	case BodyAppender:
 		m := v.AppendBody(make([]byte, 0, 256))
 		if len(m) < 2 || m[0] != '{' || len(m) > MaxLine/2 {
-			return 0, errors.New("record body must be a JSON object within the size limit")
+			return nil, errors.New("record body must be a JSON object within the size limit")
 		}
-		return l.submit(KindEvent, m)
+		return m, nil
 	case json.RawMessage:
 		b = v
 	case []byte:
@@ -458,29 +488,29 @@ func (l *Log) Append(body any) (uint64, error) {
 		// json.Marshal's output is already canonical: no second pass.
 		m, err := json.Marshal(body)
 		if err != nil {
-			return 0, fmt.Errorf("encoding record body: %w", err)
+			return nil, fmt.Errorf("encoding record body: %w", err)
 		}
 		if len(m) < 2 || m[0] != '{' {
-			return 0, errors.New("record body must be a JSON object")
+			return nil, errors.New("record body must be a JSON object")
 		}
 		if len(m) > MaxLine/2 {
-			return 0, fmt.Errorf("record body of %d bytes is too large", len(m))
+			return nil, fmt.Errorf("record body of %d bytes is too large", len(m))
 		}
-		return l.submit(KindEvent, m)
+		return m, nil
 	}
 	if len(b) < 2 || b[0] != '{' {
-		return 0, errors.New("record body must be a JSON object")
+		return nil, errors.New("record body must be a JSON object")
 	}
 	// Caller-supplied bytes: validated and canonicalised here, in the
 	// caller's goroutine, not the writer's.
 	b, err := canonicalBody(b)
 	if err != nil {
-		return 0, fmt.Errorf("record body is not valid JSON: %w", err)
+		return nil, fmt.Errorf("record body is not valid JSON: %w", err)
 	}
 	if len(b) > MaxLine/2 {
-		return 0, fmt.Errorf("record body of %d bytes is too large", len(b))
+		return nil, fmt.Errorf("record body of %d bytes is too large", len(b))
 	}
-	return l.submit(KindEvent, b)
+	return b, nil
 }
 
 // BodyAppender is implemented by record bodies that encode themselves to
@@ -494,12 +524,18 @@ type BodyAppender interface {
 // appendPrune writes a prune record; only Prune calls it.
 func (l *Log) appendPrune(p PruneBody) (uint64, error) {
 	b, _ := json.Marshal(p)
-	return l.submit(KindPrune, b)
+	return l.submit(KindPrune, b, false)
 }
 
-func (l *Log) submit(kind string, body []byte) (uint64, error) {
+// submit queues a record (kind "" is a barrier that writes nothing).
+func (l *Log) submit(kind string, body []byte, async bool) (uint64, error) {
+	if async {
+		if err := l.Err(); err != nil {
+			return 0, err
+		}
+	}
 	r := reqPool.Get().(*request)
-	r.kind, r.body, r.err = kind, body, nil
+	r.kind, r.body, r.err, r.async = kind, body, nil, async
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -508,6 +544,9 @@ func (l *Log) submit(kind string, body []byte) (uint64, error) {
 	}
 	l.reqs <- r
 	l.mu.RUnlock()
+	if async {
+		return 0, nil
+	}
 	<-r.done
 	seq, err := r.seq, r.err
 	r.body = nil
@@ -606,6 +645,10 @@ func (l *Log) commit() {
 					break
 				}
 			}
+			if r.kind == "" { // a barrier: durable once this batch is
+				r.seq = l.c.size()
+				continue
+			}
 			r.seq = l.c.size()
 			if err = l.encode(r.kind, r.body); err != nil {
 				break
@@ -692,6 +735,11 @@ func (l *Log) complete(js []*job) {
 	l.fail(err)
 	for _, j := range js {
 		for _, r := range j.reqs {
+			if r.async {
+				r.body = nil
+				reqPool.Put(r)
+				continue
+			}
 			r.err = err
 			r.done <- struct{}{}
 		}

@@ -21,7 +21,7 @@ type Identity struct {
 	ContainerID  string `json:"container_id,omitempty"`
 	PodUID       string `json:"pod_uid,omitempty"`
 	Tenant       string `json:"tenant"`
-	TenantSource string `json:"tenant_source"` // env | pod | container | uid
+	TenantSource string `json:"tenant_source"` // env | pod | container | uid | exited
 }
 
 var (
@@ -57,6 +57,9 @@ func Identify(procRoot string, pid int, uid uint32) Identity {
 		id.Tenant, id.TenantSource = "container:"+id.ContainerID[:12], "container"
 	} else {
 		id.Tenant, id.TenantSource = "uid:"+strconv.FormatUint(uint64(uid), 10), "uid"
+		if _, err := os.Stat(dir); err != nil {
+			id.TenantSource = "exited" // gone before /proc could be read: only the uid is known
+		}
 	}
 	return id
 }

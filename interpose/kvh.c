@@ -403,6 +403,8 @@ static void send_batch(struct kvh_record *b, int n) {
   atomic_fetch_add(&dropped, (unsigned long)n);
 }
 
+static void report_drops(void);
+
 static void hello(void) {
   struct kvh_record h = {0};
   h.magic = KVH_WIRE_MAGIC;
@@ -416,13 +418,7 @@ static void hello(void) {
   h.result = (uint8_t)cfg.mode;
   memcpy(h.tenant, cfg.tenant, sizeof h.tenant);
   send_batch(&h, 1);
-  unsigned long d = atomic_exchange(&dropped, 0);
-  if (d && sock >= 0) {
-    struct kvh_record r = h;
-    r.type = KVH_REC_DROPS;
-    r.count = d;
-    send_batch(&r, 1);
-  }
+  report_drops();
 }
 
 static atomic_int inflight; /* records taken off the ring, not yet delivered */
@@ -481,6 +477,25 @@ static void read_control(void) { /* send_mu held */
   }
 }
 
+/* report_drops tells the agent how many records were lost since the last
+ * report (send_mu held). */
+static void report_drops(void) {
+  unsigned long d = atomic_exchange(&dropped, 0);
+  if (!d) return;
+  if (sock < 0) {
+    atomic_fetch_add(&dropped, d);
+    return;
+  }
+  struct kvh_record r = {0};
+  r.magic = KVH_WIRE_MAGIC;
+  r.version = KVH_WIRE_VERSION;
+  r.type = KVH_REC_DROPS;
+  r.ts_ns = now_ns(CLOCK_REALTIME);
+  r.pid = (uint32_t)getpid();
+  r.count = d;
+  send_batch(&r, 1);
+}
+
 static void *reporter(void *arg) {
   (void)arg;
   struct kvh_record batch[KVH_WIRE_MAX_BATCH];
@@ -495,6 +510,11 @@ static void *reporter(void *arg) {
       continue;
     }
     if (fd >= 0) {
+      if (atomic_load_explicit(&dropped, memory_order_relaxed)) {
+        pthread_mutex_lock(&send_mu);
+        report_drops();
+        pthread_mutex_unlock(&send_mu);
+      }
       struct pollfd p = {.fd = fd, .events = POLLIN};
       if (poll(&p, 1, 2) > 0) {
         pthread_mutex_lock(&send_mu);
@@ -550,6 +570,9 @@ __attribute__((destructor)) static void flush_at_exit(void) {
     if (empty && atomic_load(&inflight) == 0) break; /* the reporter's batch is out too */
     nanosleep(&d, NULL);
   }
+  pthread_mutex_lock(&send_mu);
+  report_drops();
+  pthread_mutex_unlock(&send_mu);
 }
 
 /* ---- fork safety -------------------------------------------------------- */

@@ -215,20 +215,27 @@ func (l *Ledger) anomaly(b *buffer, d time.Duration) {
 // durations keep sub-millisecond resolution.
 func (l *Ledger) Snapshot() metrics.Snapshot {
 	// Live buffers' coverage first (without the aggregates lock).
+	// Lock order is buffer, then shard (retire takes them so): collect the
+	// shard's buffers first, then visit each without holding the shard.
 	liveMin, liveSum, liveN := math.Inf(1), 0.0, int64(0)
+	var bs []*buffer
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.RLock()
+		bs = bs[:0]
 		for _, b := range s.m {
+			bs = append(bs, b)
+		}
+		s.mu.RUnlock()
+		for _, b := range bs {
 			b.mu.Lock()
-			if b.covered {
+			if b.covered && b.state != Freed {
 				liveMin = math.Min(liveMin, b.coverage)
 				liveSum += b.coverage
 				liveN++
 			}
 			b.mu.Unlock()
 		}
-		s.mu.RUnlock()
 	}
 	a := &l.agg
 	a.mu.Lock()

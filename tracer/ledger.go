@@ -83,6 +83,13 @@ type Options struct {
 	Faults    *zeroize.Faults // test seam for local sanitize
 	Logger    hclog.Logger
 	Now       func() time.Time
+	// AsyncTrail queues transition records without waiting for each to be
+	// durable (the trail must implement AppendAsync; *forensic.Log does).
+	// Records stay in transition order, and anything that waits on the trail
+	// later (an Append, a Sync) waits for them: the agent uses this so that a
+	// connection's events are not serialised on fdatasync, while every action
+	// it takes is still recorded, durably, after the verdict it rests on.
+	AsyncTrail bool
 	// OnViolation, when set, is told of every policy violation after it is
 	// recorded (the agent's enforcer acts on it). It runs with the buffer's
 	// lock held and must not call back into the Ledger.
@@ -146,6 +153,21 @@ type Ledger struct {
 	agg aggregates
 
 	onViolation func(tags Tags, kind, reason string)
+	async       asyncTrail
+}
+
+type asyncTrail interface {
+	AppendAsync(body any) error
+}
+
+// record writes one transition record, waiting for durability unless the
+// ledger was built with AsyncTrail.
+func (l *Ledger) record(r record) error {
+	if l.async != nil {
+		return l.async.AppendAsync(r)
+	}
+	_, err := l.trail.Append(r)
+	return err
 }
 
 // New returns a Ledger writing to opts.Trail.
@@ -171,6 +193,13 @@ func New(opts Options) (*Ledger, error) {
 	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy, onViolation: opts.OnViolation}
 	for i := range l.shards {
 		l.shards[i].m = map[Handle]*buffer{}
+	}
+	if opts.AsyncTrail {
+		a, ok := opts.Trail.(asyncTrail)
+		if !ok {
+			return nil, errors.New("tracer: AsyncTrail needs a trail with AppendAsync")
+		}
+		l.async = a
 	}
 	l.retired = make(map[Handle]struct{}, opts.RetiredWindow)
 	l.retRing = make([]Handle, opts.RetiredWindow)
@@ -239,7 +268,7 @@ func (b *buffer) rec(ev string, to State) record {
 
 // commit records r, then moves b to state to. b.mu is held.
 func (l *Ledger) commit(b *buffer, r record, to State) error {
-	if _, err := l.trail.Append(r); err != nil {
+	if err := l.record(r); err != nil {
 		return fmt.Errorf("recording %s of %s: %w", r.Ev, b.h, err)
 	}
 	l.agg.move(b.state, to)
@@ -295,7 +324,7 @@ func (l *Ledger) register(tags Tags, size int64, kind Kind, o AllocOptions) (Han
 	r.From, r.Bytes = "", size
 	mr := b.pol.MaxReuse
 	r.MaxReuse = &mr
-	if _, err := l.trail.Append(r); err != nil {
+	if err := l.record(r); err != nil {
 		return 0, fmt.Errorf("recording allocate: %w", err)
 	}
 	if kind == Local {
@@ -643,7 +672,7 @@ func (l *Ledger) Free(h Handle) error {
 	b, err := l.get(h)
 	if err != nil {
 		if errors.Is(err, ErrUnknownHandle) && l.wasRetired(h) {
-			if _, err := l.trail.Append(record{Ev: "double_free", H: h}); err != nil {
+			if err := l.record(record{Ev: "double_free", H: h}); err != nil {
 				return fmt.Errorf("recording double free: %w", err)
 			}
 			l.agg.doubleFree()

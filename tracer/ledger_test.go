@@ -401,3 +401,30 @@ func TestRSSFlat(t *testing.T) {
 		t.Fatalf("heap grew from %d to %d bytes over 300k lifecycles", before, after)
 	}
 }
+
+// Snapshots (the agent exports every few hundred ms) run while buffers are
+// retired: this deadlocked once (shard then buffer vs buffer then shard).
+func TestSnapshotDuringLifecycles(t *testing.T) {
+	l, _ := newLedger(t, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 20000; i++ {
+			h, _ := l.RegisterRemote(Tags{Tenant: "a"}, 4096, AllocOptions{})
+			l.Attest(h, Attestation{Bytes: 4096, Zeroed: 4096, Verified: true})
+			l.Free(h)
+		}
+	}()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case <-done:
+			return
+		case <-deadline:
+			t.Fatal("lifecycles stalled while snapshotting (deadlock)")
+		default:
+			l.Snapshot()
+			l.Sweep()
+		}
+	}
+}

@@ -181,7 +181,7 @@ func num(v any) int {
 }
 
 func (a *testAgent) client(way string, env ...string) libkvhtest.Run {
-	return libkvhtest.Exec(way, libkvhtest.Lib(), append(env, "KVH_SOCKET="+a.sock))
+	return libkvhtest.Exec(way, libkvhtest.Lib(), append(env, "KVH_SOCKET="+a.sock, "CLIENT_LINGER_MS=300"))
 }
 
 func TestAttestationsReachTheTrail(t *testing.T) {
@@ -197,8 +197,7 @@ func TestAttestationsReachTheTrail(t *testing.T) {
 	if ev["tenant"] != "acme" || num(ev["coverage_pct"]) != 100 {
 		t.Fatalf("free record %v", ev)
 	}
-	code, metrics := a.get("/metrics")
-	if code != 200 || !strings.Contains(metrics, `kvh_frees_total{result="ok"} 2`) {
+	if metrics, ok := a.waitMetrics(`kvh_frees_total{result="ok"} 2`); !ok {
 		t.Fatalf("/metrics:\n%s", grepMetrics(metrics))
 	}
 	a.stop()
@@ -211,6 +210,23 @@ func TestAttestationsReachTheTrail(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil || num(m["freed_total"]) != 2 {
 		t.Fatalf("metrics.json %s", b)
 	}
+}
+
+// waitMetrics polls /metrics until it holds every wanted line.
+func (a *testAgent) waitMetrics(want ...string) (string, bool) {
+	var m string
+	for i := 0; i < 100; i++ {
+		_, m = a.get("/metrics")
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(m, w)
+		}
+		if ok {
+			return m, true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return m, false
 }
 
 func grepMetrics(s string) string {
@@ -236,10 +252,9 @@ func TestActions(t *testing.T) {
 		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
 			return e["ev"] == "violation" && e["kind"] == "quarantined_buffer" && num(e["pid"]) == run.PID && e["tenant"] == "mallory"
 		}); !ok {
-			t.Fatal("no violation recorded")
+			t.Fatalf("no violation recorded: %v\n%s", a.events(), a.log)
 		}
-		_, m := a.get("/metrics")
-		if !strings.Contains(m, `kvh_violations_total{kind="quarantined_buffer"} 1`) || !strings.Contains(m, `kvh_actions_total{action="observe"} 1`) {
+		if m, ok := a.waitMetrics(`kvh_violations_total{kind="quarantined_buffer"} 1`, `kvh_actions_total{action="observe"} 1`); !ok {
 			t.Fatalf("%s", grepMetrics(m))
 		}
 	})
@@ -331,8 +346,7 @@ func TestHostileClients(t *testing.T) {
 	if code, _ := a.get("/healthz"); code != 200 {
 		t.Fatal("agent unhealthy after hostile clients")
 	}
-	_, m := a.get("/metrics")
-	if !strings.Contains(m, `kvh_ingest_errors_total{reason="malformed"}`) {
+	if m, ok := a.waitMetrics(`kvh_ingest_errors_total{reason="malformed"}`); !ok {
 		t.Fatalf("malformed packets not counted:\n%s", grepMetrics(m))
 	}
 	a.stop()

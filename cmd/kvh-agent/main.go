@@ -193,7 +193,7 @@ func (a *agent) start(pol policy.Config) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = ingest.NewMetrics(reg)
 	a.enf = &action.Enforcer{Trail: a.trail, Log: log.Named("action"), ProcRoot: cfg.ProcRoot, CgroupRoot: cfg.CgroupRoot, Violations: a.metrics.Violations, Actions: a.metrics.Actions}
-	a.ledger, err = tracer.New(tracer.Options{Trail: a.trail, Policy: pol, Logger: log.Named("ledger"), OnViolation: func(t tracer.Tags, kind, reason string) {
+	a.ledger, err = tracer.New(tracer.Options{Trail: a.trail, AsyncTrail: true, Policy: pol, Logger: log.Named("ledger"), OnViolation: func(t tracer.Tags, kind, reason string) {
 		a.enf.Handle(action.Violation{Kind: kind, PID: t.PID, Tenant: t.Tenant, Detail: reason})
 	}})
 	if err != nil {

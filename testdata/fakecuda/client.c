@@ -13,6 +13,7 @@
  *   edge      unknown pointer, double free, failing real calls, out-params
  *   deny      allocates every 10 ms until the agent denies (prints DENIED)
  *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
+ *   churn     keeps L buffers live while making N allocations in all, at R per ms
  *
  * Each prints "RESIDUE n": how many bytes of tenant A's freed buffer tenant B
  * could read back from its own new allocation (0 = clean).
@@ -92,6 +93,9 @@ static void *libcuda(void) {
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  /* A process that lives only milliseconds can be gone before the agent reads
+   * its /proc; tests that check identity let the client linger a moment. */
+  if (getenv("CLIENT_LINGER_MS")) usleep((useconds_t)atoi(getenv("CLIENT_LINGER_MS")) * 1000);
   void *cu = libcuda();
   *(void **)&peek = dlsym(cu, "fakecuda_peek");
   if (!peek) { fprintf(stderr, "client: needs the fake libcuda (fakecuda_peek)\n"); return 1; }
@@ -253,6 +257,21 @@ int main(int argc, char **argv) {
     usleep(10000);
   }
   printf("NOT DENIED\n");
+#elif defined(WAY_churn)
+  long total = iters > 1 ? iters : 1000000, live = argc > 2 ? atol(argv[2]) : 10000, rate = argc > 3 ? atol(argv[3]) : 100;
+  CUdeviceptr *ps = calloc((size_t)live, sizeof *ps);
+  unsigned long long x = 88172645463325252ULL;
+  for (long i = 0; i < live; i++) CHECK(cuMemAlloc_v2(&ps[i], 4096));
+  for (long i = live; i < total; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    long k = (long)(x % (unsigned long long)live);
+    CHECK(cuMemFree_v2(ps[k]));
+    CHECK(cuMemAlloc_v2(&ps[k], 4096));
+    if (rate > 0 && i % rate == 0) usleep(1000);
+  }
+  for (long i = 0; i < live; i++) CHECK(cuMemFree_v2(ps[i]));
+  printf("RESIDUE 0\n");
+  free(ps);
 #elif defined(WAY_bench)
   long n = iters > 1 ? iters : 400000, live = 1024; /* a few thousand live KV blocks, as in serving */
   struct timespec t0, t1, t2;
