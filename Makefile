@@ -18,7 +18,7 @@ FAKE := $(BUILD)/fakecuda
 WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
 
-.PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda
+.PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -82,7 +82,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 
 bench: interpose fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run
 	@mkdir -p $(BUILD)
-	$(GO) test -run '^$$' -bench . -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
+	$(GO) test -run '^$$' -bench AppendDurable -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
+	$(GO) test -run '^$$' -bench Verify -benchtime 3x ./forensic/ | tee -a $(BUILD)/bench-forensic.txt
 	$(GO) test -run '^$$' -bench Zeroize -benchtime 2s ./zeroize/ | tee $(BUILD)/bench-zeroize.txt
 	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
@@ -96,6 +97,9 @@ lint: ## gofmt, go vet, staticcheck
 
 demo: build interpose fakecuda ## run kvh end to end on the fake driver: leak without kvh, zeros with it, a verified trail
 	@DEMO_DIR=$${DEMO_DIR:-./var/demo} bash scripts/demo.sh
+
+gpu-check: ## on a machine with an NVIDIA GPU and nvcc: libkvh against the real driver (results in build/gpu-check.txt)
+	bash scripts/gpu-check.sh
 
 clean: ## remove build outputs
 	rm -rf $(BUILD)
