@@ -18,12 +18,18 @@ FAKE := $(BUILD)/fakecuda
 WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
 
-.PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda gpu-check
+.PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda gpu-check generate check-generate
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: $(BIN)/kvh-verify $(BIN)/kvh-agent ## build the Go binaries into build/bin
+
+generate: ## regenerate the eBPF objects and bindings (bpf2go; needs clang, llvm, libbpf-dev)
+	cd bpf && $(GO) generate ./...
+
+check-generate: generate ## fail if regenerating the eBPF output changes what is committed
+	@git diff --exit-code --stat -- bpf/kvh_x86_bpfel.go bpf/kvh_x86_bpfel.o || (echo "bpf/: committed bpf2go output is stale; run make generate and commit" && exit 1)
 
 interpose: $(BUILD)/lib/libkvh.so $(BUILD)/lib/libkvh-asan.so ## build libkvh.so (and its ASan/UBSan twin) into build/lib
 

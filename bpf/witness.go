@@ -68,6 +68,7 @@ type Witness struct {
 	links    []link.Link
 	attached map[[2]uint64]string // (dev, ino) -> path
 	quit     chan struct{}
+	closed   bool // under mu: the maps are gone
 	wg       sync.WaitGroup
 	dropped  atomic.Uint64 // events the reader could not hand on
 }
@@ -141,7 +142,12 @@ func (w *Witness) Attached() []string {
 // Lost is the number of events lost: the ring had no room, or the reader's
 // channel was full.
 func (w *Witness) Lost() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	var per []uint64
+	if w.closed {
+		return w.dropped.Load()
+	}
 	if err := w.coll.Maps["lost"].Lookup(uint32(0), &per); err != nil {
 		return w.dropped.Load()
 	}
@@ -293,6 +299,9 @@ func (w *Witness) Close() error {
 	w.links = nil
 	w.mu.Unlock()
 	w.wg.Wait()
+	w.mu.Lock()
+	w.closed = true
 	w.coll.Close()
+	w.mu.Unlock()
 	return nil
 }

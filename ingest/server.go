@@ -30,11 +30,14 @@ type Config struct {
 	DropThreshold uint64 // dropped events per process before it is a violation (default 1000)
 	MaxConns      int    // default 4096
 	MaxErrors     int    // malformed packets before a connection is closed (default 16)
+	// Correlator, when set, is told of every attested free (the witness joins them).
+	Correlator *Correlator
 }
 
 // Server accepts interposer connections.
 type Server struct {
 	cfg   Config
+	seen  sync.Map // pid -> struct{}: processes that ever connected
 	ln    *net.UnixListener
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -132,6 +135,7 @@ func (s *Server) Serve() error {
 			continue
 		}
 		cn := &conn{c: c, id: Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid), handles: map[uint64]tracer.Handle{}}
+		s.seen.Store(cn.id.PID, struct{}{})
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
 		s.cfg.Metrics.Connected.Inc()
@@ -187,6 +191,12 @@ func (s *Server) Deny(pid int) error {
 		}
 	}
 	return nil
+}
+
+// SeenPID reports whether pid ever had an interposer connection.
+func (s *Server) SeenPID(pid int) bool {
+	_, ok := s.seen.Load(pid)
+	return ok
 }
 
 // Connected reports whether pid has an interposer connection.
@@ -296,6 +306,9 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			return nil
 		}
 		delete(c.handles, r.Ptr)
+		if s.cfg.Correlator != nil {
+			s.cfg.Correlator.Attested(c.id.PID, r.Ptr, time.Now())
+		}
 		verified := r.Flags&wire.FlagVerified != 0
 		method := fmt.Sprintf("%s+%s", wire.FnName(r.Fn), wire.VerifyName(r.Verify))
 		if err := led.Attest(h, tracer.Attestation{Bytes: int64(r.Bytes), Zeroed: int64(r.Zeroed), Verified: verified, Method: method, Seed: r.Seed, Duration: time.Duration(r.DurNanos)}); err != nil {

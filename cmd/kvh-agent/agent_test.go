@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ type testAgent struct {
 	dir   string
 	sock  string
 	cmd   *exec.Cmd
-	log   *bytes.Buffer
+	log   *syncBuffer
 	addr  string
 	pub   string
 	extra []string
@@ -65,13 +66,31 @@ func newAgent(t *testing.T, extra ...string) *testAgent {
 
 var listenRe = regexp.MustCompile(`HTTP: listen=(\S+)`)
 
+// syncBuffer is the agent's stderr, written by a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) WriteString(x string) {
+	s.mu.Lock()
+	s.b.WriteString(x)
+	s.mu.Unlock()
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func (a *testAgent) start() {
 	a.t.Helper()
 	args := append([]string{"--socket", a.sock, "--listen", "127.0.0.1:0", "--trail-dir", filepath.Join(a.dir, "trail"),
 		"--signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--metrics-json", filepath.Join(a.dir, "metrics.json"),
 		"--export-interval", "200ms", "--append-only=false", "--sweep-interval", "100ms"}, a.extra...)
 	a.cmd = exec.Command(agentBin, args...)
-	a.log = &bytes.Buffer{}
+	a.log = &syncBuffer{}
 	pr, pw := io.Pipe()
 	a.cmd.Stderr = pw
 	if err := a.cmd.Start(); err != nil {

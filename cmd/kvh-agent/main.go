@@ -23,6 +23,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kvhygiene/kvh/action"
+	"github.com/kvhygiene/kvh/bpf"
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/gpu"
 	"github.com/kvhygiene/kvh/ingest"
@@ -51,6 +52,8 @@ type Config struct {
 	LogLevel        string
 	AppendOnly      bool
 	Witness         string
+	WitnessLibs     []string
+	AttestWindow    time.Duration
 	DropThreshold   uint64
 	ProcRoot        string
 	CgroupRoot      string
@@ -81,7 +84,9 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&c.AppendOnly, "append-only", true, "set the append-only attribute on trail files when permitted")
-	fs.StringVar(&c.Witness, "witness", "auto", "eBPF witness: auto, on or off")
+	fs.StringVar(&c.Witness, "witness", "auto", "eBPF witness: auto (on when possible), on (required) or off")
+	fs.StringArrayVar(&c.WitnessLibs, "witness-lib", nil, "a CUDA driver or runtime library to probe (repeatable; default: the node's libcuda.so.1, plus every copy processes map)")
+	fs.DurationVar(&c.AttestWindow, "attest-window", 2*time.Second, "how long a witnessed free waits for its interposer attestation")
 	fs.Uint64Var(&c.DropThreshold, "drop-threshold", 1000, "events an interposer may drop before it is a violation")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "procfs mount (identity of connected processes)")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 mount (freeze action)")
@@ -107,7 +112,7 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	default:
 		return nil, fs, fmt.Errorf("--witness %q is not auto, on or off", c.Witness)
 	}
-	for name, d := range map[string]time.Duration{"export-interval": c.ExportInterval, "sweep-interval": c.SweepInterval, "gpu-interval": c.GPUInterval} {
+	for name, d := range map[string]time.Duration{"export-interval": c.ExportInterval, "sweep-interval": c.SweepInterval, "gpu-interval": c.GPUInterval, "attest-window": c.AttestWindow} {
 		if d <= 0 {
 			return nil, fs, fmt.Errorf("--%s must be positive", name)
 		}
@@ -167,6 +172,8 @@ type agent struct {
 	wg      sync.WaitGroup
 	metrics *ingest.Metrics
 	enf     *action.Enforcer
+	witness *bpf.Witness
+	corr    *ingest.Correlator
 }
 
 func (a *agent) start(pol policy.Config) error {
@@ -240,19 +247,47 @@ func (a *agent) start(pol policy.Config) error {
 		return err
 	}
 
-	// The witness (eBPF) is not part of this build.
+	// The witness: eBPF uprobes on the driver library, joined with attestations.
 	witness := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kvh", Name: "witness_enabled", Help: "1 when the eBPF witness is attached."})
-	reg.MustRegister(witness)
-	if cfg.Witness == "on" {
-		return errors.New("--witness=on: the eBPF witness is not built into this agent yet")
+	a.corr = &ingest.Correlator{Window: cfg.AttestWindow,
+		Matched: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_matched_frees_total", Help: "Witnessed frees with an interposer attestation."}),
+		Unatt:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_unattested_frees_total", Help: "Witnessed frees with no attestation within the window."}),
+		Covered: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kvh", Name: "uncovered_processes", Help: "Processes seen using the GPU without the interposer."}),
 	}
-	log.Info("eBPF witness off: not built into this agent yet; frees are judged from interposer attestations only", "witness", cfg.Witness)
+	wevents := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_events_total", Help: "Calls the witness saw in CUDA libraries."})
+	reg.MustRegister(witness, a.corr.Matched, a.corr.Unatt, a.corr.Covered, wevents)
+	if cfg.Witness != "off" {
+		libs := cfg.WitnessLibs
+		if len(libs) == 0 {
+			for _, p := range []string{"/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1", "/usr/lib/libcuda.so.1"} {
+				if _, err := os.Stat(p); err == nil {
+					libs = append(libs, p)
+				}
+			}
+		}
+		w, err := bpf.Start(bpf.Options{Libraries: libs, ProcRoot: cfg.ProcRoot, Log: log.Named("witness")})
+		switch {
+		case err != nil && cfg.Witness == "on":
+			return fmt.Errorf("--witness=on: %w", err)
+		case err != nil:
+			log.Warn("eBPF witness off: frees are judged from interposer attestations only", "reason", err)
+		default:
+			a.witness = w
+			witness.Set(1)
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_lost_events_total", Help: "Witness events lost (ring buffer full or reader behind)."}, func() float64 { return float64(w.Lost()) }))
+			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kvh", Name: "witness_attached_libraries", Help: "CUDA library inodes probed."}, func() float64 { return float64(len(w.Attached())) }))
+			log.Info("eBPF witness attached", "libraries", w.Attached())
+		}
+	} else {
+		log.Info("eBPF witness off (--witness=off): frees are judged from interposer attestations only")
+	}
 
-	a.server, err = ingest.New(ingest.Config{Socket: cfg.Socket, Ledger: a.ledger, Trail: a.trail, Enforcer: a.enf, Metrics: a.metrics, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold})
+	a.server, err = ingest.New(ingest.Config{Socket: cfg.Socket, Ledger: a.ledger, Trail: a.trail, Enforcer: a.enf, Metrics: a.metrics, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Correlator: a.corr})
 	if err != nil {
 		return err
 	}
 	a.enf.Denier = a.server
+	a.corr.Server = a.server
 	go a.server.Serve()
 	log.Info("listening for interposers", "socket", cfg.Socket)
 
@@ -303,6 +338,31 @@ func (a *agent) start(pol policy.Config) error {
 	if a.inv != nil {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.watchGPU(ctx) }()
+	}
+	if a.witness != nil {
+		a.wg.Add(2)
+		go func() {
+			defer a.wg.Done()
+			for ev := range a.witness.Events() {
+				wevents.Inc()
+				if ev.Driver() && int(ev.TGID) != os.Getpid() {
+					a.corr.Witness(ingest.Witnessed{PID: int(ev.TGID), Ptr: ev.Ptr, Fn: ev.Fn, Free: ev.Free, At: time.Now()})
+				}
+			}
+		}()
+		go func() {
+			defer a.wg.Done()
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case now := <-t.C:
+					a.corr.Check(now)
+				}
+			}
+		}()
 	}
 	a.ready.Store(true)
 	return nil
@@ -368,6 +428,9 @@ func (a *agent) stop() error {
 	}
 	if a.cancel != nil {
 		a.cancel()
+	}
+	if a.witness != nil {
+		a.witness.Close() // ends the events goroutine
 	}
 	a.wg.Wait()
 	if a.ledger != nil && (a.cfg.MetricsJSON != "" || a.cfg.MetricsTextfile != "") {

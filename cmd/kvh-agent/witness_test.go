@@ -1,0 +1,112 @@
+package main
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvhygiene/kvh/internal/libkvhtest"
+)
+
+// witnessAgent starts an agent with the witness required, probing the fake
+// libcuda. It skips when not root and fails when root on a kernel that
+// should support uprobes.
+func witnessAgent(t *testing.T, extra ...string) *testAgent {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the eBPF witness needs root: skipped")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("no BTF: this kernel may not support the witness")
+	}
+	return newAgent(t, append([]string{"--witness", "on", "--witness-lib", filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1"), "--attest-window", "500ms"}, extra...)...)
+}
+
+func hasViolation(a *testAgent, kind string, pid int) bool {
+	for _, e := range a.events() {
+		if e["ev"] == "violation" && e["kind"] == kind && num(e["pid"]) == pid {
+			return true
+		}
+	}
+	return false
+}
+
+func TestWitnessAttestedClientIsClean(t *testing.T) {
+	a := witnessAgent(t)
+	run := a.client("driver")
+	if run.Err != nil {
+		t.Fatal(run.Err)
+	}
+	if m, ok := a.waitMetrics("kvh_witness_matched_frees_total 2"); !ok {
+		t.Fatalf("frees not matched:\n%s\n%s", grepMetrics(m), a.log)
+	}
+	time.Sleep(time.Second)
+	if hasViolation(a, "unattested_free", run.PID) || hasViolation(a, "uncovered_process", run.PID) {
+		t.Fatalf("a covered client was flagged: %v", a.events())
+	}
+}
+
+func TestWitnessCatchesBypass(t *testing.T) {
+	a := witnessAgent(t, "--on-violation", "kill")
+	for _, way := range []string{"driver", "dlopen"} {
+		// Without libkvh: a bypassing client (static binary, stripped LD_PRELOAD).
+		run := libkvhtest.Exec(way, "", []string{"CLIENT_LINGER_MS=100"})
+		if run.Err != nil {
+			t.Fatal(run.Err)
+		}
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+			return e["ev"] == "violation" && e["kind"] == "unattested_free" && num(e["pid"]) == run.PID
+		}); !ok {
+			t.Fatalf("%s: bypassing client %d not caught:\n%s", way, run.PID, a.log)
+		}
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+			return e["ev"] == "action" && e["action"] == "kill" && num(e["pid"]) == run.PID
+		}); !ok {
+			t.Fatalf("%s: no action on the bypassing client", way)
+		}
+	}
+}
+
+func TestWitnessSeesClientsStartedBeforeIt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the eBPF witness needs root: skipped")
+	}
+	// A copy of the library at another path (another inode), used by a client
+	// that is already running when the agent starts.
+	dir := t.TempDir()
+	src, _ := os.Open(filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1"))
+	dst, _ := os.Create(filepath.Join(dir, "libcuda.so.1"))
+	io.Copy(dst, src)
+	src.Close()
+	dst.Close()
+	cmd := exec.Command(libkvhtest.Client("deny"))
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	time.Sleep(200 * time.Millisecond)
+	a := witnessAgent(t)
+	if _, ok := a.waitEvent(8*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "violation" && num(e["pid"]) == cmd.Process.Pid
+	}); !ok {
+		t.Fatalf("the running client on a copied library was not witnessed:\n%s", a.log)
+	}
+	if !strings.Contains(a.log.String(), dir) {
+		t.Fatalf("the copy was not attached:\n%s", a.log)
+	}
+}
+
+func TestAgentWithoutWitness(t *testing.T) {
+	a := newAgent(t, "--witness", "off")
+	if m, ok := a.waitMetrics("kvh_witness_enabled 0"); !ok {
+		t.Fatalf("%s", grepMetrics(m))
+	}
+	if !strings.Contains(a.log.String(), "eBPF witness off") {
+		t.Fatalf("the log does not say the witness is off:\n%s", a.log)
+	}
+}
