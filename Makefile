@@ -95,6 +95,7 @@ bench: interpose fakecuda ## benchmarks, reported as throughput and ratios again
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench Interposer -benchtime 3x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
 	$(GO) test -run '^$$' -bench Agent -benchtime 1x ./cmd/kvh-agent/ | tee $(BUILD)/bench-agent.txt
+	$(GO) test -run '^$$' -bench Witness -benchtime 1x ./bpf/ | tee $(BUILD)/bench-witness.txt
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || (gofmt -l . ; exit 1)
