@@ -29,7 +29,7 @@ generate: ## regenerate the eBPF objects and bindings (bpf2go; needs clang, llvm
 	cd bpf && $(GO) generate ./...
 
 check-generate: generate ## fail if regenerating the eBPF output changes what is committed
-	@git diff --exit-code --stat -- bpf/kvh_x86_bpfel.go bpf/kvh_x86_bpfel.o || (echo "bpf/: committed bpf2go output is stale; run make generate and commit" && exit 1)
+	@git diff --exit-code --stat -- bpf/kvh_x86_bpfel.go bpf/kvh_x86_bpfel.o bpf/kvh_arm64_bpfel.go bpf/kvh_arm64_bpfel.o || (echo "bpf/: committed bpf2go output is stale; run make generate and commit" && exit 1)
 
 interpose: $(BUILD)/lib/libkvh.so $(BUILD)/lib/libkvh-asan.so ## build libkvh.so (and its ASan/UBSan twin) into build/lib
 

@@ -17,7 +17,19 @@
  * through the perf PMU, no tracefs needed. eBPF never writes user memory.
  */
 #include <linux/bpf.h>
+#if defined(__TARGET_ARCH_arm64)
+/* The arm64 register file as uapi asm/ptrace.h defines it (the build host's
+ * headers are x86's). bpf_tracing.h reads arguments from user_pt_regs. */
+struct user_pt_regs {
+  __u64 regs[31];
+  __u64 sp;
+  __u64 pc;
+  __u64 pstate;
+};
+struct pt_regs;
+#else
 #include <linux/ptrace.h>
+#endif
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 

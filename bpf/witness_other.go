@@ -1,4 +1,4 @@
-//go:build !(linux && amd64)
+//go:build !(linux && (amd64 || arm64))
 
 package bpf
 
@@ -29,7 +29,7 @@ type Options struct {
 }
 
 // ErrUnavailable means the witness cannot run here.
-var ErrUnavailable = errors.New("eBPF witness unavailable: built for linux/amd64 only")
+var ErrUnavailable = errors.New("eBPF witness unavailable: built for linux/amd64 and linux/arm64 only")
 
 // Witness is not available on this platform.
 type Witness struct{}
