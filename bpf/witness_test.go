@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +100,44 @@ func TestWitnessFindsCopiesByInode(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("the copy at another inode was not probed; attached %v", w.Attached())
+	}
+}
+
+// The fake driver's resolver hands out its exported entry points, as the
+// self-test expects of a real one.
+func TestSelfTestOnTheFakeDriver(t *testing.T) {
+	if err := libkvhtest.Build(); err != nil {
+		t.Fatal(err)
+	}
+	bad, err := SelfTest(filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1"))
+	if err != nil || len(bad) != 0 {
+		t.Fatalf("%v %v", err, bad)
+	}
+	if _, err := SelfTest(filepath.Join(t.TempDir(), "nope.so")); err == nil {
+		t.Fatal("a missing library passed")
+	}
+}
+
+// A driver whose resolver hands out an internal (non-exported) function is
+// reported: the probes would not see calls made through that pointer.
+func TestSelfTestCatchesInternalEntryPoints(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "lib.c")
+	os.WriteFile(src, []byte(`
+#include <string.h>
+static int hidden_free(unsigned long long p) { (void)p; return 0; }
+__attribute__((visibility("default"))) int cuMemFree_v2(unsigned long long p) { (void)p; return 0; }
+__attribute__((visibility("default"))) int cuGetProcAddress_v2(const char *s, void **p, int v, unsigned long long f, int *st) {
+  (void)v; (void)f; if (st) *st = 0;
+  if (!strcmp(s, "cuMemFree")) { *p = (void *)hidden_free; return 0; }
+  *p = 0; return 500;
+}`), 0o644)
+	lib := filepath.Join(dir, "libcuda.so.1")
+	if out, err := exec.Command("cc", "-shared", "-fPIC", "-fvisibility=hidden", "-o", lib, src).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	bad, err := SelfTest(lib)
+	if err != nil || len(bad) != 1 || !strings.Contains(bad[0], "cuMemFree") {
+		t.Fatalf("%v %v", err, bad)
 	}
 }

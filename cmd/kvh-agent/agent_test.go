@@ -426,3 +426,30 @@ func TestBadConfigIsRefused(t *testing.T) {
 		t.Errorf("bad env not named:\n%s", out)
 	}
 }
+
+// SIGHUP reloads the policy and records the change; an invalid file is
+// refused and the policy in force is kept.
+func TestSIGHUPReloadsPolicy(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(pol, []byte("coverage_threshold: 99.9\n"), 0o600)
+	a := newAgent(t, "--policy", pol)
+	os.WriteFile(pol, []byte("coverage_threshold: 95\non_violation: deny\n"), 0o600)
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" })
+	if !ok || !strings.Contains(ev["reason"].(string), "coverage_threshold=95") {
+		t.Fatalf("no policy record: %v\n%s", ev, a.log)
+	}
+	if m, ok := a.waitMetrics("kvh_ledger_coverage_threshold_ratio 0.95"); !ok {
+		t.Fatalf("%s", grepMetrics(m))
+	}
+	os.WriteFile(pol, []byte("coverage_threshold: lots\n"), 0o600)
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(500 * time.Millisecond)
+	if !strings.Contains(a.log.String(), "policy reload refused") {
+		t.Fatalf("an invalid policy was not refused:\n%s", a.log)
+	}
+	if _, m := a.get("/metrics"); !strings.Contains(m, "kvh_ledger_coverage_threshold_ratio 0.95") {
+		t.Fatal("the policy in force changed after a refused reload")
+	}
+	a.stop()
+}

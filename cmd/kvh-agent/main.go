@@ -277,6 +277,22 @@ func (a *agent) start(pol policy.Config) error {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_lost_events_total", Help: "Witness events lost (ring buffer full or reader behind)."}, func() float64 { return float64(w.Lost()) }))
 			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kvh", Name: "witness_attached_libraries", Help: "CUDA library inodes probed."}, func() float64 { return float64(len(w.Attached())) }))
 			log.Info("eBPF witness attached", "libraries", w.Attached())
+			mism := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kvh", Name: "witness_selftest_mismatches", Help: "Probed driver functions whose cuGetProcAddress entry point is not the exported symbol the probe sits on."})
+			reg.MustRegister(mism)
+			for _, lib := range libs {
+				bad, err := bpf.SelfTest(lib)
+				if err != nil {
+					log.Warn("witness self-test could not run", "library", lib, "error", err)
+					continue
+				}
+				mism.Add(float64(len(bad)))
+				for _, b := range bad {
+					log.Warn("witness self-test: a way in the probes do not see", "library", lib, "detail", b)
+				}
+				if len(bad) == 0 {
+					log.Info("witness self-test passed: cuGetProcAddress hands out the probed entry points", "library", lib)
+				}
+			}
 		}
 	} else {
 		log.Info("eBPF witness off (--witness=off): frees are judged from interposer attestations only")
