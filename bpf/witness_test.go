@@ -4,7 +4,6 @@ package bpf
 
 import (
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,11 +80,9 @@ func TestWitnessSeesEveryWayIn(t *testing.T) {
 func TestWitnessFindsCopiesByInode(t *testing.T) {
 	w := needWitness(t)
 	dir := t.TempDir()
-	src, _ := os.Open(filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1"))
-	dst, _ := os.Create(filepath.Join(dir, "libcuda.so.1"))
-	io.Copy(dst, src)
-	src.Close()
-	dst.Close()
+	if err := libkvhtest.CopyFakeDriver(dir); err != nil {
+		t.Fatal(err)
+	}
 	// A long-running client that maps the copy: the /proc scan must find it.
 	cmd := exec.Command(libkvhtest.Client("deny"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,11 +77,9 @@ func TestWitnessSeesClientsStartedBeforeIt(t *testing.T) {
 	// A copy of the library at another path (another inode), used by a client
 	// that is already running when the agent starts.
 	dir := t.TempDir()
-	src, _ := os.Open(filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1"))
-	dst, _ := os.Create(filepath.Join(dir, "libcuda.so.1"))
-	io.Copy(dst, src)
-	src.Close()
-	dst.Close()
+	if err := libkvhtest.CopyFakeDriver(dir); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(libkvhtest.Client("deny"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
 	if err := cmd.Start(); err != nil {

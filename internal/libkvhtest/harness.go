@@ -225,3 +225,13 @@ func ASanPreload() (string, error) {
 	}
 	return rt + " " + LibASan(), nil
 }
+
+// CopyFakeDriver copies the fake libcuda.so.1 into dir: the same library at
+// another path and inode, as a container image layer would hold it.
+func CopyFakeDriver(dir string) error {
+	b, err := os.ReadFile(filepath.Join(FakeDir(), "libcuda.so.1"))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "libcuda.so.1"), b, 0o755)
+}
