@@ -120,8 +120,10 @@ func (c *Correlator) Check(now time.Time) {
 		c.Covered.Inc()
 		violations = append(violations, action.Violation{Kind: action.UncoveredProcess, PID: pid, Detail: "calls the CUDA driver without the kvh interposer"})
 	}
+	// Attestations the witness never matched (a library it does not probe)
+	// are kept a few windows, not forever.
 	for k, ats := range c.attested {
-		if now.Sub(ats[len(ats)-1]) > 10*c.Window {
+		if now.Sub(ats[len(ats)-1]) > 3*c.Window {
 			delete(c.attested, k)
 		}
 	}

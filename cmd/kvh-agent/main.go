@@ -298,7 +298,11 @@ func (a *agent) start(pol policy.Config) error {
 		log.Info("eBPF witness off (--witness=off): frees are judged from interposer attestations only")
 	}
 
-	a.server, err = ingest.New(ingest.Config{Socket: cfg.Socket, Ledger: a.ledger, Trail: a.trail, Enforcer: a.enf, Metrics: a.metrics, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Correlator: a.corr})
+	var corr *ingest.Correlator // attestations are kept for joining only while a witness reports frees
+	if a.witness != nil {
+		corr = a.corr
+	}
+	a.server, err = ingest.New(ingest.Config{Socket: cfg.Socket, Ledger: a.ledger, Trail: a.trail, Enforcer: a.enf, Metrics: a.metrics, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Correlator: corr})
 	if err != nil {
 		return err
 	}
