@@ -80,13 +80,9 @@ func TestWitnessSeesEveryWayIn(t *testing.T) {
 func TestWitnessFindsCopiesByInode(t *testing.T) {
 	w := needWitness(t)
 	dir := t.TempDir()
-	if err := libkvhtest.CopyFakeDriver(dir); err != nil {
-		t.Fatal(err)
-	}
 	// A long-running client that maps the copy: the /proc scan must find it.
-	cmd := exec.Command(libkvhtest.Client("deny"))
-	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
-	if err := cmd.Start(); err != nil {
+	cmd, err := libkvhtest.StartOnCopiedDriver(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -77,12 +76,8 @@ func TestWitnessSeesClientsStartedBeforeIt(t *testing.T) {
 	// A copy of the library at another path (another inode), used by a client
 	// that is already running when the agent starts.
 	dir := t.TempDir()
-	if err := libkvhtest.CopyFakeDriver(dir); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(libkvhtest.Client("deny"))
-	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
-	if err := cmd.Start(); err != nil {
+	cmd, err := libkvhtest.StartOnCopiedDriver(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()

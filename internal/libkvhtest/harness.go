@@ -235,3 +235,16 @@ func CopyFakeDriver(dir string) error {
 	}
 	return os.WriteFile(filepath.Join(dir, "libcuda.so.1"), b, 0o755)
 }
+
+// StartOnCopiedDriver copies the fake driver into dir and starts the "deny"
+// client on that copy (no LD_PRELOAD): a process that keeps allocating and
+// freeing for about five seconds through a library at another inode. The
+// caller kills and waits for it.
+func StartOnCopiedDriver(dir string) (*exec.Cmd, error) {
+	if err := CopyFakeDriver(dir); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(Client("deny"))
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
+	return cmd, cmd.Start()
+}
