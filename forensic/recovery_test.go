@@ -209,3 +209,30 @@ func TestCrash(t *testing.T) {
 	}
 	t.Logf("%d acknowledged records survived 12 SIGKILLs", len(acked))
 }
+
+// A record forged onto the tail of a trail whose writer stopped (no close,
+// nothing after it sealed) is not covered by any signature: it fails, unless
+// the auditor explicitly accepts an unsealed tail.
+func TestForgedTailAfterLastSeal(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := t.TempDir()
+	l, err := Open(dir, Options{Signer: k.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		l.Append(map[string]int{"i": i})
+	}
+	c := l.c
+	rec := Record{V: 1, Seq: c.size(), TS: tsNow(), Kind: KindEvent, Prev: append([]byte(nil), c.prev[:]...), Body: []byte(`{"ev":"free","forged":true}`)}
+	forged, _ := encodeLine(&rec, nil)
+	crashWriter(t, l, append(forged, '\n'))
+	rep := verify(t, dir, k, nil)
+	if rep.OK || !strings.Contains(rep.Problem.String(), "not covered by a signature") {
+		t.Fatalf("forged tail accepted: %+v", rep.Problem)
+	}
+	lax, err := Verify(dir, VerifyOptions{Verifier: k.verifier, AllowUnsealed: true})
+	if err != nil || !lax.OK || lax.Unsealed != 1 {
+		t.Fatalf("--allow-unsealed: %v %+v", err, lax)
+	}
+}

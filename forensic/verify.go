@@ -30,6 +30,10 @@ type VerifyOptions struct {
 	// External holds signed checkpoints kept off the node; the trail must
 	// still contain everything each attests.
 	External [][]byte
+	// AllowUnsealed accepts records after the latest signed checkpoint (a
+	// live trail copied mid-commit, or a crashed writer not yet restarted)
+	// with a warning instead of a failure.
+	AllowUnsealed bool
 	// Progress, when set, is called with bytes read so far and bytes in all.
 	Progress func(done, total int64)
 }
@@ -245,6 +249,13 @@ func (v *verifier) run(dir string) error {
 	}
 	if c.size() > latest {
 		rep.Unsealed = c.size() - max(latest, rep.FirstSeq)
+		// The writer seals every commit, on open and on close, so records past
+		// the last seal mean a tail appended by someone else, or a writer that
+		// stopped mid-commit and has not been restarted.
+		if !v.opts.AllowUnsealed && !v.opts.NoSignatures {
+			return fail(segs[len(segs)-1].name, 0, seqp(max(latest, rep.FirstSeq)),
+				"%d record(s) after the latest signed checkpoint are not covered by a signature (appended after the last seal, or the writer stopped before sealing: restart it to seal, or verify with --allow-unsealed)", rep.Unsealed)
+		}
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%d record(s) after the latest checkpoint are not covered by a signature", rep.Unsealed))
 	}
 	// Pruning: a missing head is fine only if a sealed prune record allows it.

@@ -17,6 +17,7 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
 	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
 	noSigs := fs.Bool("no-signatures", false, "verify without a public key (checkpoint signatures are NOT checked)")
+	allowUnsealed := fs.Bool("allow-unsealed", false, "accept records after the latest signed checkpoint with a warning (a live trail, or a crashed writer not yet restarted)")
 	origin := fs.String("origin", "", "pin the log origin enrolled for this node")
 	format := fs.String("format", "kvh", "trail format: kvh, or seed for logs written by the Python system")
 	asJSON := fs.Bool("json", false, "print a machine verdict as JSON")
@@ -39,7 +40,7 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	default:
 		return errorf(stderr, "log: unknown --format %q (kvh or seed)", *format)
 	}
-	opts := forensic.VerifyOptions{MACKey: key, Origin: *origin, NoSignatures: *noSigs}
+	opts := forensic.VerifyOptions{MACKey: key, Origin: *origin, NoSignatures: *noSigs, AllowUnsealed: *allowUnsealed}
 	switch {
 	case *pubkey != "":
 		if opts.Verifier, err = forensic.LoadVerifier(*pubkey); err != nil {
