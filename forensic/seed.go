@@ -47,12 +47,20 @@ var seedLimits = []string{
 }
 
 // VerifySeed verifies a log written by the Python system: path is its active
-// file (e.g. kv_cache.log); rotated siblings <stem>-*.log are found beside it.
+// file (e.g. kv_cache.log), or the directory holding kv_cache.log; rotated
+// siblings <stem>-*.log are found beside it.
 // With key, every line must carry a valid HMAC. Rotations are followed by
 // their linkage records, not by file name.
 func VerifySeed(path string, key []byte) (*SeedReport, error) {
-	if _, err := os.Stat(path); err != nil {
+	st, err := os.Stat(path)
+	if err != nil {
 		return nil, err
+	}
+	if st.IsDir() { // the seed's LOG_DIR: its LOG_FILE defaults to kv_cache.log
+		path = filepath.Join(path, "kv_cache.log")
+		if _, err := os.Stat(path); err != nil {
+			return nil, err
+		}
 	}
 	dir, base := filepath.Dir(path), filepath.Base(path)
 	stem := strings.TrimSuffix(base, filepath.Ext(base))

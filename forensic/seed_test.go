@@ -132,3 +132,14 @@ func seedHash(v *pyjson.Value) string {
 	buf := append([]byte(v.Vals["prev_hash"].Text), v.Canonical(nil, "curr_hash", "hmac")...)
 	return hexSHA(buf)
 }
+
+func TestSeedDirectory(t *testing.T) {
+	dir := copySeed(t)
+	rep, err := VerifySeed(dir, []byte("secret"))
+	if err != nil || !rep.OK || len(rep.Files) != 15 {
+		t.Fatalf("%v %+v", err, rep)
+	}
+	if _, err := VerifySeed(t.TempDir(), nil); err == nil {
+		t.Fatal("a directory without kv_cache.log verified")
+	}
+}
