@@ -135,14 +135,16 @@ func run(args []string, stderr *os.File) int {
 		fmt.Fprintln(stderr, "kvh-agent: invalid policy:", err)
 		return 2
 	}
+	// Take the signals before anything else: a SIGHUP or SIGTERM that
+	// arrives while starting is handled once started, not fatal.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	a := &agent{cfg: cfg, log: log}
 	if err := a.start(pol); err != nil {
 		log.Error("start failed", "error", err)
 		a.stop()
 		return 1
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	for s := range sigs {
 		if s == syscall.SIGHUP {
 			a.reload()
