@@ -316,10 +316,16 @@ func TestActions(t *testing.T) {
 		if !ok {
 			t.Fatalf("no freeze action\n%s", a.log)
 		}
-		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
-		if f := strings.Fields(string(stat)); len(f) < 3 || f[2] != "T" {
-			t.Fatalf("process not stopped (%v): %s", ev["result"], stat)
+		// The signal is delivered asynchronously: give the state a moment.
+		var stat []byte
+		for i := 0; i < 40; i++ {
+			stat, _ = os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+			if f := strings.Fields(string(stat)); len(f) >= 3 && f[2] == "T" {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
+		t.Fatalf("process not stopped (%v): %s", ev["result"], stat)
 	})
 }
 
