@@ -29,9 +29,26 @@ var (
 	buildErr  error
 )
 
-// Build runs `make interpose fakecuda` once per test binary.
+// Build runs `make interpose fakecuda` once per test binary. go test runs
+// packages in parallel, and several build the same C targets: a lock file
+// makes them take turns, so none links against a library another is writing.
 func Build() error {
 	buildOnce.Do(func() {
+		if err := os.MkdirAll(filepath.Join(Root(), "build"), 0o755); err != nil {
+			buildErr = err
+			return
+		}
+		lock, err := os.OpenFile(filepath.Join(Root(), "build", ".make.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			buildErr = err
+			return
+		}
+		defer lock.Close()
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+			buildErr = fmt.Errorf("locking the build: %w", err)
+			return
+		}
+		defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
 		cmd := exec.Command("make", "-s", "interpose", "fakecuda")
 		cmd.Dir = Root()
 		if out, err := cmd.CombinedOutput(); err != nil {
