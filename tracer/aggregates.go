@@ -1,14 +1,10 @@
 package tracer
 
 import (
-	"fmt"
 	"math"
-	"sort"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/kvhygiene/kvh/metrics"
 )
 
 // Prometheus bucket bounds for sanitize durations (seconds) and coverage (ratio).
@@ -16,9 +12,6 @@ var (
 	durationBuckets = []float64{1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
 	coverageBuckets = []float64{0, 0.5, 0.9, 0.99, 0.999, 1}
 )
-
-// maxTenants bounds per-tenant anomaly state.
-const maxTenants = 4096
 
 type aggregates struct {
 	mu          sync.Mutex
@@ -43,11 +36,6 @@ type aggregates struct {
 	covCounts []uint64
 	covTotal  float64
 	tenants   map[string]*tenantStats
-}
-
-type tenantStats struct {
-	dur, size welford
-	lastFlag  time.Time
 }
 
 func (a *aggregates) init() {
@@ -167,123 +155,4 @@ func (a *aggregates) coverageObserved(pct float64) {
 		}
 	}
 	a.mu.Unlock()
-}
-
-// anomaly updates the tenant's running statistics and records an anomaly
-// when a sanitize duration or buffer size is more than anomaly_z standard
-// deviations from the tenant's mean (after 30 samples; at most one record
-// per tenant per second). b.mu is held.
-func (l *Ledger) anomaly(b *buffer, d time.Duration) {
-	z := l.Policy().AnomalyZ
-	a := &l.agg
-	now := l.now()
-	a.mu.Lock()
-	ts := a.tenants[b.tags.Tenant]
-	if ts == nil {
-		if len(a.tenants) >= maxTenants {
-			a.mu.Unlock()
-			return
-		}
-		ts = &tenantStats{}
-		a.tenants[b.tags.Tenant] = ts
-	}
-	var flags []record
-	check := func(w *welford, metric string, x float64) {
-		if w.n >= 30 {
-			if sd := w.std(); sd > 0 {
-				if zz := math.Abs(x-w.mean) / sd; zz > z && now.Sub(ts.lastFlag) >= time.Second {
-					ts.lastFlag = now
-					flags = append(flags, record{Ev: "anomaly", H: b.h, Tenant: b.tags.Tenant, Metric: metric, Value: x, Mean: w.mean, Std: sd, Z: zz})
-				}
-			}
-		}
-		w.add(x)
-	}
-	check(&ts.dur, "sanitize_duration_us", float64(d.Microseconds()))
-	check(&ts.size, "buffer_bytes", float64(b.size))
-	a.anomalies += int64(len(flags))
-	a.mu.Unlock()
-	for _, r := range flags {
-		if _, err := l.trail.Append(r); err != nil {
-			l.log.Error("recording anomaly", "error", err)
-		}
-	}
-}
-
-// Snapshot returns the seed's 13 metrics. Unlike the seed, a buffer whose
-// verification failed (coverage 0) counts in min and avg coverage, and
-// durations keep sub-millisecond resolution.
-func (l *Ledger) Snapshot() metrics.Snapshot {
-	// Live buffers' coverage first (without the aggregates lock).
-	// Lock order is buffer, then shard (retire takes them so): collect the
-	// shard's buffers first, then visit each without holding the shard.
-	liveMin, liveSum, liveN := math.Inf(1), 0.0, int64(0)
-	var bs []*buffer
-	for i := range l.shards {
-		s := &l.shards[i]
-		s.mu.RLock()
-		bs = bs[:0]
-		for _, b := range s.m {
-			bs = append(bs, b)
-		}
-		s.mu.RUnlock()
-		for _, b := range bs {
-			b.mu.Lock()
-			if b.covered && b.state != Freed {
-				liveMin = math.Min(liveMin, b.coverage)
-				liveSum += b.coverage
-				liveN++
-			}
-			b.mu.Unlock()
-		}
-	}
-	a := &l.agg
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var snap metrics.Snapshot
-	snap.TotalBuffers = a.allocations
-	snap.ActiveBuffers = a.states[Allocated] + a.states[Bound] + a.states[InUse] + a.states[Sanitizing] + a.states[Sanitized]
-	snap.UnsanitizedRegions = a.states[Allocated] + a.states[Bound] + a.states[InUse] + a.states[Sanitizing]
-	snap.QuarantineCount = a.states[Quarantined]
-	if n := a.covN + liveN; n > 0 {
-		snap.MinCoveragePct = math.Min(a.covMin, liveMin)
-		snap.AvgCoveragePct = (a.covSum + liveSum) / float64(n)
-	}
-	snap.ThresholdPct = l.Policy().CoverageThreshold
-	snap.SanitizeDurationP50Ms = a.dur.quantile(0.5) / 1e6
-	snap.SanitizeDurationP95Ms = a.dur.quantile(0.95) / 1e6
-	snap.Allocations = a.allocations
-	snap.FreedTotal = a.freed
-	snap.ReuseTotal = a.reuses
-	if a.allocations > 0 {
-		snap.ReuseRate = float64(a.reuses) / float64(a.allocations)
-	}
-	return snap
-}
-
-func sortedKeys(m map[string]int64) []string {
-	k := make([]string, 0, len(m))
-	for s := range m {
-		k = append(k, s)
-	}
-	sort.Strings(k)
-	return k
-}
-
-// Export writes the seed-compatible exports atomically: the JSON file with
-// the seed's 13 keys (read by kvh-verify gate) and, when promPath is set, the
-// node_exporter textfile with its kv_hygiene_* series.
-func (l *Ledger) Export(jsonPath, promPath string) error {
-	s := l.Snapshot()
-	if jsonPath != "" {
-		if err := metrics.WriteFileAtomic(jsonPath, s.JSON(), 0o644); err != nil {
-			return fmt.Errorf("exporting %s: %w", jsonPath, err)
-		}
-	}
-	if promPath != "" {
-		if err := metrics.WriteFileAtomic(promPath, s.Textfile(), 0o644); err != nil {
-			return fmt.Errorf("exporting %s: %w", promPath, err)
-		}
-	}
-	return nil
 }

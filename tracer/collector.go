@@ -1,6 +1,10 @@
 package tracer
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sort"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 var (
 	descBuffers     = prometheus.NewDesc("kvh_ledger_buffers", "Live buffers by state.", []string{"state"}, nil)
@@ -65,4 +69,13 @@ func cumulative(bounds []float64, counts []uint64) map[float64]uint64 {
 		m[b] = c
 	}
 	return m
+}
+
+func sortedKeys(m map[string]int64) []string {
+	k := make([]string, 0, len(m))
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return k
 }

@@ -63,24 +63,3 @@ func (h *hist) quantile(q float64) float64 {
 	}
 	return bucketUpper(len(h.counts) - 1)
 }
-
-// welford is a running mean and variance.
-type welford struct {
-	n    float64
-	mean float64
-	m2   float64
-}
-
-func (w *welford) add(x float64) {
-	w.n++
-	d := x - w.mean
-	w.mean += d / w.n
-	w.m2 += d * (x - w.mean)
-}
-
-func (w *welford) std() float64 {
-	if w.n < 2 {
-		return 0
-	}
-	return math.Sqrt(w.m2 / (w.n - 1))
-}

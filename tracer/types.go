@@ -1,0 +1,133 @@
+package tracer
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/zeroize"
+)
+
+// Trail is where transitions are recorded; *forensic.Log satisfies it.
+// Append must return only once the record is durable.
+type Trail interface {
+	Append(body any) (uint64, error)
+}
+
+type asyncTrail interface {
+	AppendAsync(body any) error
+}
+
+// Allocator provides host memory for local buffers. Put receives only memory
+// that was zeroized and verified; quarantined memory is never returned.
+type Allocator interface {
+	Get(n int) []byte
+	Put(b []byte)
+}
+
+type heap struct{}
+
+func (heap) Get(n int) []byte { return make([]byte, n) }
+func (heap) Put([]byte)       {}
+
+// Tags label a buffer; they are written in every record about it.
+type Tags struct {
+	Tenant    string `json:"tenant,omitempty"`
+	Request   string `json:"request,omitempty"`
+	Model     string `json:"model,omitempty"`
+	Device    string `json:"device,omitempty"`
+	Framework string `json:"framework,omitempty"`
+	PID       int    `json:"pid,omitempty"`
+	Stream    string `json:"stream,omitempty"`
+	// Claimed is a tenant the buffer's owner claimed for itself (e.g. an
+	// engine tagging requests), recorded beside the kernel-derived Tenant.
+	Claimed string `json:"claimed_tenant,omitempty"`
+}
+
+// Kind says who owns a buffer's memory.
+type Kind uint8
+
+const (
+	Local  Kind = iota + 1 // host memory the ledger owns and zeroizes
+	Remote                 // memory in another process, attested by the interposer
+)
+
+func (k Kind) String() string {
+	if k == Remote {
+		return "remote"
+	}
+	return "local"
+}
+
+// Handle names a buffer. Handles are never reused.
+type Handle uint64
+
+func (h Handle) String() string { return fmt.Sprintf("b-%d", uint64(h)) }
+
+// Attestation is a remote buffer's sanitize step, as the interposer reports it.
+type Attestation struct {
+	Bytes    int64         // bytes the zeroize covered
+	Zeroed   int64         // bytes verified zero (or zeroed, when unverified)
+	Verified bool          // a verification ran and passed
+	Method   string        // e.g. "memset+full", "memsetD8Async+sample"
+	Seed     uint64        // sample seed, when sampled
+	Duration time.Duration // zeroize plus verify
+}
+
+// Options configure a Ledger.
+type Options struct {
+	Trail     Trail           // required
+	Policy    policy.Config   // validated by New
+	Allocator Allocator       // local memory; default: the Go heap
+	Faults    *zeroize.Faults // test seam for local sanitize
+	Logger    hclog.Logger
+	Now       func() time.Time
+	// AsyncTrail queues transition records without waiting for each to be
+	// durable (the trail must implement AppendAsync; *forensic.Log does).
+	// Records stay in transition order, and anything that waits on the trail
+	// later (an Append, a Sync) waits for them: the agent uses this so that a
+	// connection's events are not serialised on fdatasync, while every action
+	// it takes is still recorded, durably, after the verdict it rests on.
+	AsyncTrail bool
+	// OnViolation, when set, is told of every policy violation after it is
+	// recorded (the agent's enforcer acts on it). It runs with the buffer's
+	// lock held and must not call back into the Ledger.
+	OnViolation func(tags Tags, kind, reason string)
+	// RetiredWindow is how many freed handles are remembered so that a second
+	// Free is recognised as a double free (default 65536).
+	RetiredWindow int
+}
+
+// AllocOptions override the policy for one buffer.
+type AllocOptions struct {
+	TTLSec   *float64
+	MaxReuse *int
+}
+
+type buffer struct {
+	mu       sync.Mutex
+	h        Handle
+	kind     Kind
+	tags     Tags
+	size     int64
+	mem      []byte
+	state    State
+	created  time.Time
+	firstUse time.Time
+	reuse    int
+	coverage float64
+	covered  bool // sanitized or attested since the last write
+	clean    bool // a passing sanitize since it was quarantined
+	pol      policy.Effective
+	async    chan struct{}
+	result   zeroize.Result
+}
+
+const shards = 64
+
+type shard struct {
+	mu sync.RWMutex
+	m  map[Handle]*buffer
+}
