@@ -11,9 +11,14 @@ FUZZTIME ?= 10s
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 CC ?= gcc
-KVH_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Werror -Iinterpose/include -Iinterpose
-KVH_LDFLAGS := -shared -Wl,--version-script=interpose/exports.map -lpthread -ldl
-KVH_SRC := interpose/kvh.c interpose/hooks.def interpose/exports.map $(wildcard interpose/include/*.h)
+KVH_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Werror
+KVH_LDFLAGS := -shared -lpthread -ldl
+# libkvh.so: one concept a file (interpose/kvh_internal.h lists them), linked
+# with -flto so calls between the files inline as they did within one.
+KVH_C := $(addprefix interpose/,config.c resolve.c table.c report.c verify.c hooks.c coop.c init.c)
+KVH_SRC := $(KVH_C) interpose/kvh_internal.h interpose/hooks.def interpose/exports.map $(wildcard interpose/include/*.h)
+KVH_BUILD := $(KVH_CFLAGS) -flto -Iinterpose/include -Iinterpose
+KVH_LINK := $(KVH_LDFLAGS) -Wl,--version-script=interpose/exports.map
 FAKE := $(BUILD)/fakecuda
 WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
@@ -35,11 +40,11 @@ interpose: $(BUILD)/lib/libkvh.so $(BUILD)/lib/libkvh-asan.so ## build libkvh.so
 
 $(BUILD)/lib/libkvh.so: $(KVH_SRC)
 	@mkdir -p $(@D)
-	$(CC) $(KVH_CFLAGS) -Wl,-z,defs -o $@ interpose/kvh.c $(KVH_LDFLAGS)
+	$(CC) $(KVH_BUILD) -Wl,-z,defs -o $@ $(KVH_C) $(KVH_LINK)
 
 $(BUILD)/lib/libkvh-asan.so: $(KVH_SRC)
 	@mkdir -p $(@D)
-	$(CC) $(KVH_CFLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ interpose/kvh.c $(KVH_LDFLAGS)
+	$(CC) $(KVH_BUILD) -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ $(KVH_C) $(KVH_LINK)
 
 fakecuda: $(FAKE)/libcuda.so.1 $(FAKE)/libcudart.so.12 $(FAKE)/client_runtime_now $(addprefix $(FAKE)/client_,$(WAYS)) $(FAKE)/kvh_demo ## build the fake CUDA libraries and the test clients
 

@@ -1,0 +1,296 @@
+/* hooks.c — the allocation and free wrappers (hooks.def) and the paths they
+ * share: track records an allocation; release zeroizes and verifies what
+ * this process created before the real free, and quarantines what fails in
+ * enforce mode. */
+#include "kvh_internal.h"
+
+/* ---- common paths ------------------------------------------------------- */
+
+static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CUstream s, uint64_t aux) {
+  if (!p) return;
+  struct slot v = {.key = p, .size = n, .stream = (uint64_t)(uintptr_t)s, .aux = aux, .kind = (uint8_t)kind, .owner = (uint8_t)owner};
+  table_put(&ptrs, &v);
+  struct kvh_record r = {0};
+  r.type = KVH_REC_ALLOC;
+  r.fn = (uint16_t)fn;
+  r.ptr = p;
+  r.bytes = n;
+  r.mem_kind = (uint8_t)kind;
+  r.stream = v.stream;
+  if (owner == OWN_IMPORTER) r.flags |= KVH_F_IMPORTER;
+  emit(&r);
+}
+
+/* release runs the free path for p: zeroize and verify what this process
+ * created, then call do_free unless the buffer is quarantined. do_free
+ * returns the real call's result. */
+typedef CUresult (*free_cb)(void *ctx);
+
+static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUstream s, size_t len_hint, free_cb do_free, void *ctx) {
+  struct stripe *st;
+  struct slot *e = table_find(&ptrs, p, &st);
+  if (!e) { /* unknown pointer or double free: the driver decides */
+    pthread_mutex_unlock(&st->mu);
+    CUresult rc = do_free(ctx);
+    if (p) {
+      struct kvh_record r = {0};
+      r.type = KVH_REC_FREE;
+      r.fn = (uint16_t)fn;
+      r.ptr = p;
+      r.result = KVH_RES_PASSTHROUGH;
+      emit(&r);
+    }
+    return rc;
+  }
+  struct slot v = *e;
+  if (v.state == ST_QUARANTINED) { /* already kept from the driver */
+    pthread_mutex_unlock(&st->mu);
+    return CUDA_SUCCESS;
+  }
+  /* Take the entry out before the driver can hand the address to anyone
+   * else: a concurrent allocation of the same address must not find it. */
+  e->key = TOMB;
+  pthread_mutex_unlock(&st->mu);
+  struct kvh_record r = {0};
+  r.type = KVH_REC_FREE;
+  r.fn = (uint16_t)fn;
+  r.ptr = p;
+  r.mem_kind = v.kind;
+  r.stream = s ? (uint64_t)(uintptr_t)s : v.stream;
+  if (async) r.flags |= KVH_F_ASYNC;
+  size_t n = len_hint && len_hint < v.size ? len_hint : v.size;
+  int failed = 0;
+  if (v.owner == OWN_IMPORTER) {
+    r.flags |= KVH_F_IMPORTER;
+    r.result = KVH_RES_PASSTHROUGH;
+    r.bytes = n;
+  } else if (cfg.mode != MODE_OFF) {
+    failed = zeroize(p, n, device, (CUstream)(uintptr_t)r.stream, async, &r) != 0;
+  }
+  if (failed && cfg.mode == MODE_ENFORCE) {
+    v.state = ST_QUARANTINED; /* kept in the table so a second free stays a no-op */
+    table_put(&ptrs, &v);
+    r.type = KVH_REC_QUARANTINE;
+    emit(&r);
+    return CUDA_SUCCESS; /* the caller's memory is gone from its point of view */
+  }
+  CUresult rc = do_free(ctx);
+  if (rc != CUDA_SUCCESS) table_put(&ptrs, &v); /* still allocated: keep tracking it */
+  emit(&r);
+  return rc;
+}
+
+/* ---- device allocations --------------------------------------------------- */
+
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t n) {
+  NEED_REAL(cuMemAlloc_v2);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemAlloc_v2(dptr, n);
+  if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAlloc_v2, *dptr, n, KVH_MEM_DEVICE, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t n, unsigned int flags) {
+  NEED_REAL(cuMemAllocManaged);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemAllocManaged(dptr, n, flags);
+  if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAllocManaged, *dptr, n, KVH_MEM_MANAGED, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size_t h, unsigned int esz) {
+  NEED_REAL(cuMemAllocPitch_v2);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemAllocPitch_v2(dptr, pitch, w, h, esz);
+  if (rc == CUDA_SUCCESS && dptr && pitch) track(HOOK_cuMemAllocPitch_v2, *dptr, *pitch * h, KVH_MEM_DEVICE, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+struct free_ctx {
+  void *fn;
+  uint64_t p;
+  CUstream s;
+  size_t n;
+};
+
+static CUresult call_free(void *c) { struct free_ctx *x = c; return ((cuMemFree_v2_fn)x->fn)(x->p); }
+static CUresult call_free_async(void *c) { struct free_ctx *x = c; return ((cuMemFreeAsync_fn)x->fn)(x->p, x->s); }
+static CUresult call_free_host(void *c) { struct free_ctx *x = c; return ((cuMemFreeHost_fn)x->fn)((void *)(uintptr_t)x->p); }
+static CUresult call_unregister(void *c) { struct free_ctx *x = c; return ((cuMemHostUnregister_fn)x->fn)((void *)(uintptr_t)x->p); }
+static CUresult call_unmap(void *c) { struct free_ctx *x = c; return ((cuMemUnmap_fn)x->fn)(x->p, x->n); }
+static CUresult call_ipc_close(void *c) { struct free_ctx *x = c; return ((cuIpcCloseMemHandle_fn)x->fn)(x->p); }
+
+EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
+  NEED_REAL(cuMemFree_v2);
+  struct free_ctx c = {(void *)real_cuMemFree_v2, p, NULL, 0};
+  return release(HOOK_cuMemFree_v2, p, 1, 0, NULL, 0, call_free, &c);
+}
+
+static CUresult alloc_async(enum hook_id id, cuMemAllocAsync_fn f, CUdeviceptr *dptr, size_t n, CUstream s) {
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = f(dptr, n, s);
+  if (rc == CUDA_SUCCESS && dptr) track(id, *dptr, n, KVH_MEM_ASYNC, OWN_CREATOR, s, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t n, CUstream s) {
+  NEED_REAL(cuMemAllocAsync);
+  return alloc_async(HOOK_cuMemAllocAsync, real_cuMemAllocAsync, dptr, n, s);
+}
+
+EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t n, CUstream s) {
+  NEED_REAL(cuMemAllocAsync_ptsz);
+  return alloc_async(HOOK_cuMemAllocAsync_ptsz, real_cuMemAllocAsync_ptsz, dptr, n, s);
+}
+
+EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
+  NEED_REAL(cuMemAllocFromPoolAsync);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemAllocFromPoolAsync(dptr, n, pool, s);
+  if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAllocFromPoolAsync, *dptr, n, KVH_MEM_ASYNC, OWN_CREATOR, s, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
+  NEED_REAL(cuMemAllocFromPoolAsync_ptsz);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemAllocFromPoolAsync_ptsz(dptr, n, pool, s);
+  if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAllocFromPoolAsync_ptsz, *dptr, n, KVH_MEM_ASYNC, OWN_CREATOR, s, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
+  NEED_REAL(cuMemFreeAsync);
+  struct free_ctx c = {(void *)real_cuMemFreeAsync, p, s, 0};
+  return release(HOOK_cuMemFreeAsync, p, 1, 1, s, 0, call_free_async, &c);
+}
+
+EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) {
+  NEED_REAL(cuMemFreeAsync_ptsz);
+  struct free_ctx c = {(void *)real_cuMemFreeAsync_ptsz, p, s, 0};
+  return release(HOOK_cuMemFreeAsync_ptsz, p, 1, 1, s, 0, call_free_async, &c);
+}
+
+/* Pool pages leave at trim or destroy; their buffers were zeroized when they
+ * were freed into the pool (cuMemFreeAsync), so these pass through. */
+EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+  NEED_REAL(cuMemPoolTrimTo);
+  return real_cuMemPoolTrimTo(pool, keep);
+}
+
+EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+  NEED_REAL(cuMemPoolDestroy);
+  return real_cuMemPoolDestroy(pool);
+}
+
+/* ---- pinned host ----------------------------------------------------------- */
+
+EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int flags) {
+  NEED_REAL(cuMemHostAlloc);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemHostAlloc(pp, n, flags);
+  if (rc == CUDA_SUCCESS && pp) track(HOOK_cuMemHostAlloc, (uint64_t)(uintptr_t)*pp, n, KVH_MEM_HOST_PINNED, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t n) {
+  NEED_REAL(cuMemAllocHost_v2);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemAllocHost_v2(pp, n);
+  if (rc == CUDA_SUCCESS && pp) track(HOOK_cuMemAllocHost_v2, (uint64_t)(uintptr_t)*pp, n, KVH_MEM_HOST_PINNED, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemFreeHost(void *p) {
+  NEED_REAL(cuMemFreeHost);
+  struct free_ctx c = {(void *)real_cuMemFreeHost, (uint64_t)(uintptr_t)p, NULL, 0};
+  return release(HOOK_cuMemFreeHost, c.p, 0, 0, NULL, 0, call_free_host, &c);
+}
+
+EXPORT CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int flags) {
+  NEED_REAL(cuMemHostRegister_v2);
+  CUresult rc = real_cuMemHostRegister_v2(p, n, flags);
+  if (rc == CUDA_SUCCESS) track(HOOK_cuMemHostRegister_v2, (uint64_t)(uintptr_t)p, n, KVH_MEM_HOST_REGISTERED, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemHostUnregister(void *p) {
+  NEED_REAL(cuMemHostUnregister);
+  struct free_ctx c = {(void *)real_cuMemHostUnregister, (uint64_t)(uintptr_t)p, NULL, 0};
+  return release(HOOK_cuMemHostUnregister, c.p, 0, 0, NULL, 0, call_unregister, &c);
+}
+
+/* ---- virtual memory management (vLLM sleep mode, expandable segments) ----- */
+
+EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop, unsigned long long flags) {
+  NEED_REAL(cuMemCreate);
+  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult rc = real_cuMemCreate(h, n, prop, flags);
+  if (rc == CUDA_SUCCESS && h) {
+    struct slot v = {.key = *h, .size = n, .owner = OWN_CREATOR, .kind = KVH_MEM_VMM};
+    table_put(&handles, &v);
+  }
+  return rc;
+}
+
+EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *h, void *os, CUmemAllocationHandleType t) {
+  NEED_REAL(cuMemImportFromShareableHandle);
+  CUresult rc = real_cuMemImportFromShareableHandle(h, os, t);
+  if (rc == CUDA_SUCCESS && h) {
+    struct slot v = {.key = *h, .owner = OWN_IMPORTER, .kind = KVH_MEM_VMM};
+    table_put(&handles, &v);
+  }
+  return rc;
+}
+
+EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
+  NEED_REAL(cuMemRelease);
+  CUresult rc = real_cuMemRelease(h);
+  if (rc == CUDA_SUCCESS) {
+    struct stripe *st;
+    struct slot *e = table_find(&handles, h, &st);
+    if (e) e->key = TOMB;
+    pthread_mutex_unlock(&st->mu);
+  }
+  return rc;
+}
+
+EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t n, size_t off, CUmemGenericAllocationHandle h, unsigned long long flags) {
+  NEED_REAL(cuMemMap);
+  CUresult rc = real_cuMemMap(ptr, n, off, h, flags);
+  if (rc == CUDA_SUCCESS) {
+    struct stripe *st;
+    struct slot *e = table_find(&handles, h, &st);
+    int owner = e ? e->owner : OWN_IMPORTER; /* a handle we did not see created is not ours to clear */
+    pthread_mutex_unlock(&st->mu);
+    track(HOOK_cuMemMap, ptr, n, KVH_MEM_VMM, owner, NULL, h);
+  }
+  return rc;
+}
+
+/* The mapping is zeroized while it is still mapped, before the real unmap. */
+EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t n) {
+  NEED_REAL(cuMemUnmap);
+  struct free_ctx c = {(void *)real_cuMemUnmap, ptr, NULL, n};
+  return release(HOOK_cuMemUnmap, ptr, 1, 0, NULL, n, call_unmap, &c);
+}
+
+EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t n) {
+  NEED_REAL(cuMemAddressFree);
+  return real_cuMemAddressFree(ptr, n);
+}
+
+/* ---- IPC: an importer never zeroizes memory it does not own ---------------- */
+
+EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle h, unsigned int flags) {
+  NEED_REAL(cuIpcOpenMemHandle_v2);
+  CUresult rc = real_cuIpcOpenMemHandle_v2(pdptr, h, flags);
+  if (rc == CUDA_SUCCESS && pdptr) track(HOOK_cuIpcOpenMemHandle_v2, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) {
+  NEED_REAL(cuIpcCloseMemHandle);
+  struct free_ctx c = {(void *)real_cuIpcCloseMemHandle, p, NULL, 0};
+  return release(HOOK_cuIpcCloseMemHandle, p, 1, 0, NULL, 0, call_ipc_close, &c);
+}

@@ -1,0 +1,226 @@
+/* kvh_internal.h — what libkvh.so's files share, and nothing it exports
+ * beyond the hooks.
+ *
+ * libkvh.so zeroizes and verifies memory before its frees reach the CUDA
+ * driver. Loaded with LD_PRELOAD (or /etc/ld.so.preload) into an unmodified
+ * process, it interposes the driver API's allocation and free families
+ * (hooks.def) on all four ways a caller reaches them: direct ELF binding (the
+ * exported wrappers), dlsym (interposed), cuGetProcAddress[_v2[_ptsz]] and
+ * cudaGetDriverEntryPoint[ByVersion][_ptsz] (the real resolver runs first and
+ * its answer is substituted only on success). Memory this process created is
+ * zeroized (cuMemsetD8 on the allocation's stream; memset for pinned host),
+ * verified (off | sample | full copy-back), and only then released. A buffer
+ * that fails is quarantined in enforce mode: never handed back to the driver.
+ *
+ * One concept a file:
+ *   config.c   the configuration, read once from the environment
+ *   resolve.c  the hook table, real symbols, dlsym and the resolvers
+ *              (cuGetProcAddress, cudaGetDriverEntryPoint)
+ *   table.c    the allocation table
+ *   report.c   the event ring, the socket reporter and the agent's deny
+ *   verify.c   zeroize and verify, with the device-side PTX zero check
+ *   hooks.c    the allocation and free wrappers and the common free path
+ *   coop.c     the cooperative API (tenant and request tags, the PyTorch
+ *              allocator, counters)
+ *   init.c     init (pthread_once) and fork safety
+ * The Makefile links them with -flto, so calls between files inline as they
+ * did within one file; the few helpers every path takes are static inline
+ * below.
+ *
+ * Rules these files keep: no DT_NEEDED on libcuda/libcudart; config read
+ * once; no getenv, malloc, printf or global lock on the hot path (the
+ * allocation table is lock-striped, events go through a lock-free ring
+ * drained by one background thread); out-params untouched on failure;
+ * unknown pointers and failing real calls pass through; nothing here blocks
+ * on the agent.
+ */
+#ifndef KVH_INTERNAL_H
+#define KVH_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "kvh_cuda.h"
+#include "kvh_wire.h"
+
+#define EXPORT __attribute__((visibility("default")))
+/* Code that runs before a sanitizer runtime has initialised (the sanitizer
+ * itself calls dlsym while starting) must not be instrumented. */
+#define NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Everything declared from here on is internal to libkvh.so (the exported
+ * wrappers say EXPORT); declaring it hidden lets every file reach it without
+ * the GOT, as one file did. */
+#pragma GCC visibility push(hidden)
+
+/* ---- hooks: ids, prototypes, the name table (generated from hooks.def) --- */
+
+enum hook_id {
+  HOOK_NONE = 0,
+#define KVH_HOOK(name, base, minver, ptsz, params, args) HOOK_##name,
+#include "hooks.def"
+#undef KVH_HOOK
+  HOOK_COUNT
+};
+
+#define KVH_HOOK(name, base, minver, ptsz, params, args) typedef CUresult(*name##_fn) params;
+#include "hooks.def"
+#undef KVH_HOOK
+
+#define KVH_HOOK(name, base, minver, ptsz, params, args) EXPORT CUresult name params;
+#include "hooks.def"
+#undef KVH_HOOK
+
+struct hook {
+  const char *name, *base;
+  int minver, ptsz;
+  void *wrapper;
+};
+
+extern const struct hook hooks[HOOK_COUNT]; /* resolve.c */
+
+/* real[id] is the driver's (or runtime's) entry point for hook id. */
+extern _Atomic(void *) real[HOOK_COUNT];
+
+/* Driver functions kvh calls itself; never hooked (resolve_helpers). */
+extern CUresult (*p_memset)(CUdeviceptr, unsigned char, size_t);
+extern CUresult (*p_memset_async)(CUdeviceptr, unsigned char, size_t, CUstream);
+extern CUresult (*p_dtoh)(void *, CUdeviceptr, size_t);
+extern CUresult (*p_stream_sync)(CUstream);
+
+/* ---- config.c: the configuration, read once ------------------------------ */
+
+enum mode { MODE_ENFORCE, MODE_OBSERVE, MODE_OFF };
+
+struct config {
+  enum mode mode;
+  int verify; /* enum kvh_verify_mode */
+  int samples;
+  int double_pass;
+  char tenant[24];
+  char socket[108];
+};
+
+extern struct config cfg;
+
+void warn(const char *msg);
+void read_config(void);
+
+/* ---- resolve.c: real symbols --------------------------------------------- */
+
+void *lookup(const char *name);
+void resolve_helpers(void);
+
+static inline void *real_fn(enum hook_id id) {
+  void *p = atomic_load_explicit(&real[id], memory_order_acquire);
+  if (likely(p)) return p;
+  p = lookup(hooks[id].name);
+  if (p) atomic_store_explicit(&real[id], p, memory_order_release);
+  return p;
+}
+
+/* ---- init.c: init runs once, before the first hook does anything -------- */
+
+extern pthread_once_t init_once;
+void init(void);
+
+static inline void ensure_init(void) { pthread_once(&init_once, init); }
+
+#define REAL(name) ((name##_fn)real_fn(HOOK_##name))
+#define NEED_REAL(name)                          \
+  ensure_init();                                 \
+  name##_fn real_##name = REAL(name);            \
+  if (unlikely(!real_##name)) return CUDA_ERROR_NOT_INITIALIZED
+
+/* ---- table.c: the allocation table, lock-striped open addressing -------- */
+
+enum owner { OWN_CREATOR = 1, OWN_IMPORTER = 2 };
+enum slot_state { ST_LIVE = 0, ST_QUARANTINED = 1 };
+
+struct slot {
+  uint64_t key; /* 0 empty, 1 deleted */
+  uint64_t size;
+  uint64_t stream;
+  uint64_t aux; /* VMM: the generic allocation handle */
+  uint8_t kind, owner, state, pad;
+  int32_t device;
+};
+
+#define STRIPES 256
+#define TOMB 1
+
+struct stripe {
+  pthread_mutex_t mu;
+  struct slot *slots;
+  uint32_t cap;
+};
+
+struct table {
+  struct stripe s[STRIPES];
+};
+
+extern struct table ptrs, handles;
+extern atomic_ulong untracked; /* allocations a full stripe could not hold */
+
+void table_init(struct table *t, uint32_t cap);
+/* table_find returns the live slot for key; the stripe is locked on return. */
+struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp);
+int table_put(struct table *t, const struct slot *v);
+void lock_all(void);
+void unlock_all(void);
+
+static inline uint64_t mix(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  return x ^ (x >> 33);
+}
+
+/* ---- report.c: events, the reporter thread, the agent's deny ------------ */
+
+extern atomic_int deny;
+extern atomic_ulong dropped;          /* records lost while the agent was away or slow */
+extern atomic_ulong dropped_reported; /* of those, already reported to the agent */
+extern __thread char tl_tenant[24], tl_request[24];
+
+/* emit enqueues r for the agent; a full ring counts a drop. */
+void emit(struct kvh_record *r);
+void ring_reset(void);
+/* report_connect says hello at init, while the process is surely alive. */
+void report_connect(void);
+/* Fork: report_fork_prepare takes the ring, report_fork_parent gives it back,
+ * report_fork_child resets the reporter for the child and gives it back. */
+void report_fork_prepare(void);
+void report_fork_parent(void);
+void report_fork_child(void);
+
+static inline int denied(void) { return atomic_load_explicit(&deny, memory_order_relaxed); }
+
+static inline uint64_t now_ns(clockid_t c) {
+  struct timespec ts;
+  clock_gettime(c, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- verify.c: zeroize and verify ---------------------------------------- */
+
+extern uint64_t seed_base; /* sampled verification's per-process seed */
+
+/* zeroize clears [p, p+n) and verifies it. device selects cuMemsetD8 and
+ * copy-back; otherwise host memset. It fills the attestation in r and
+ * returns 0 when the memory is verified (or, with verify off, zeroed). */
+int zeroize(uint64_t p, size_t n, int device, CUstream stream, int async, struct kvh_record *r);
+
+#pragma GCC visibility pop
+
+#endif

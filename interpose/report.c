@@ -1,0 +1,337 @@
+/* report.c — events for the agent: a lock-free ring that the hooks fill,
+ * drained by one background thread onto the agent's Unix socket, and the
+ * agent's control messages back (deny, allow). Nothing here blocks a hook on
+ * the agent: a full ring counts a drop, and drops are reported. */
+#include "kvh_internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+atomic_int deny;
+__thread char tl_tenant[24], tl_request[24]; /* kvh_set_tenant, kvh_set_request */
+
+static atomic_uint_fast64_t seq;
+static atomic_uint fork_gen; /* bumped in a forked child: cached ids are stale */
+static uint32_t cached_pid;
+static __thread uint32_t tl_tid, tl_gen;
+
+/* ---- events: a lock-free ring drained by one background thread --------- */
+
+#define RING 8192
+
+struct cell {
+  atomic_uint_fast64_t seq;
+  struct kvh_record rec;
+};
+
+static struct cell ring[RING];
+static atomic_uint_fast64_t ring_head; /* next slot to fill */
+static uint64_t ring_tail;              /* next slot to drain (consumer only) */
+atomic_ulong dropped;                   /* records lost while the agent was away or slow */
+atomic_ulong dropped_reported;          /* of those, already reported to the agent */
+static pthread_mutex_t consumer = PTHREAD_MUTEX_INITIALIZER;
+static int sock = -1;
+static atomic_int thread_started;
+static struct timespec next_connect;
+
+void ring_reset(void) {
+  for (uint64_t i = 0; i < RING; i++) atomic_store_explicit(&ring[i].seq, i, memory_order_relaxed);
+  atomic_store(&ring_head, 0);
+  ring_tail = 0;
+}
+
+static void start_thread(void);
+
+/* emit enqueues r (Vyukov's bounded queue); a full ring counts a drop. */
+void emit(struct kvh_record *r) {
+  if (cfg.mode == MODE_OFF) return;
+  r->magic = KVH_WIRE_MAGIC;
+  r->version = KVH_WIRE_VERSION;
+  r->seq = atomic_fetch_add_explicit(&seq, 1, memory_order_relaxed) + 1;
+  r->ts_ns = now_ns(CLOCK_REALTIME);
+  unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  if (unlikely(!tl_tid || tl_gen != gen)) {
+    tl_tid = (uint32_t)syscall(SYS_gettid);
+    tl_gen = gen;
+  }
+  if (unlikely(!cached_pid)) cached_pid = (uint32_t)getpid();
+  r->pid = cached_pid;
+  r->tid = tl_tid;
+  memcpy(r->tenant, tl_tenant[0] ? tl_tenant : cfg.tenant, sizeof r->tenant);
+  memcpy(r->request, tl_request, sizeof r->request);
+  if (cfg.mode == MODE_ENFORCE) r->flags |= KVH_F_ENFORCE;
+  uint64_t pos = atomic_load_explicit(&ring_head, memory_order_relaxed);
+  for (;;) {
+    struct cell *c = &ring[pos & (RING - 1)];
+    uint64_t s = atomic_load_explicit(&c->seq, memory_order_acquire);
+    int64_t dif = (int64_t)s - (int64_t)pos;
+    if (dif == 0) {
+      if (atomic_compare_exchange_weak_explicit(&ring_head, &pos, pos + 1, memory_order_relaxed, memory_order_relaxed)) {
+        c->rec = *r;
+        atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
+        break;
+      }
+    } else if (dif < 0) {
+      atomic_fetch_add_explicit(&dropped, 1, memory_order_relaxed);
+      break;
+    } else {
+      pos = atomic_load_explicit(&ring_head, memory_order_relaxed);
+    }
+  }
+  if (unlikely(!atomic_load_explicit(&thread_started, memory_order_acquire))) start_thread();
+}
+
+static int try_connect(void) {
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  memcpy(a.sun_path, cfg.socket, sizeof a.sun_path - 1);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static void disconnect(void) {
+  if (sock >= 0) close(sock);
+  sock = -1;
+}
+
+/* While exiting, the flush gives up at this CLOCK_MONOTONIC time (0: no limit). */
+static uint64_t flush_deadline;
+/* send_mu serialises use of the socket (sending, connecting, closing); the
+ * consumer mutex only covers taking records off the ring, so fork() never
+ * waits on a slow agent. */
+static pthread_mutex_t send_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* send_batch sends n records (send_mu held). A slow agent is waited for, up
+ * to 5 s (the ring keeps filling meanwhile, and a full ring counts drops);
+ * a dead one is dropped and reconnected later. */
+static void send_batch(struct kvh_record *b, int n) {
+  uint64_t give_up = now_ns(CLOCK_MONOTONIC) + 5000000000ULL;
+  while (sock >= 0) {
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    if (now > give_up || (flush_deadline && now > flush_deadline)) break;
+    ssize_t w = send(sock, b, (size_t)n * sizeof *b, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w == (ssize_t)((size_t)n * sizeof *b)) return;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR)) {
+      struct pollfd p = {.fd = sock, .events = POLLOUT};
+      poll(&p, 1, 20);
+      continue;
+    }
+    disconnect();
+  }
+  atomic_fetch_add(&dropped, (unsigned long)n);
+}
+
+static void report_drops(void);
+
+static void hello(void) {
+  struct kvh_record h = {0};
+  h.magic = KVH_WIRE_MAGIC;
+  h.version = KVH_WIRE_VERSION;
+  h.type = KVH_REC_HELLO;
+  h.ts_ns = now_ns(CLOCK_REALTIME);
+  h.pid = (uint32_t)getpid();
+  h.verify = (uint8_t)cfg.verify;
+  h.flags = (cfg.double_pass ? KVH_F_DOUBLE_PASS : 0) | (cfg.mode == MODE_ENFORCE ? KVH_F_ENFORCE : 0);
+  h.count = (uint64_t)cfg.samples;
+  h.result = (uint8_t)cfg.mode;
+  memcpy(h.tenant, cfg.tenant, sizeof h.tenant);
+  send_batch(&h, 1);
+  report_drops();
+}
+
+static atomic_int inflight; /* records taken off the ring, not yet delivered */
+
+/* take_batch moves up to KVH_WIRE_MAX_BATCH records off the ring. */
+static int take_batch(struct kvh_record *batch) {
+  int n = 0;
+  pthread_mutex_lock(&consumer);
+  while (n < KVH_WIRE_MAX_BATCH) {
+    struct cell *c = &ring[ring_tail & (RING - 1)];
+    uint64_t s = atomic_load_explicit(&c->seq, memory_order_acquire);
+    if ((int64_t)s - (int64_t)(ring_tail + 1) < 0) break;
+    batch[n++] = c->rec;
+    atomic_store_explicit(&c->seq, ring_tail + RING, memory_order_release);
+    ring_tail++;
+  }
+  atomic_fetch_add(&inflight, n);
+  pthread_mutex_unlock(&consumer);
+  return n;
+}
+
+/* deliver sends a batch, or counts it dropped when there is no agent. */
+static void deliver(struct kvh_record *batch, int n) {
+  pthread_mutex_lock(&send_mu);
+  if (sock >= 0) send_batch(batch, n);
+  else atomic_fetch_add(&dropped, (unsigned long)n);
+  pthread_mutex_unlock(&send_mu);
+  atomic_fetch_sub(&inflight, n);
+}
+
+static void maybe_connect(void) { /* send_mu held */
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  if (now.tv_sec < next_connect.tv_sec || (now.tv_sec == next_connect.tv_sec && now.tv_nsec < next_connect.tv_nsec)) return;
+  next_connect = now;
+  next_connect.tv_nsec += 200 * 1000000L;
+  if (next_connect.tv_nsec >= 1000000000L) { next_connect.tv_sec++; next_connect.tv_nsec -= 1000000000L; }
+  sock = try_connect();
+  if (sock >= 0) hello();
+}
+
+static void read_control(void) { /* send_mu held */
+  struct kvh_control c[8];
+  for (;;) {
+    ssize_t n = recv(sock, c, sizeof c, MSG_DONTWAIT);
+    if (n == 0) { disconnect(); return; }
+    if (n < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) disconnect();
+      return;
+    }
+    for (size_t i = 0; i + 1 <= (size_t)n / sizeof c[0]; i++) {
+      if (c[i].magic != KVH_WIRE_MAGIC || c[i].version != KVH_WIRE_VERSION) continue;
+      if (c[i].type == KVH_CTL_DENY) atomic_store(&deny, 1);
+      if (c[i].type == KVH_CTL_ALLOW) atomic_store(&deny, 0);
+    }
+  }
+}
+
+/* report_drops tells the agent how many records were lost since the last
+ * report (send_mu held). */
+static void report_drops(void) {
+  unsigned long d = atomic_exchange(&dropped, 0);
+  if (!d) return;
+  if (sock < 0) {
+    atomic_fetch_add(&dropped, d);
+    return;
+  }
+  struct kvh_record r = {0};
+  r.magic = KVH_WIRE_MAGIC;
+  r.version = KVH_WIRE_VERSION;
+  r.type = KVH_REC_DROPS;
+  r.ts_ns = now_ns(CLOCK_REALTIME);
+  r.pid = (uint32_t)getpid();
+  r.count = d;
+  atomic_fetch_add(&dropped_reported, d);
+  send_batch(&r, 1);
+}
+
+static void *reporter(void *arg) {
+  (void)arg;
+  struct kvh_record batch[KVH_WIRE_MAX_BATCH];
+  for (;;) {
+    pthread_mutex_lock(&send_mu);
+    if (sock < 0) maybe_connect();
+    int fd = sock;
+    pthread_mutex_unlock(&send_mu);
+    int n = take_batch(batch);
+    if (n) {
+      deliver(batch, n);
+      continue;
+    }
+    if (fd >= 0) {
+      if (atomic_load_explicit(&dropped, memory_order_relaxed)) {
+        pthread_mutex_lock(&send_mu);
+        report_drops();
+        pthread_mutex_unlock(&send_mu);
+      }
+      struct pollfd p = {.fd = fd, .events = POLLIN};
+      if (poll(&p, 1, 2) > 0) {
+        pthread_mutex_lock(&send_mu);
+        if (sock == fd) read_control();
+        pthread_mutex_unlock(&send_mu);
+      }
+    } else {
+      struct timespec d = {0, 5 * 1000000L};
+      nanosleep(&d, NULL);
+    }
+  }
+  return NULL;
+}
+
+static void start_thread(void) {
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&thread_started, &expected, 1)) return;
+  pthread_attr_t a;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&a, 256 << 10);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the reporter takes no signals */
+  pthread_t t;
+  if (pthread_create(&t, &a, reporter, NULL) != 0) atomic_store(&thread_started, 0);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&a);
+}
+
+/* At exit, deliver what is queued, within 200 ms: the process must not hang
+ * on a stalled agent. (_exit skips this, as it skips every destructor.) */
+__attribute__((destructor)) static void flush_at_exit(void) {
+  if (cfg.mode == MODE_OFF) return;
+  struct kvh_record batch[KVH_WIRE_MAX_BATCH];
+  struct timespec d = {0, 1000000L};
+  flush_deadline = now_ns(CLOCK_MONOTONIC) + 200 * 1000000ULL;
+  pthread_mutex_lock(&send_mu);
+  if (sock < 0) {
+    sock = try_connect();
+    if (sock >= 0) hello();
+  }
+  pthread_mutex_unlock(&send_mu);
+  while (now_ns(CLOCK_MONOTONIC) < flush_deadline) {
+    int n = take_batch(batch);
+    if (n) {
+      deliver(batch, n);
+      continue;
+    }
+    pthread_mutex_lock(&consumer);
+    int empty = atomic_load(&ring_head) == ring_tail;
+    pthread_mutex_unlock(&consumer);
+    if (empty && atomic_load(&inflight) == 0) break; /* the reporter's batch is out too */
+    nanosleep(&d, NULL);
+  }
+  pthread_mutex_lock(&send_mu);
+  report_drops();
+  pthread_mutex_unlock(&send_mu);
+}
+
+/* report_connect says hello at init. Connecting a Unix socket does not block;
+ * no thread is started here. */
+void report_connect(void) {
+  sock = try_connect();
+  if (sock >= 0) hello();
+  clock_gettime(CLOCK_MONOTONIC, &next_connect);
+}
+
+/* ---- fork safety -------------------------------------------------------- */
+
+void report_fork_prepare(void) { pthread_mutex_lock(&consumer); }
+
+void report_fork_parent(void) { pthread_mutex_unlock(&consumer); }
+
+void report_fork_child(void) {
+  pthread_mutex_init(&send_mu, NULL); /* a parent thread may have held it */
+  /* The child has no reporter thread and must not speak on the parent's
+   * connection (the agent knows it by the parent's credentials). */
+  if (sock >= 0) close(sock);
+  sock = -1;
+  next_connect.tv_sec = 0;
+  next_connect.tv_nsec = 0;
+  ring_reset();
+  atomic_store(&inflight, 0);
+  atomic_store(&dropped, 0);
+  atomic_store(&dropped_reported, 0);
+  cached_pid = 0;
+  atomic_fetch_add(&fork_gen, 1);
+  atomic_store(&thread_started, 0);
+  atomic_store(&deny, 0);
+  pthread_mutex_unlock(&consumer);
+}

@@ -1,0 +1,64 @@
+/* table.c — the allocation table: what this process allocated, keyed by
+ * pointer (ptrs) or by VMM handle (handles). Lock-striped open addressing:
+ * a call locks one stripe of 256, never the whole table. */
+#include "kvh_internal.h"
+
+#include <sys/mman.h>
+
+struct table ptrs, handles;
+atomic_ulong untracked;
+
+void table_init(struct table *t, uint32_t cap) {
+  for (int i = 0; i < STRIPES; i++) {
+    pthread_mutex_init(&t->s[i].mu, NULL);
+    void *m = mmap(NULL, (size_t)cap * sizeof(struct slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    t->s[i].slots = m == MAP_FAILED ? NULL : m;
+    t->s[i].cap = m == MAP_FAILED ? 0 : cap;
+  }
+}
+
+static inline struct stripe *stripe_of(struct table *t, uint64_t key, uint64_t *h) {
+  *h = mix(key);
+  return &t->s[*h & (STRIPES - 1)];
+}
+
+/* table_find returns the live slot for key; the stripe is locked on return. */
+struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp) {
+  uint64_t h;
+  struct stripe *s = stripe_of(t, key, &h);
+  pthread_mutex_lock(&s->mu);
+  *sp = s;
+  if (!s->cap) return NULL;
+  for (uint32_t i = 0, j = (uint32_t)(h >> 8) & (s->cap - 1); i < s->cap; i++, j = (j + 1) & (s->cap - 1)) {
+    if (s->slots[j].key == key) return &s->slots[j];
+    if (s->slots[j].key == 0) return NULL;
+  }
+  return NULL;
+}
+
+int table_put(struct table *t, const struct slot *v) {
+  uint64_t h;
+  struct stripe *s = stripe_of(t, v->key, &h);
+  pthread_mutex_lock(&s->mu);
+  struct slot *free_slot = NULL;
+  for (uint32_t i = 0, j = (uint32_t)(h >> 8) & (s->cap - 1); i < s->cap; i++, j = (j + 1) & (s->cap - 1)) {
+    struct slot *x = &s->slots[j];
+    if (x->key == v->key) { free_slot = x; break; }
+    if (x->key == TOMB && !free_slot) free_slot = x;
+    if (x->key == 0) { if (!free_slot) free_slot = x; break; }
+  }
+  if (free_slot) *free_slot = *v;
+  pthread_mutex_unlock(&s->mu);
+  if (!free_slot) atomic_fetch_add(&untracked, 1);
+  return free_slot != NULL;
+}
+
+/* lock_all takes every stripe of both tables (fork); unlock_all gives them back. */
+void lock_all(void) {
+  for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&ptrs.s[i].mu);
+  for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&handles.s[i].mu);
+}
+void unlock_all(void) {
+  for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&handles.s[i].mu);
+  for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&ptrs.s[i].mu);
+}
