@@ -1,5 +1,7 @@
-/* Minimal CUDA 12 driver/runtime types and prototypes used by the fake CUDA
- * libraries and the test clients. Names and signatures follow cuda.h and
+/* Minimal CUDA 12 driver/runtime types and constants, shared by libkvh.so,
+ * the fake CUDA libraries and the test clients. No function prototypes:
+ * libkvh.so declares its wrappers from hooks.def, and the fakes and clients
+ * declare what they define or call. Names and values follow cuda.h and
  * cuda_runtime_api.h of CUDA 12 (64-bit); nothing here is NVIDIA code. */
 #ifndef KVH_CUDA_MIN_H
 #define KVH_CUDA_MIN_H
