@@ -19,6 +19,9 @@ KVH_C := $(addprefix interpose/,config.c resolve.c table.c report.c verify.c hoo
 KVH_SRC := $(KVH_C) interpose/kvh_internal.h interpose/hooks.def interpose/exports.map $(wildcard interpose/include/*.h)
 KVH_BUILD := $(KVH_CFLAGS) -flto -Iinterpose/include -Iinterpose
 KVH_LINK := $(KVH_LDFLAGS) -Wl,--version-script=interpose/exports.map
+# make bench measures libkvh.so against the interposer at this commit (the
+# last single-file kvh.c), built from git as it was built then.
+KVH_BASE ?= 780b422
 FAKE := $(BUILD)/fakecuda
 WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
@@ -45,6 +48,19 @@ $(BUILD)/lib/libkvh.so: $(KVH_SRC)
 $(BUILD)/lib/libkvh-asan.so: $(KVH_SRC)
 	@mkdir -p $(@D)
 	$(CC) $(KVH_BUILD) -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ $(KVH_C) $(KVH_LINK)
+
+# The baseline for make bench: interpose/ at $(KVH_BASE), taken from git into
+# a temporary directory. The stamp names the commit, so another KVH_BASE
+# rebuilds it.
+$(BUILD)/lib/libkvh-base.so: $(BUILD)/lib/.kvh-base-$(KVH_BASE)
+	@set -e -o pipefail; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	git archive $(KVH_BASE) interpose | tar -x -C "$$d"; \
+	test -f "$$d/interpose/kvh.c" || { echo "KVH_BASE=$(KVH_BASE) has no interpose/kvh.c: not the single-file interposer"; exit 1; }; \
+	set -x; $(CC) $(KVH_CFLAGS) -I"$$d/interpose/include" -I"$$d/interpose" -Wl,-z,defs -o $@ "$$d/interpose/kvh.c" \
+	  $(KVH_LDFLAGS) -Wl,--version-script="$$d/interpose/exports.map"; set +x
+
+$(BUILD)/lib/.kvh-base-%:
+	@mkdir -p $(@D) && rm -f $(@D)/.kvh-base-* && touch $@
 
 fakecuda: $(FAKE)/libcuda.so.1 $(FAKE)/libcudart.so.12 $(FAKE)/client_runtime_now $(addprefix $(FAKE)/client_,$(WAYS)) $(FAKE)/kvh_demo ## build the fake CUDA libraries and the test clients
 
@@ -94,14 +110,14 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null; \
 	  done; done
 
-bench: interpose fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run
+bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run
 	@mkdir -p $(BUILD)
 	$(GO) test -run '^$$' -bench AppendDurable -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
 	$(GO) test -run '^$$' -bench Verify -benchtime 3x ./forensic/ | tee -a $(BUILD)/bench-forensic.txt
 	$(GO) test -run '^$$' -bench Zeroize -benchtime 2s ./zeroize/ | tee $(BUILD)/bench-zeroize.txt
 	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
-	$(GO) test -run '^$$' -bench Interposer -benchtime 3x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
+	$(GO) test -run '^$$' -bench Interposer -benchtime 5x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
 	$(GO) test -run '^$$' -bench Agent -benchtime 1x ./cmd/kvh-agent/ | tee $(BUILD)/bench-agent.txt
 	$(GO) test -run '^$$' -bench Witness -benchtime 1x ./bpf/ | tee $(BUILD)/bench-witness.txt
 
