@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kvhygiene/kvh/internal/atomicfile"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -42,30 +43,14 @@ func GenerateKeys(dir, name string) (skeyPath, vkeyPath string, err error) {
 			return "", "", fmt.Errorf("%s already exists; refusing to overwrite a key", p)
 		}
 	}
-	if err := writeNew(skeyPath, []byte(skey+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteNew(skeyPath, []byte(skey+"\n"), 0o600); err != nil {
 		return "", "", err
 	}
-	if err := writeNew(vkeyPath, []byte(vkey+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteNew(vkeyPath, []byte(vkey+"\n"), 0o644); err != nil {
 		os.Remove(skeyPath)
 		return "", "", err
 	}
 	return skeyPath, vkeyPath, nil
-}
-
-func writeNew(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // LoadSigner reads a note signing key file. The file must not be readable by

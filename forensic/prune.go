@@ -3,11 +3,11 @@ package forensic
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/kvhygiene/kvh/internal/atomicfile"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/sys/unix"
 )
@@ -169,24 +169,13 @@ func archive(src, dst string) error {
 	if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EINVAL) {
 		return err
 	}
-	in, err := os.Open(src)
+	// Another file system: copy, durably and never over an archive, then
+	// remove. A segment is at most about MaxSegmentBytes, read whole.
+	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
+	if err := atomicfile.WriteNew(dst, data, 0o600); err != nil {
 		return err
 	}
 	return os.Remove(src)

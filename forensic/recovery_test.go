@@ -119,6 +119,48 @@ func TestPrune(t *testing.T) {
 	}
 }
 
+// Archiving to another file system copies the segment (mode 0600), removes
+// the original, and never replaces an archive already there.
+func TestArchiveAcrossFileSystems(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "kvh-000001.log")
+	other, err := os.MkdirTemp("/dev/shm", "kvh-archive-")
+	if err != nil {
+		t.Skipf("no second file system: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
+	var a, b syscall.Stat_t
+	if syscall.Stat(filepath.Dir(src), &a) != nil || syscall.Stat(other, &b) != nil || a.Dev == b.Dev {
+		t.Skip("/dev/shm is on the same file system as the test's temp dir")
+	}
+	dst := filepath.Join(other, "kvh-000001.log")
+	os.WriteFile(src, []byte("segment"), 0o600)
+	if err := archive(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(dst); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("archive: %v %v", st, err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "segment" {
+		t.Errorf("archive holds %q", b)
+	}
+	if _, err := os.Stat(src); !os.IsNotExist(err) {
+		t.Errorf("original still there after archiving: %v", err)
+	}
+	os.WriteFile(src, []byte("another"), 0o600)
+	if err := archive(src, dst); err == nil {
+		t.Fatal("archived over an existing archive")
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "segment" {
+		t.Errorf("existing archive changed to %q", b)
+	}
+	if b, _ := os.ReadFile(src); string(b) != "another" {
+		t.Errorf("original lost after a refused archive: %q", b)
+	}
+	if ents, _ := os.ReadDir(other); len(ents) != 1 {
+		t.Errorf("archive directory holds %v, want only the archive", ents)
+	}
+}
+
 // TestCrashChild is the child of TestCrash: it appends under load and prints
 // every acknowledged seq until it is killed.
 func TestCrashChild(t *testing.T) {

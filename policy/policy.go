@@ -278,7 +278,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 }
 
 // Flags are the command-line overrides; Register adds them to a FlagSet and
-// Apply overlays those that were given.
+// Load overlays those that were given on the defaults, file and environment.
 type Flags struct {
 	file                         string
 	threshold, ttl, anomalyZ     float64

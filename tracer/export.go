@@ -3,14 +3,17 @@ package tracer
 import (
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 
-	"github.com/kvhygiene/kvh/metrics"
+	"github.com/kvhygiene/kvh/internal/atomicfile"
+	"github.com/kvhygiene/kvh/seedcompat"
 )
 
 // Snapshot returns the seed's 13 metrics. Unlike the seed, a buffer whose
 // verification failed (coverage 0) counts in min and avg coverage, and
 // durations keep sub-millisecond resolution.
-func (l *Ledger) Snapshot() metrics.Snapshot {
+func (l *Ledger) Snapshot() seedcompat.Snapshot {
 	// Live buffers' coverage first (without the aggregates lock).
 	// Lock order is buffer, then shard (retire takes them so): collect the
 	// shard's buffers first, then visit each without holding the shard.
@@ -37,7 +40,7 @@ func (l *Ledger) Snapshot() metrics.Snapshot {
 	a := &l.agg
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var snap metrics.Snapshot
+	var snap seedcompat.Snapshot
 	snap.TotalBuffers = a.allocations
 	snap.ActiveBuffers = a.states[Allocated] + a.states[Bound] + a.states[InUse] + a.states[Sanitizing] + a.states[Sanitized]
 	snap.UnsanitizedRegions = a.states[Allocated] + a.states[Bound] + a.states[InUse] + a.states[Sanitizing]
@@ -64,14 +67,23 @@ func (l *Ledger) Snapshot() metrics.Snapshot {
 func (l *Ledger) Export(jsonPath, promPath string) error {
 	s := l.Snapshot()
 	if jsonPath != "" {
-		if err := metrics.WriteFileAtomic(jsonPath, s.JSON(), 0o644); err != nil {
+		if err := writeExport(jsonPath, s.JSON()); err != nil {
 			return fmt.Errorf("exporting %s: %w", jsonPath, err)
 		}
 	}
 	if promPath != "" {
-		if err := metrics.WriteFileAtomic(promPath, s.Textfile(), 0o644); err != nil {
+		if err := writeExport(promPath, s.Textfile()); err != nil {
 			return fmt.Errorf("exporting %s: %w", promPath, err)
 		}
 	}
 	return nil
+}
+
+// writeExport replaces an export file, creating its directory; exports are
+// mode 0644 because node_exporter and users' gates read them.
+func writeExport(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Write(path, data, 0o644)
 }

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvhygiene/kvh/metrics"
 	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/seedcompat"
 	"github.com/kvhygiene/kvh/zeroize"
 )
 
@@ -261,7 +261,7 @@ func TestWeaknessesFixed(t *testing.T) {
 		if s.MinCoveragePct != 0 || s.UnsanitizedRegions != 0 {
 			t.Fatalf("%+v", s)
 		}
-		v, err := metrics.Gate(s.JSON(), metrics.DefaultThresholds())
+		v, err := seedcompat.Gate(s.JSON(), seedcompat.DefaultThresholds())
 		if err != nil || v.Pass {
 			t.Fatalf("gate passed a 0%% buffer: %v %+v", err, v)
 		}

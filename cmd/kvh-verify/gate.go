@@ -5,13 +5,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
-	"github.com/kvhygiene/kvh/metrics"
+	"github.com/kvhygiene/kvh/internal/atomicfile"
+	"github.com/kvhygiene/kvh/seedcompat"
 )
 
 func cmdGate(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("gate", stderr)
-	t := metrics.DefaultThresholds()
+	t := seedcompat.DefaultThresholds()
 	fs.Float64Var(&t.CoverageMin, "coverage-min", t.CoverageMin, "minimum min_coverage_pct")
 	fs.Int64Var(&t.UnsanitizedMax, "unsanitized-max", t.UnsanitizedMax, "maximum unsanitized_regions_count")
 	fs.Int64Var(&t.QuarantineMax, "quarantine-max", t.QuarantineMax, "maximum quarantine_count")
@@ -34,18 +36,21 @@ func cmdGate(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return errorf(stderr, "gate: reading metrics: %v", err)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, metrics.MaxGateInput+1))
+	data, err := io.ReadAll(io.LimitReader(f, seedcompat.MaxGateInput+1))
 	f.Close()
 	if err != nil {
 		return errorf(stderr, "gate: reading metrics: %v", err)
 	}
-	v, err := metrics.Gate(data, t)
+	v, err := seedcompat.Gate(data, t)
 	if err != nil {
 		return errorf(stderr, "gate: %s: %v", fs.Arg(0), err)
 	}
 	if *out != "" {
 		b, _ := json.MarshalIndent(v, "", "  ")
-		if err := metrics.WriteFileAtomic(*out, b, 0o644); err != nil {
+		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+			return errorf(stderr, "gate: writing verdict: %v", err)
+		}
+		if err := atomicfile.Write(*out, b, 0o644); err != nil {
 			return errorf(stderr, "gate: writing verdict: %v", err)
 		}
 	}

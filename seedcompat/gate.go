@@ -1,4 +1,4 @@
-package metrics
+package seedcompat
 
 import (
 	"encoding/json"

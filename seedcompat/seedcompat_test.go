@@ -1,4 +1,4 @@
-package metrics
+package seedcompat
 
 import (
 	"encoding/json"
@@ -85,21 +85,6 @@ func TestTextfileGolden(t *testing.T) {
 	}
 	if string(got) != string(want) {
 		t.Errorf("textfile differs from %s:\n%s", golden, got)
-	}
-}
-
-func TestWriteFileAtomic(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "a", "m.json")
-	if err := WriteFileAtomic(p, []byte("{}"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := os.Stat(p)
-	if st.Mode().Perm() != 0o600 {
-		t.Errorf("mode %v", st.Mode())
-	}
-	ents, _ := os.ReadDir(filepath.Dir(p))
-	if len(ents) != 1 {
-		t.Errorf("temp files left: %v", ents)
 	}
 }
 

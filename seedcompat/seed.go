@@ -1,12 +1,10 @@
-package metrics
+package seedcompat
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strconv"
 )
 
@@ -28,7 +26,8 @@ type Snapshot struct {
 }
 
 // JSON renders the snapshot as the seed's export_metrics did (indent 2).
-// Non-finite values, which the seed wrote as bare NaN, become null.
+// Non-finite values, which the seed wrote as bare NaN or Infinity (not
+// JSON), are written as 0.
 func (s Snapshot) JSON() []byte {
 	c := s
 	for _, f := range []*float64{&c.MinCoveragePct, &c.AvgCoveragePct, &c.ThresholdPct, &c.SanitizeDurationP50Ms, &c.SanitizeDurationP95Ms, &c.ReuseRate} {
@@ -90,36 +89,4 @@ func pyFloat(v float64) string {
 		s += ".0"
 	}
 	return s
-}
-
-// WriteFileAtomic writes data to path through a temp file in the same
-// directory, so a reader never sees a half-written file. Mode is 0600 unless
-// the file is meant to be scraped (0644).
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
