@@ -121,12 +121,6 @@ func appendRecord(dst []byte, seq uint64, ts, kind string, prev, body []byte) []
 	return append(dst, '}')
 }
 
-// canonicalBody returns body as json.Marshal embeds a RawMessage: compacted,
-// with <, > and & escaped.
-func canonicalBody(body []byte) ([]byte, error) {
-	return json.Marshal(json.RawMessage(body))
-}
-
 // appendMAC appends `,"mac":"…"` computed over line (which has none).
 func appendMAC(line []byte, mac hash.Hash) []byte {
 	if mac == nil {

@@ -1,0 +1,99 @@
+package forensic
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// segFile is a segment file found in a trail directory.
+type segFile struct {
+	name  string
+	path  string
+	index uint64
+	head  SegmentBody
+	first parsed
+}
+
+// isSegmentName reports whether a directory entry may hold a segment.
+func isSegmentName(name string) bool {
+	return strings.HasSuffix(name, ".jsonl") && name != CheckpointFile
+}
+
+func segmentName(index uint64) string { return fmt.Sprintf("seg-%06d.jsonl", index) }
+
+// listSegments reads the first record of every candidate file and returns the
+// segments ordered by their internal index (never by name), plus notes on
+// files that are not segments.
+func listSegments(dir string) ([]segFile, []string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var segs []segFile
+	var notes []string
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !isSegmentName(e.Name()) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		sf, err := readHead(path)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("%s: %v", e.Name(), err))
+			continue
+		}
+		sf.name = e.Name()
+		segs = append(segs, sf)
+	}
+	sort.SliceStable(segs, func(i, j int) bool { return segs[i].index < segs[j].index })
+	return segs, notes, nil
+}
+
+func readHead(path string) (segFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return segFile{}, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	line, err := readLine(br)
+	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		if errors.Is(err, io.EOF) {
+			return segFile{}, errors.New("empty file, not a segment")
+		}
+		return segFile{}, err
+	}
+	sf := segFile{path: path}
+	if err := parseLine(line, &sf.first); err != nil {
+		return segFile{}, fmt.Errorf("first line is not a record: %v", err)
+	}
+	if string(sf.first.kind) != KindSegment {
+		return segFile{}, errors.New("first record is not a segment record")
+	}
+	if err := strictUnmarshal(sf.first.body, &sf.head); err != nil {
+		return segFile{}, fmt.Errorf("segment record body: %v", err)
+	}
+	if sf.head.Size != sf.first.seq {
+		return segFile{}, fmt.Errorf("segment record seq %d but declares size %d", sf.first.seq, sf.head.Size)
+	}
+	sf.index = sf.head.Segment
+	return sf, nil
+}
+
+// readLine returns the next line without its newline. A final line with no
+// newline is returned with io.EOF; longer than MaxLine is an error.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return line, fmt.Errorf("line longer than %d bytes", br.Size())
+	}
+	if err != nil {
+		return line, err
+	}
+	return line[:len(line)-1], nil
+}
