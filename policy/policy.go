@@ -37,24 +37,24 @@ const (
 
 // Config is the whole policy. Pointer fields are "unset" when nil.
 type Config struct {
-	CoverageThreshold float64             `yaml:"coverage_threshold"` // percent, (0, 100]
-	VerifyMode        string              `yaml:"verify"`             // off | sample | full
-	VerifySamples     int                 `yaml:"verify_samples"`
-	DoublePass        bool                `yaml:"double_pass"`
-	MaxReuse          int                 `yaml:"max_reuse"` // negative: unlimited; 0: any reuse violates
-	TTLSec            *float64            `yaml:"ttl_sec"`   // nil: no TTL; <= 0: violates on first use
-	TTLFrom           string              `yaml:"ttl_from"`  // first_use | allocation
-	OnViolation       string              `yaml:"on_violation"`
-	AnomalyZ          float64             `yaml:"anomaly_z"` // z-score that flags an anomaly
-	Tenants           map[string]Override `yaml:"tenants"`
+	CoverageThreshold float64             `yaml:"coverage_threshold" json:"coverage_threshold" doc:"percent of a buffer that must verify zero before it may be freed, (0, 100]"` // percent, (0, 100]
+	VerifyMode        string              `yaml:"verify" json:"verify" doc:"off, sample or full"`                                                                                // off | sample | full
+	VerifySamples     int                 `yaml:"verify_samples" json:"verify_samples" doc:"sample windows per buffer when verify is sample"`
+	DoublePass        bool                `yaml:"double_pass" json:"double_pass" doc:"a pattern pass before the zero pass"`
+	MaxReuse          int                 `yaml:"max_reuse" json:"max_reuse" doc:"reuses allowed per buffer; negative: unlimited, 0: any reuse violates"` // negative: unlimited; 0: any reuse violates
+	TTLSec            *float64            `yaml:"ttl_sec" json:"ttl_sec" doc:"seconds a buffer may live; null: no TTL, <= 0: violates on first use"`      // nil: no TTL; <= 0: violates on first use
+	TTLFrom           string              `yaml:"ttl_from" json:"ttl_from" doc:"first_use or allocation: when the TTL clock starts"`                      // first_use | allocation
+	OnViolation       string              `yaml:"on_violation" json:"on_violation" doc:"observe, deny, freeze or kill"`
+	AnomalyZ          float64             `yaml:"anomaly_z" json:"anomaly_z" doc:"z-score that flags an anomaly"` // z-score that flags an anomaly
+	Tenants           map[string]Override `yaml:"tenants" json:"tenants" doc:"per-tenant overrides, by tenant"`
 }
 
 // Override changes some fields for one tenant.
 type Override struct {
-	CoverageThreshold *float64 `yaml:"coverage_threshold"`
-	MaxReuse          *int     `yaml:"max_reuse"`
-	TTLSec            *float64 `yaml:"ttl_sec"`
-	OnViolation       *string  `yaml:"on_violation"`
+	CoverageThreshold *float64 `yaml:"coverage_threshold" json:"coverage_threshold" doc:"percent of a buffer that must verify zero before it may be freed, (0, 100]"`
+	MaxReuse          *int     `yaml:"max_reuse" json:"max_reuse" doc:"reuses allowed per buffer; negative: unlimited, 0: any reuse violates"`
+	TTLSec            *float64 `yaml:"ttl_sec" json:"ttl_sec" doc:"seconds a buffer may live; null: no TTL, <= 0: violates on first use"`
+	OnViolation       *string  `yaml:"on_violation" json:"on_violation" doc:"observe, deny, freeze or kill"`
 }
 
 // Default is the seed's defaults, with verification on and full.

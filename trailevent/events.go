@@ -1,0 +1,156 @@
+package trailevent
+
+import (
+	"github.com/kvhygiene/kvh/policy"
+)
+
+// Version is the schema version of the bodies in this package.
+const Version = 1
+
+// Event names that are not buffer transitions.
+const (
+	EvAgentStart          = "agent_start"
+	EvPolicy              = "policy"
+	EvPosture             = "posture"
+	EvProcessConnected    = "process_connected"
+	EvProcessDisconnected = "process_disconnected"
+	EvInterposerDrops     = "interposer_drops"
+	EvViolation           = "violation"
+	EvViolationsOverflow  = "violations_overflow"
+	EvAction              = "action"
+	EvAnomaly             = "anomaly"
+)
+
+// Buffer transition event names (the ledger's state machine).
+const (
+	EvAllocate      = "allocate"
+	EvBind          = "bind"
+	EvWrite         = "write"
+	EvReuse         = "reuse"
+	EvQuarantine    = "quarantine"
+	EvSanitize      = "sanitize"
+	EvSanitizeStart = "sanitize_start"
+	EvSanitizeEnd   = "sanitize_end"
+	EvAttest        = "attest"
+	EvDoubleFree    = "double_free"
+	EvFree          = "free"
+	EvRelease       = "release"
+	EvRetire        = "retire"
+)
+
+// AgentStart opens every run of the agent.
+type AgentStart struct {
+	Ev      string `json:"ev" doc:"agent_start"`
+	Schema  int    `json:"schema" doc:"the trailevent.Version the bodies that follow use"`
+	Version string `json:"version" doc:"the agent's build version"`
+	PID     int    `json:"pid" doc:"the agent's process id"`
+	Host    string `json:"host,omitempty" doc:"the node's hostname"`
+}
+
+// Policy records the full effective policy, at start and on every reload.
+type Policy struct {
+	Ev     string        `json:"ev" doc:"policy"`
+	Reason string        `json:"reason" doc:"start (the agent starting) or reload (SIGHUP, or Ledger.SetPolicy in a Go program)"`
+	Policy policy.Config `json:"policy" doc:"every key of the policy, tenant overrides included"`
+}
+
+// Device is one GPU as NVML reports it.
+type Device struct {
+	Index       int    `json:"index" doc:"NVML device index"`
+	UUID        string `json:"uuid" doc:"device UUID"`
+	Name        string `json:"name" doc:"product name"`
+	MemoryTotal uint64 `json:"memory_total_bytes" doc:"device memory in bytes"`
+	MemoryUsed  uint64 `json:"memory_used_bytes" doc:"device memory in use when read"`
+	MIG         bool   `json:"mig" doc:"MIG mode is enabled"`
+	Persistence bool   `json:"persistence" doc:"persistence mode is on"`
+}
+
+// Posture is the node's hygiene posture as read at start.
+type Posture struct {
+	Ev          string   `json:"ev" doc:"posture"`
+	ScrubOnFree int      `json:"scrub_on_free" doc:"1: the driver scrubs memory returned to it; 0: RmDisableScrubOnFree turns that off; -1: unknown"`
+	Source      string   `json:"source" doc:"where scrub_on_free was read"`
+	NVML        string   `json:"nvml,omitempty" doc:"\"not available\" when NVML could not be opened"`
+	Driver      string   `json:"driver,omitempty" doc:"the NVIDIA driver version"`
+	Devices     []Device `json:"devices,omitempty" doc:"the node's GPUs"`
+	Witness     bool     `json:"witness" doc:"the eBPF witness is attached"`
+}
+
+// Identity is who a connected process is, as the kernel says: pid and uid
+// from SO_PEERCRED, the rest from /proc/<pid>. Nothing comes from what the
+// process claims on the wire.
+type Identity struct {
+	PID          int    `json:"pid" doc:"process id (SO_PEERCRED)"`
+	UID          uint32 `json:"uid" doc:"user id (SO_PEERCRED)"`
+	Comm         string `json:"comm,omitempty" doc:"/proc/<pid>/comm"`
+	Cgroup       string `json:"cgroup,omitempty" doc:"the process's cgroup v2 path"`
+	ContainerID  string `json:"container_id,omitempty" doc:"container id parsed from the cgroup"`
+	PodUID       string `json:"pod_uid,omitempty" doc:"Kubernetes pod UID parsed from the cgroup"`
+	Tenant       string `json:"tenant" doc:"the tenant the agent judges the process as"`
+	TenantSource string `json:"tenant_source" doc:"where the tenant came from: env, pod, container, uid or exited"`
+}
+
+// ProcessConnected records an interposer's hello.
+type ProcessConnected struct {
+	Ev       string   `json:"ev" doc:"process_connected"`
+	Identity Identity `json:"identity" doc:"who the process is, from the kernel"`
+	Claimed  string   `json:"claimed_tenant,omitempty" doc:"a tenant the process claimed that differs from its identity's"`
+	Mode     string   `json:"mode,omitempty" doc:"the interposer's mode: enforce, observe or off"`
+	Verify   string   `json:"verify,omitempty" doc:"the interposer's verify mode: off, sample or full"`
+}
+
+// ProcessDisconnected records the end of an interposer connection.
+type ProcessDisconnected struct {
+	Ev     string `json:"ev" doc:"process_disconnected"`
+	PID    int    `json:"pid" doc:"process id"`
+	Tenant string `json:"tenant,omitempty" doc:"tenant"`
+	Open   int    `json:"open_buffers,omitempty" doc:"buffers still allocated when it went (retired: the memory went back with the process)"`
+}
+
+// InterposerDrops records events an interposer could not deliver.
+type InterposerDrops struct {
+	Ev     string `json:"ev" doc:"interposer_drops"`
+	PID    int    `json:"pid" doc:"process id"`
+	Tenant string `json:"tenant,omitempty" doc:"tenant"`
+	Count  uint64 `json:"count" doc:"events dropped since the previous report"`
+}
+
+// Violation records one breach, before any action on it.
+type Violation struct {
+	Ev     string `json:"ev" doc:"violation"`
+	Kind   string `json:"kind" doc:"one of the violation kinds (docs/trail-schema.md, Violation kinds)"`
+	PID    int    `json:"pid" doc:"the violating process"`
+	Tenant string `json:"tenant,omitempty" doc:"its tenant"`
+	Detail string `json:"detail,omitempty" doc:"what the detector saw"`
+	Source string `json:"source,omitempty" doc:"the detector: ledger, ingest, witness or gpu"`
+	Action string `json:"action" doc:"the action the policy names for this tenant: observe, deny, freeze or kill"`
+}
+
+// ViolationsOverflow records violations the queue could not hold.
+type ViolationsOverflow struct {
+	Ev    string `json:"ev" doc:"violations_overflow"`
+	Kind  string `json:"kind" doc:"violation kind"`
+	Count uint64 `json:"count" doc:"violations of this kind counted but not recorded one by one, nor acted on"`
+}
+
+// Action records an action taken on a violator, and its outcome.
+type Action struct {
+	Ev     string `json:"ev" doc:"action"`
+	Action string `json:"action" doc:"deny, freeze or kill"`
+	PID    int    `json:"pid" doc:"the process acted on"`
+	Tenant string `json:"tenant,omitempty" doc:"its tenant"`
+	Kind   string `json:"kind" doc:"the violation kind that caused it"`
+	Result string `json:"result" doc:"what happened, or error: ... (timed out: the action did not finish in time)"`
+}
+
+// Anomaly records a sanitize duration or buffer size far from the tenant's mean.
+type Anomaly struct {
+	Ev     string  `json:"ev" doc:"anomaly"`
+	H      uint64  `json:"h" doc:"the buffer handle"`
+	Tenant string  `json:"tenant,omitempty" doc:"tenant"`
+	Metric string  `json:"metric" doc:"sanitize_duration_us or buffer_bytes"`
+	Value  float64 `json:"value" doc:"the value seen"`
+	Mean   float64 `json:"mean" doc:"the tenant's running mean"`
+	Std    float64 `json:"std" doc:"the tenant's running standard deviation"`
+	Z      float64 `json:"z" doc:"the z-score (above the policy's anomaly_z)"`
+}
