@@ -3,6 +3,7 @@ package ingest
 import (
 	"bufio"
 	"bytes"
+	"github.com/kvhygiene/kvh/trailevent"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,19 +11,9 @@ import (
 	"strings"
 )
 
-// Identity is who a connected process is, as the kernel says: the pid and
-// uid from SO_PEERCRED, the rest from /proc/<pid>. Nothing comes from what
-// the process claims on the wire.
-type Identity struct {
-	PID          int    `json:"pid"`
-	UID          uint32 `json:"uid"`
-	Comm         string `json:"comm,omitempty"`
-	Cgroup       string `json:"cgroup,omitempty"`
-	ContainerID  string `json:"container_id,omitempty"`
-	PodUID       string `json:"pod_uid,omitempty"`
-	Tenant       string `json:"tenant"`
-	TenantSource string `json:"tenant_source"` // env | pod | container | uid | exited
-}
+// Identity is who a connected process is, as the kernel says; its fields
+// are the trail's (trailevent.Identity).
+type Identity = trailevent.Identity
 
 var (
 	containerRe = regexp.MustCompile(`(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$`)

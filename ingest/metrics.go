@@ -2,33 +2,29 @@ package ingest
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics are the agent's own series (the ledger exports its own).
+// Metrics are ingest's series (the ledger and the enforcer export their own).
 type Metrics struct {
 	Frees         *prometheus.CounterVec
 	ZeroizedBytes prometheus.Counter
 	Quarantined   prometheus.Counter
-	Violations    *prometheus.CounterVec
-	Actions       *prometheus.CounterVec
 	Dropped       prometheus.Counter
 	Connected     prometheus.Gauge
 	IngestErrors  *prometheus.CounterVec
 	Events        prometheus.Counter
 }
 
-// NewMetrics registers the agent's metrics on reg.
+// NewMetrics registers ingest's series on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Frees:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvh", Name: "frees_total", Help: "Frees reported by interposers, by result: ok, quarantined, failed (released unverified in observe mode), passthrough (not zeroized: importer, mode off or unknown pointer)."}, []string{"result"}),
 		ZeroizedBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "zeroized_bytes_total", Help: "Bytes zeroized and verified before release, as attested by interposers."}),
 		Quarantined:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "quarantined_buffers_total", Help: "Buffers kept from the driver because zeroize or verify failed."}),
-		Violations:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvh", Name: "violations_total", Help: "Hygiene violations, by kind."}, []string{"kind"}),
-		Actions:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvh", Name: "actions_total", Help: "Actions taken on violators, by action."}, []string{"action"}),
 		Dropped:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "interposer_dropped_events_total", Help: "Events interposers could not deliver (agent absent or slow), as they reported later."}),
 		Connected:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kvh", Name: "connected_processes", Help: "Processes whose interposer is connected."}),
 		IngestErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvh", Name: "ingest_errors_total", Help: "Packets or connections refused, by reason."}, []string{"reason"}),
 		Events:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "ingest_events_total", Help: "Interposer records received."}),
 	}
-	reg.MustRegister(m.Frees, m.ZeroizedBytes, m.Quarantined, m.Violations, m.Actions, m.Dropped, m.Connected, m.IngestErrors, m.Events)
+	reg.MustRegister(m.Frees, m.ZeroizedBytes, m.Quarantined, m.Dropped, m.Connected, m.IngestErrors, m.Events)
 	for _, r := range []string{"ok", "quarantined", "failed", "passthrough"} {
 		m.Frees.WithLabelValues(r)
 	}

@@ -11,33 +11,41 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/kvhygiene/kvh/action"
 	"github.com/kvhygiene/kvh/tracer"
+	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/violation"
 	"github.com/kvhygiene/kvh/wire"
 	"golang.org/x/sys/unix"
 )
 
+// Trail records the server's own events (connections, drops). *forensic.Log
+// satisfies it.
+type Trail interface {
+	Append(body any) (uint64, error)
+}
+
 // Config wires a Server.
 type Config struct {
-	Socket        string
-	SocketMode    os.FileMode // default 0660
-	Ledger        *tracer.Ledger
-	Trail         action.Trail
-	Enforcer      *action.Enforcer
-	Metrics       *Metrics
+	Ledger        *tracer.Ledger // required
+	Trail         Trail          // required
+	Violations    violation.Sink // required
+	Peers         *Peers         // required: filled with every connection
+	Metrics       *Metrics       // required
 	Log           hclog.Logger
 	ProcRoot      string // default /proc
 	DropThreshold uint64 // dropped events per process before it is a violation (default 1000)
 	MaxConns      int    // default 4096
 	MaxErrors     int    // malformed packets before a connection is closed (default 16)
-	// Correlator, when set, is told of every attested free (the witness joins them).
-	Correlator *Correlator
+	// WriteTimeout bounds a write to a client (a deny); default 1s.
+	WriteTimeout time.Duration
+	// Attested, when set, is told of every attested free (the witness
+	// correlator joins them).
+	Attested func(pid int, ptr uint64, at time.Time)
 }
 
 // Server accepts interposer connections.
 type Server struct {
 	cfg   Config
-	seen  sync.Map // pid -> struct{}: processes that ever connected
 	ln    *net.UnixListener
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -50,17 +58,43 @@ type conn struct {
 	id      Identity
 	handles map[uint64]tracer.Handle
 	dropped uint64
-	writeMu sync.Mutex
 }
 
-// New listens on cfg.Socket (creating its directory 0750, replacing a stale
-// socket, mode 0660).
-func New(cfg Config) (*Server, error) {
-	if cfg.Ledger == nil || cfg.Trail == nil || cfg.Metrics == nil || cfg.Enforcer == nil {
-		return nil, errors.New("ingest: ledger, trail, metrics and enforcer are required")
+// Listen binds the interposer socket: it creates its directory 0750,
+// replaces a stale socket (never a live one, nor anything that is not a
+// socket) and sets its mode (default 0660).
+func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
+	if mode == 0 {
+		mode = 0o660
 	}
-	if cfg.SocketMode == 0 {
-		cfg.SocketMode = 0o660
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unixpacket", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use by another agent", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// New returns a Server that will accept on ln (from Listen).
+func New(ln *net.UnixListener, cfg Config) (*Server, error) {
+	if ln == nil || cfg.Ledger == nil || cfg.Trail == nil || cfg.Metrics == nil || cfg.Violations == nil || cfg.Peers == nil {
+		return nil, errors.New("ingest: listener, ledger, trail, violations, peers and metrics are required")
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
@@ -74,29 +108,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxErrors == 0 {
 		cfg.MaxErrors = 16
 	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = time.Second
+	}
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
-	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o750); err != nil {
-		return nil, fmt.Errorf("socket directory: %w", err)
-	}
-	if st, err := os.Lstat(cfg.Socket); err == nil {
-		if st.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket", cfg.Socket)
-		}
-		if c, err := net.Dial("unixpacket", cfg.Socket); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%s is in use by another agent", cfg.Socket)
-		}
-		os.Remove(cfg.Socket)
-	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: cfg.Socket, Net: "unixpacket"})
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", cfg.Socket, err)
-	}
-	if err := os.Chmod(cfg.Socket, cfg.SocketMode); err != nil {
-		ln.Close()
-		return nil, err
 	}
 	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, quit: make(chan struct{})}, nil
 }
@@ -135,9 +151,9 @@ func (s *Server) Serve() error {
 			continue
 		}
 		cn := &conn{c: c, id: Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid), handles: map[uint64]tracer.Handle{}}
-		s.seen.Store(cn.id.PID, struct{}{})
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
+		s.cfg.Peers.add(cn.id.PID)
 		s.cfg.Metrics.Connected.Inc()
 		s.wg.Add(1)
 		go s.handle(cn)
@@ -170,6 +186,8 @@ func (s *Server) Close() {
 }
 
 // Deny tells every interposer connected from pid to refuse new allocations.
+// Each write has a deadline and happens outside the server's lock: a client
+// that never reads delays Deny by WriteTimeout at most, and nothing else.
 func (s *Server) Deny(pid int) error {
 	s.mu.Lock()
 	var cs []*conn
@@ -182,46 +200,16 @@ func (s *Server) Deny(pid int) error {
 	if len(cs) == 0 {
 		return fmt.Errorf("pid %d has no interposer connection", pid)
 	}
+	msg := wire.Control(wire.CtlDeny)
 	for _, c := range cs {
-		c.writeMu.Lock()
-		_, err := c.c.Write(wire.Control(wire.CtlDeny))
-		c.writeMu.Unlock()
-		if err != nil {
-			return err
+		// One SOCK_SEQPACKET write is one whole packet: concurrent writers
+		// cannot interleave, so no per-connection lock is needed.
+		c.c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		if _, err := c.c.Write(msg); err != nil {
+			return fmt.Errorf("deny to pid %d: %w", pid, err)
 		}
 	}
 	return nil
-}
-
-// SeenPID reports whether pid ever had an interposer connection.
-func (s *Server) SeenPID(pid int) bool {
-	_, ok := s.seen.Load(pid)
-	return ok
-}
-
-// Connected reports whether pid has an interposer connection.
-func (s *Server) Connected(pid int) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		if c.id.PID == pid {
-			return true
-		}
-	}
-	return false
-}
-
-type connRecord struct {
-	Ev       string    `json:"ev"`
-	Identity *Identity `json:"identity,omitempty"`
-	PID      int       `json:"pid,omitempty"`
-	Tenant   string    `json:"tenant,omitempty"`
-	Claimed  string    `json:"claimed_tenant,omitempty"`
-	Mode     string    `json:"mode,omitempty"`
-	Verify   string    `json:"verify,omitempty"`
-	Count    uint64    `json:"count,omitempty"`
-	Open     int       `json:"open_buffers,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
 }
 
 func (s *Server) handle(c *conn) {
@@ -258,32 +246,39 @@ func (s *Server) handle(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	s.cfg.Peers.remove(c.id.PID)
 	s.cfg.Metrics.Connected.Dec()
 	// The process is gone (or gave up its connection): its remaining device
 	// memory went back to the driver with it.
 	for _, h := range c.handles {
-		s.cfg.Ledger.Retire(h, "process exited with the buffer allocated")
+		if err := s.cfg.Ledger.Retire(h, "process exited with the buffer allocated"); err != nil {
+			log.Error("retiring buffer", "handle", h, "error", err)
+		}
 	}
-	s.cfg.Trail.Append(connRecord{Ev: "process_disconnected", PID: c.id.PID, Tenant: c.id.Tenant, Open: len(c.handles)})
+	if _, err := s.cfg.Trail.Append(trailevent.ProcessDisconnected{Ev: trailevent.EvProcessDisconnected, PID: c.id.PID, Tenant: c.id.Tenant, Open: len(c.handles)}); err != nil {
+		log.Error("recording disconnect", "error", err)
+	}
+}
+
+func (s *Server) violation(c *conn, k violation.Kind, detail string) {
+	s.cfg.Violations.Emit(violation.Violation{Kind: k, PID: c.id.PID, Tenant: c.id.Tenant, Detail: detail, Source: "ingest"})
 }
 
 func (s *Server) record(c *conn, r *wire.Record) error {
 	led := s.cfg.Ledger
 	switch r.Type {
 	case wire.Hello:
-		id := c.id
 		mode := []string{"enforce", "observe", "off"}[min(int(r.Result), 2)]
-		_, err := s.cfg.Trail.Append(connRecord{Ev: "process_connected", Identity: &id, Claimed: claim(r.Tenant, id.Tenant), Mode: mode, Verify: wire.VerifyName(r.Verify)})
+		_, err := s.cfg.Trail.Append(trailevent.ProcessConnected{Ev: trailevent.EvProcessConnected, Identity: c.id, Claimed: claim(r.Tenant, c.id.Tenant), Mode: mode, Verify: wire.VerifyName(r.Verify)})
 		return err
 	case wire.Drops:
 		c.dropped += r.Count
 		s.cfg.Metrics.Dropped.Add(float64(r.Count))
-		if _, err := s.cfg.Trail.Append(connRecord{Ev: "interposer_drops", PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
+		if _, err := s.cfg.Trail.Append(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
 			return err
 		}
 		if c.dropped >= s.cfg.DropThreshold && c.dropped-r.Count < s.cfg.DropThreshold {
-			_, err := s.cfg.Enforcer.Handle(action.Violation{Kind: action.DroppedEvents, PID: c.id.PID, Tenant: c.id.Tenant, Detail: strconv.FormatUint(c.dropped, 10) + " events lost"})
-			return err
+			s.violation(c, violation.DroppedEvents, strconv.FormatUint(c.dropped, 10)+" events lost")
 		}
 		return nil
 	case wire.Alloc:
@@ -291,7 +286,9 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			return nil // memory another process owns
 		}
 		if old, ok := c.handles[r.Ptr]; ok {
-			led.Retire(old, "address reallocated before its free was reported")
+			if err := led.Retire(old, "address reallocated before its free was reported"); err != nil {
+				return err
+			}
 		}
 		h, err := led.RegisterRemote(c.tags(r), int64(r.Bytes), tracer.AllocOptions{})
 		if err != nil {
@@ -306,8 +303,8 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			return nil
 		}
 		delete(c.handles, r.Ptr)
-		if s.cfg.Correlator != nil {
-			s.cfg.Correlator.Attested(c.id.PID, r.Ptr, time.Now())
+		if s.cfg.Attested != nil {
+			s.cfg.Attested(c.id.PID, r.Ptr, time.Now())
 		}
 		verified := r.Flags&wire.FlagVerified != 0
 		method := fmt.Sprintf("%s+%s", wire.FnName(r.Fn), wire.VerifyName(r.Verify))
@@ -324,14 +321,14 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			}
 			s.cfg.Metrics.Frees.WithLabelValues("quarantined").Inc()
 			s.cfg.Metrics.Quarantined.Inc()
-			_, err := s.cfg.Enforcer.Handle(action.Violation{Kind: action.QuarantinedBuffer, PID: c.id.PID, Tenant: c.id.Tenant, Detail: fmt.Sprintf("%s of %d bytes at %s", reason, r.Bytes, wire.FnName(r.Fn))})
-			return err
+			s.violation(c, violation.QuarantinedBuffer, fmt.Sprintf("%s of %d bytes at %s", reason, r.Bytes, wire.FnName(r.Fn)))
+			return nil
 		}
 		if err := led.Free(h); err != nil {
 			if errors.Is(err, tracer.ErrFreeWithoutSanitize) {
 				s.cfg.Metrics.Frees.WithLabelValues("failed").Inc()
-				_, aerr := s.cfg.Enforcer.Handle(action.Violation{Kind: action.FreeWithoutSanitize, PID: c.id.PID, Tenant: c.id.Tenant, Detail: fmt.Sprintf("%d of %d bytes verified zero at %s", r.Zeroed, r.Bytes, wire.FnName(r.Fn))})
-				return aerr
+				s.violation(c, violation.FreeWithoutSanitize, fmt.Sprintf("%d of %d bytes verified zero at %s", r.Zeroed, r.Bytes, wire.FnName(r.Fn)))
+				return nil
 			}
 			return err
 		}

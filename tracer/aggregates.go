@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"github.com/kvhygiene/kvh/violation"
 	"math"
 	"strings"
 	"sync"
@@ -38,9 +39,15 @@ type aggregates struct {
 	tenants   map[string]*tenantStats
 }
 
+// ledgerKinds are the violations the ledger itself detects.
+var ledgerKinds = []violation.Kind{violation.FreeWithoutSanitize, violation.ReuseWithoutSanitize, violation.ReuseLimit, violation.TTLExpired}
+
 func (a *aggregates) init() {
 	a.quarantines = map[string]int64{}
 	a.violations = map[string]int64{}
+	for _, k := range ledgerKinds { // pre-initialised: the first violation shows in increase()
+		a.violations[string(k)] = 0
+	}
 	a.durCounts = make([]uint64, len(durationBuckets))
 	a.covCounts = make([]uint64, len(coverageBuckets))
 	a.tenants = map[string]*tenantStats{}

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"github.com/kvhygiene/kvh/trailevent"
 	"math"
 	"time"
 )
@@ -31,13 +32,13 @@ func (l *Ledger) anomaly(b *buffer, d time.Duration) {
 		ts = &tenantStats{}
 		a.tenants[b.tags.Tenant] = ts
 	}
-	var flags []record
+	var flags []trailevent.Anomaly
 	check := func(w *welford, metric string, x float64) {
 		if w.n >= 30 {
 			if sd := w.std(); sd > 0 {
 				if zz := math.Abs(x-w.mean) / sd; zz > z && now.Sub(ts.lastFlag) >= time.Second {
 					ts.lastFlag = now
-					flags = append(flags, record{Ev: "anomaly", H: b.h, Tenant: b.tags.Tenant, Metric: metric, Value: x, Mean: w.mean, Std: sd, Z: zz})
+					flags = append(flags, trailevent.Anomaly{Ev: trailevent.EvAnomaly, H: uint64(b.h), Tenant: b.tags.Tenant, Metric: metric, Value: x, Mean: w.mean, Std: sd, Z: zz})
 				}
 			}
 		}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/violation"
 	"github.com/kvhygiene/kvh/zeroize"
 )
 
@@ -34,8 +36,8 @@ type Ledger struct {
 
 	agg aggregates
 
-	onViolation func(tags Tags, kind, reason string)
-	async       asyncTrail
+	violations violation.Sink
+	async      asyncTrail
 }
 
 // New returns a Ledger writing to opts.Trail.
@@ -58,7 +60,7 @@ func New(opts Options) (*Ledger, error) {
 	if opts.RetiredWindow <= 0 {
 		opts.RetiredWindow = 65536
 	}
-	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy, onViolation: opts.OnViolation}
+	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy, violations: opts.Violations}
 	for i := range l.shards {
 		l.shards[i].m = map[Handle]*buffer{}
 	}
@@ -88,7 +90,7 @@ func (l *Ledger) SetPolicy(p policy.Config) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	if _, err := l.trail.Append(record{Ev: "policy", Reason: fmt.Sprintf("coverage_threshold=%v verify=%s max_reuse=%d on_violation=%s", p.CoverageThreshold, p.VerifyMode, p.MaxReuse, p.OnViolation)}); err != nil {
+	if _, err := l.trail.Append(trailevent.Policy{Ev: trailevent.EvPolicy, Reason: "reload", Policy: p}); err != nil {
 		return fmt.Errorf("recording policy change: %w", err)
 	}
 	l.polMu.Lock()
@@ -232,7 +234,7 @@ func (l *Ledger) MarkInUse(h Handle) error {
 		first = now
 	}
 	if l.expired(b, now, first) {
-		return l.violate(b, "ttl_expired")
+		return l.violate(b, violation.TTLExpired, "")
 	}
 	b.firstUse = first
 	b.coverage, b.covered = 0, false
@@ -258,16 +260,27 @@ func (l *Ledger) expired(b *buffer, now, first time.Time) bool {
 	return now.Sub(start).Seconds() > *ttl
 }
 
-// violate quarantines b for reason and returns an ErrPolicyViolation.
-func (l *Ledger) violate(b *buffer, reason string) error {
-	if err := l.quarantine(b, reason); err != nil {
+// violate quarantines b for kind and returns an ErrPolicyViolation.
+func (l *Ledger) violate(b *buffer, kind violation.Kind, detail string) error {
+	if err := l.quarantine(b, string(kind)); err != nil {
 		return err
 	}
-	l.agg.violation(reason)
-	if l.onViolation != nil {
-		l.onViolation(b.tags, reason, fmt.Sprintf("%s of %d bytes", b.h, b.size))
+	l.emit(b, kind, detail)
+	return fmt.Errorf("%w: %s: %s", ErrPolicyViolation, b.h, kind)
+}
+
+// emit counts a violation and hands it to the sink, which never blocks:
+// b.mu is held.
+func (l *Ledger) emit(b *buffer, kind violation.Kind, detail string) {
+	l.agg.violation(string(kind))
+	if l.violations == nil {
+		return
 	}
-	return fmt.Errorf("%w: %s: %s", ErrPolicyViolation, b.h, reason)
+	d := fmt.Sprintf("%s of %d bytes", b.h, b.size)
+	if detail != "" {
+		d += ": " + detail
+	}
+	l.violations.Emit(violation.Violation{Kind: kind, PID: b.tags.PID, Tenant: b.tags.Tenant, Detail: d, Source: "ledger"})
 }
 
 // Reuse hands a sanitized buffer to a new request (tags, when non-nil,
@@ -288,10 +301,10 @@ func (l *Ledger) Reuse(h Handle, tags *Tags) error {
 	b.reuse++
 	l.agg.reused()
 	if b.state != Sanitized || b.coverage < b.pol.CoverageThreshold {
-		return l.violate(b, "reuse_without_sanitize")
+		return l.violate(b, violation.ReuseWithoutSanitize, "")
 	}
 	if b.pol.MaxReuse >= 0 && b.reuse > b.pol.MaxReuse {
-		return l.violate(b, "reuse_limit_exceeded")
+		return l.violate(b, violation.ReuseLimit, "")
 	}
 	if tags != nil {
 		b.tags = *tags
@@ -341,7 +354,7 @@ func (l *Ledger) Free(h Handle) error {
 	b, err := l.get(h)
 	if err != nil {
 		if errors.Is(err, ErrUnknownHandle) && l.wasRetired(h) {
-			if err := l.record(record{Ev: "double_free", H: h}); err != nil {
+			if err := l.record(record{Ev: trailevent.EvDoubleFree, H: uint64(h)}); err != nil {
 				return fmt.Errorf("recording double free: %w", err)
 			}
 			l.agg.doubleFree()
@@ -366,7 +379,7 @@ func (l *Ledger) Free(h Handle) error {
 		if err := l.quarantine(b, reason); err != nil {
 			return err
 		}
-		l.agg.violation("free_without_sanitize")
+		l.emit(b, violation.FreeWithoutSanitize, fmt.Sprintf("%s (threshold %.4f)", reason, th))
 		l.agg.freeRefused()
 		return fmt.Errorf("%w: %s (%s, threshold %.4f)", ErrFreeWithoutSanitize, h, reason, th)
 	}
@@ -469,7 +482,7 @@ func (l *Ledger) Sweep() int {
 			switch b.state {
 			case Allocated, Bound, InUse: // sanitized buffers hold no tenant data
 				if l.expired(b, now, b.firstUse) && (b.pol.TTLFrom == policy.TTLFromAllocation || !b.firstUse.IsZero()) {
-					if l.violate(b, "ttl_expired") != nil {
+					if l.violate(b, violation.TTLExpired, "") != nil {
 						n++
 					}
 				}

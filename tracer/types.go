@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"fmt"
+	"github.com/kvhygiene/kvh/violation"
 	"sync"
 	"time"
 
@@ -91,10 +92,12 @@ type Options struct {
 	// connection's events are not serialised on fdatasync, while every action
 	// it takes is still recorded, durably, after the verdict it rests on.
 	AsyncTrail bool
-	// OnViolation, when set, is told of every policy violation after it is
-	// recorded (the agent's enforcer acts on it). It runs with the buffer's
-	// lock held and must not call back into the Ledger.
-	OnViolation func(tags Tags, kind, reason string)
+	// Violations, when set, is told of every policy violation after the
+	// quarantine it causes is recorded. Emit is called with the buffer's lock
+	// held, so it must never block, act or call back into the Ledger: a
+	// violation.Queue, whose one consumer (the agent's enforcer) records and
+	// acts outside every ledger lock, is what the agent passes.
+	Violations violation.Sink
 	// RetiredWindow is how many freed handles are remembered so that a second
 	// Free is recognised as a double free (default 65536).
 	RetiredWindow int

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/internal/libkvhtest"
+	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/wire"
 )
 
@@ -169,10 +170,15 @@ func (a *testAgent) verify() *forensic.Report {
 	return rep
 }
 
-// events returns the trail's event bodies.
+// events returns the trail's event bodies. Every body must be one of the
+// trail vocabulary's typed events (trailevent): one the agent writes without
+// registering and documenting it fails the test.
 func (a *testAgent) events() []map[string]any {
 	var out []map[string]any
-	forensic.Events(filepath.Join(a.dir, "trail"), func(_ uint64, body []byte) error {
+	forensic.Events(filepath.Join(a.dir, "trail"), func(seq uint64, body []byte) error {
+		if _, _, err := trailevent.Decode(body); err != nil {
+			a.t.Errorf("trail seq %d: %v: %s", seq, err, body)
+		}
 		var m map[string]any
 		json.Unmarshal(body, &m)
 		out = append(out, m)
@@ -441,9 +447,15 @@ func TestSIGHUPReloadsPolicy(t *testing.T) {
 	a := newAgent(t, "--policy", pol)
 	os.WriteFile(pol, []byte("coverage_threshold: 95\non_violation: deny\n"), 0o600)
 	a.cmd.Process.Signal(syscall.SIGHUP)
-	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" })
-	if !ok || !strings.Contains(ev["reason"].(string), "coverage_threshold=95") {
-		t.Fatalf("no policy record: %v\n%s", ev, a.log)
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" && e["reason"] == "start" }); !ok {
+		t.Fatalf("no policy record at start: %v", a.events())
+	}
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" && e["reason"] == "reload" })
+	if !ok {
+		t.Fatalf("no policy record on reload: %v\n%s", a.events(), a.log)
+	}
+	if p, _ := ev["policy"].(map[string]any); p["coverage_threshold"] != 95.0 || p["on_violation"] != "deny" || p["verify"] != "full" {
+		t.Fatalf("the reload record does not hold the full effective policy: %v", ev)
 	}
 	if m, ok := a.waitMetrics("kvh_ledger_coverage_threshold_ratio 0.95"); !ok {
 		t.Fatalf("%s", grepMetrics(m))

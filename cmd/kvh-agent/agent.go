@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kvhygiene/kvh/action"
+	"github.com/kvhygiene/kvh/bpf"
+	"github.com/kvhygiene/kvh/forensic"
+	"github.com/kvhygiene/kvh/gpu"
+	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/tracer"
+	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/violation"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// agent holds what start built, for reload and stop.
+type agent struct {
+	cfg      *Config
+	log      hclog.Logger
+	trail    *forensic.Log
+	ledger   *tracer.Ledger
+	server   *ingest.Server
+	http     *http.Server
+	inv      gpu.Inventory
+	witness  *bpf.Witness
+	queue    *violation.Queue
+	ready    atomic.Bool
+	cancel   context.CancelFunc
+	detect   sync.WaitGroup // detectors: sweeper, GPU watcher, witness, exports
+	enforced chan struct{}  // closed when the enforcer has drained the queue
+	stopEnf  context.CancelFunc
+}
+
+// start builds the agent in dependency order, each object given its
+// collaborators: the sockets first (a start that fails writes no records),
+// then the trail, the violation queue, the ledger and the detectors that
+// feed the queue, and last the enforcer, its one consumer. On error it
+// releases what it built.
+func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err error) {
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	signer, err := forensic.LoadSigner(cfg.SigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w (make one with: kvh-verify keygen --out DIR)", err)
+	}
+	macKey, err := forensic.LoadMACKey(cfg.HMACKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("hmac key: %w", err)
+	}
+	sock, err := ingest.Listen(cfg.Socket, 0o660)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { sock.Close() })
+	httpLn, err := listenHTTP(cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { httpLn.Close() })
+
+	trail, err := forensic.Open(cfg.TrailDir, forensic.Options{Signer: signer, MACKey: macKey, Origin: cfg.Origin, AppendOnly: cfg.AppendOnly})
+	if err != nil {
+		return nil, fmt.Errorf("opening trail %s: %w", cfg.TrailDir, err)
+	}
+	undo = append(undo, func() { trail.Close() })
+	st := trail.Stats()
+	log.Info("trail open", "dir", cfg.TrailDir, "origin", trail.Origin(), "records", st.Records, "segment", st.Segment, "macs", macKey != nil)
+	if st.Recovered != nil {
+		log.Warn("previous run did not close the trail cleanly; torn bytes declared, nothing truncated", "file", st.Recovered.File, "torn_bytes", st.Recovered.TornLen)
+	}
+	host, _ := os.Hostname()
+	if _, err := trail.Append(trailevent.AgentStart{Ev: trailevent.EvAgentStart, Schema: trailevent.Version, Version: version(), PID: os.Getpid(), Host: host}); err != nil {
+		return nil, err
+	}
+	if _, err := trail.Append(trailevent.Policy{Ev: trailevent.EvPolicy, Reason: "start", Policy: pol}); err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	am := newAgentMetrics(reg, trail, runtime.Version())
+	queue := violation.NewQueue(0)
+	ledger, err := tracer.New(tracer.Options{Trail: trail, AsyncTrail: true, Policy: pol, Logger: log.Named("ledger"), Violations: queue})
+	if err != nil {
+		return nil, err
+	}
+	reg.MustRegister(ledger)
+
+	inv, posture := readPosture(cfg, log, am)
+	if inv != nil {
+		undo = append(undo, func() { inv.Close() })
+	}
+	witness, err := startWitness(cfg, log, reg, am)
+	if err != nil {
+		return nil, err
+	}
+	if witness != nil {
+		undo = append(undo, func() { witness.Close() })
+	}
+	posture.Witness = witness != nil
+	if _, err := trail.Append(posture); err != nil {
+		return nil, err
+	}
+
+	peers := ingest.NewPeers()
+	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: queue}, reg)
+	if err != nil {
+		return nil, err
+	}
+	var attested func(int, uint64, time.Time) // attestations are kept for joining only while a witness reports frees
+	if witness != nil {
+		attested = corr.Attested
+	}
+	server, err := ingest.New(sock, ingest.Config{Ledger: ledger, Trail: trail, Violations: queue, Peers: peers, Metrics: ingest.NewMetrics(reg),
+		Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Attested: attested})
+	if err != nil {
+		return nil, err
+	}
+	enf, err := action.New(action.Config{Trail: trail, Policy: ledger.Policy, Log: log.Named("action"), Denier: server,
+		Identify: func(pid int) string { return ingest.Identify(cfg.ProcRoot, pid, 0).Tenant },
+		ProcRoot: cfg.ProcRoot, CgroupRoot: cfg.CgroupRoot, ActionTimeout: cfg.ActionTimeout,
+		Metrics: action.NewMetrics(reg, func() float64 { return float64(queue.Len()) })})
+	if err != nil {
+		return nil, err
+	}
+
+	a := &agent{cfg: cfg, log: log, trail: trail, ledger: ledger, server: server, inv: inv, witness: witness, queue: queue, enforced: make(chan struct{})}
+	enfCtx, stopEnf := context.WithCancel(context.Background())
+	a.stopEnf = stopEnf
+	go func() { enf.Run(enfCtx, queue); close(a.enforced) }()
+
+	go server.Serve()
+	log.Info("listening for interposers", "socket", cfg.Socket)
+	a.http = newHTTP(reg, trail, &a.ready)
+	go a.http.Serve(httpLn)
+	log.Info("HTTP", "listen", httpLn.Addr().String())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.detect.Add(1)
+	go func() { defer a.detect.Done(); ledger.Run(ctx, cfg.SweepInterval) }()
+	if cfg.MetricsJSON != "" || cfg.MetricsTextfile != "" {
+		a.detect.Add(1)
+		go func() { defer a.detect.Done(); a.exportEvery(ctx) }()
+	}
+	if inv != nil {
+		a.detect.Add(1)
+		go func() {
+			defer a.detect.Done()
+			watchGPU(ctx, inv, cfg.GPUInterval, peers.Connected, queue)
+		}()
+	}
+	if witness != nil {
+		runWitness(ctx, &a.detect, witness, corr, am.witnessEvents)
+	}
+	a.ready.Store(true)
+	return a, nil
+}
+
+func (a *agent) exportEvery(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ExportInterval)
+	defer t.Stop()
+	for {
+		a.export()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *agent) export() {
+	if err := a.ledger.Export(a.cfg.MetricsJSON, a.cfg.MetricsTextfile); err != nil {
+		a.log.Error("metrics export", "error", err)
+	}
+}
+
+func (a *agent) reload() {
+	pol, err := a.cfg.policyFlags.Load(os.LookupEnv)
+	if err != nil {
+		a.log.Error("policy reload refused; keeping the current policy", "error", err)
+		return
+	}
+	if err := a.ledger.SetPolicy(pol); err != nil {
+		a.log.Error("policy reload", "error", err)
+		return
+	}
+	a.log.Info("policy reloaded", "file", a.cfg.policyFlags.File())
+}
+
+// drainTimeout bounds how long stop waits for the enforcer to record what
+// is still queued.
+const drainTimeout = 15 * time.Second
+
+// stop drains in the reverse order of start: no new connections, every
+// connection's records judged, detectors stopped, the violation queue
+// recorded and acted on, the exports written, and the trail closed.
+func (a *agent) stop() error {
+	a.ready.Store(false)
+	a.server.Close()
+	a.cancel()
+	if a.witness != nil {
+		a.witness.Close() // ends the events goroutine
+	}
+	a.detect.Wait()
+	a.queue.Close()
+	select {
+	case <-a.enforced:
+	case <-time.After(drainTimeout):
+		a.log.Error("enforcer did not drain in time; violations still queued are not recorded", "queued", a.queue.Len())
+		a.stopEnf()
+		<-a.enforced
+	}
+	a.stopEnf()
+	if a.cfg.MetricsJSON != "" || a.cfg.MetricsTextfile != "" {
+		a.export()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	a.http.Shutdown(ctx)
+	cancel()
+	if a.inv != nil {
+		a.inv.Close()
+	}
+	return a.trail.Close()
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kvhygiene/kvh/policy"
+	"github.com/spf13/pflag"
+)
+
+// Config is everything the agent is told, validated once.
+type Config struct {
+	Socket          string
+	Listen          string
+	TrailDir        string
+	SigningKey      string
+	HMACKeyFile     string
+	Origin          string
+	MetricsJSON     string
+	MetricsTextfile string
+	ExportInterval  time.Duration
+	SweepInterval   time.Duration
+	GPUInterval     time.Duration
+	LogFormat       string
+	LogLevel        string
+	AppendOnly      bool
+	Witness         string
+	WitnessLibs     []string
+	AttestWindow    time.Duration
+	DropThreshold   uint64
+	ActionTimeout   time.Duration
+	ProcRoot        string
+	CgroupRoot      string
+	NVIDIAParams    string
+	ModprobeDir     string
+	policyFlags     *policy.Flags
+}
+
+func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
+	c := &Config{}
+	fs := pflag.NewFlagSet("kvh-agent", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&c.Socket, "socket", "/run/kvh/kvh.sock", "interposer socket (SOCK_SEQPACKET, mode 0660)")
+	fs.StringVar(&c.Listen, "listen", ":9478", "HTTP address for /metrics, /healthz and /readyz")
+	fs.StringVar(&c.TrailDir, "trail-dir", "/var/lib/kvh/trail", "the tamper-evident trail's directory")
+	fs.StringVar(&c.SigningKey, "signing-key", "/etc/kvh/kvh.key", "checkpoint signing key (from kvh-verify keygen; mode 0600)")
+	fs.StringVar(&c.HMACKeyFile, "hmac-key-file", "", "HMAC key file for record MACs (default: $FORENSIC_HMAC_SECRET; none: no MACs)")
+	fs.StringVar(&c.Origin, "origin", "", "log origin for a new trail (default kvh/<hostname>/<random id>)")
+	fs.StringVar(&c.MetricsJSON, "metrics-json", "", "write the seed-compatible metrics JSON here periodically (atomic)")
+	fs.StringVar(&c.MetricsTextfile, "metrics-textfile", "", "write the seed-compatible node_exporter textfile here periodically (atomic)")
+	fs.DurationVar(&c.ExportInterval, "export-interval", 10*time.Second, "how often to write the metrics files")
+	fs.DurationVar(&c.SweepInterval, "sweep-interval", time.Second, "how often TTLs are enforced on idle buffers")
+	fs.DurationVar(&c.GPUInterval, "gpu-interval", 10*time.Second, "how often NVML's GPU processes are checked for interposer coverage")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.BoolVar(&c.AppendOnly, "append-only", true, "set the append-only attribute on trail files when permitted")
+	fs.StringVar(&c.Witness, "witness", "auto", "eBPF witness: auto (on when possible), on (required) or off")
+	fs.StringArrayVar(&c.WitnessLibs, "witness-lib", nil, "a CUDA driver or runtime library to probe (repeatable; default: the node's libcuda.so.1, plus every copy processes map)")
+	fs.DurationVar(&c.AttestWindow, "attest-window", 2*time.Second, "how long a witnessed free waits for its interposer attestation")
+	fs.Uint64Var(&c.DropThreshold, "drop-threshold", 1000, "events an interposer may drop before it is a violation")
+	fs.DurationVar(&c.ActionTimeout, "action-timeout", 5*time.Second, "how long one action (deny, freeze, kill) may take before it is recorded as timed out")
+	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "procfs mount (identity of connected processes)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 mount (freeze action)")
+	fs.StringVar(&c.NVIDIAParams, "nvidia-params", "/proc/driver/nvidia/params", "the driver's live parameters (scrub-on-free posture)")
+	fs.StringVar(&c.ModprobeDir, "modprobe-dir", "/etc/modprobe.d", "modprobe configuration (scrub-on-free posture fallback)")
+	c.policyFlags = policy.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, fs, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return nil, fs, fmt.Errorf("--log-format %q is not text or json", c.LogFormat)
+	}
+	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
+		return nil, fs, fmt.Errorf("--log-level %q is not trace, debug, info, warn or error", c.LogLevel)
+	}
+	switch c.Witness {
+	case "auto", "on", "off":
+	default:
+		return nil, fs, fmt.Errorf("--witness %q is not auto, on or off", c.Witness)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"export-interval", c.ExportInterval}, {"sweep-interval", c.SweepInterval}, {"gpu-interval", c.GPUInterval}, {"attest-window", c.AttestWindow}, {"action-timeout", c.ActionTimeout}} {
+		if d.v <= 0 {
+			return nil, fs, fmt.Errorf("--%s must be positive", d.name)
+		}
+	}
+	return c, fs, nil
+}

@@ -1,0 +1,165 @@
+package ingest
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/kvhygiene/kvh/violation"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Witnessed is a call the eBPF witness saw in the driver library.
+type Witnessed struct {
+	PID  int
+	Ptr  uint64
+	Fn   string
+	Free bool
+	At   time.Time
+}
+
+// CorrelatorConfig is what a Correlator needs.
+type CorrelatorConfig struct {
+	// Window is how long a witnessed free waits for its attestation.
+	Window time.Duration
+	// Covered reports whether a process has or had an interposer connection.
+	Covered func(pid int) bool
+	// Violations takes unattested_free and uncovered_process.
+	Violations violation.Sink
+}
+
+// Correlator joins witnessed frees with interposer attestations: a free the
+// witness saw with no attestation from the same process for the same
+// pointer within the window is an unattested_free; a process the witness
+// sees using the driver that never had an interposer connection is an
+// uncovered_process. It is a detector: it emits violations and never acts.
+// Safe for concurrent use.
+type Correlator struct {
+	cfg            CorrelatorConfig
+	matched, unatt prometheus.Counter
+	uncoveredG     prometheus.Gauge
+	mu             sync.Mutex
+	attested       map[[2]uint64][]time.Time // (pid, ptr) -> attestations not yet matched (addresses are reused)
+	pending        []Witnessed
+	uncovered      map[int]time.Time // pid -> first seen without a connection
+	flagged        map[int]bool      // uncovered pids already reported
+	lastFlag       map[int]time.Time // pid -> last unattested_free violation
+	suppressed     map[int]int       // unattested frees since lastFlag
+}
+
+// NewCorrelator registers the correlator's series on reg.
+func NewCorrelator(cfg CorrelatorConfig, reg prometheus.Registerer) (*Correlator, error) {
+	if cfg.Window <= 0 || cfg.Covered == nil || cfg.Violations == nil {
+		return nil, fmt.Errorf("ingest: correlator needs a window, a coverage check and a violation sink")
+	}
+	c := &Correlator{cfg: cfg,
+		matched:    prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_matched_frees_total", Help: "Witnessed frees with an interposer attestation."}),
+		unatt:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_unattested_frees_total", Help: "Witnessed frees with no attestation within the window."}),
+		uncoveredG: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kvh", Name: "uncovered_processes", Help: "Processes seen using the GPU without the interposer."}),
+		attested:   map[[2]uint64][]time.Time{},
+		uncovered:  map[int]time.Time{},
+		flagged:    map[int]bool{},
+		lastFlag:   map[int]time.Time{},
+		suppressed: map[int]int{},
+	}
+	if err := registerAll(reg, c.matched, c.unatt, c.uncoveredG); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Attested notes an interposer attestation (the server calls it).
+func (c *Correlator) Attested(pid int, ptr uint64, at time.Time) {
+	c.mu.Lock()
+	key := [2]uint64{uint64(pid), ptr}
+	c.attested[key] = append(c.attested[key], at)
+	c.mu.Unlock()
+}
+
+// Witness takes one witnessed call.
+func (c *Correlator) Witness(ev Witnessed) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, seen := c.uncovered[ev.PID]; !seen && !c.flagged[ev.PID] {
+		c.uncovered[ev.PID] = ev.At
+	}
+	// Only frees at the point the interposer zeroizes are joined; a release
+	// of a VMM handle follows an unmap that was.
+	if ev.Free && ev.Fn != "cuMemRelease" {
+		c.pending = append(c.pending, ev)
+	}
+}
+
+// Check settles everything older than the window; the agent calls it on a
+// ticker. Violations go to the sink after the correlator's lock is released.
+func (c *Correlator) Check(now time.Time) {
+	c.mu.Lock()
+	var vs []violation.Violation
+	keep := c.pending[:0]
+	for _, ev := range c.pending {
+		if now.Sub(ev.At) < c.cfg.Window {
+			keep = append(keep, ev)
+			continue
+		}
+		key := [2]uint64{uint64(ev.PID), ev.Ptr}
+		if ats := c.attested[key]; len(ats) > 0 {
+			if len(ats) == 1 {
+				delete(c.attested, key)
+			} else {
+				c.attested[key] = ats[1:]
+			}
+			c.matched.Inc()
+			continue
+		}
+		c.unatt.Inc()
+		if last, ok := c.lastFlag[ev.PID]; ok && now.Sub(last) < 10*time.Second {
+			c.suppressed[ev.PID]++
+			continue
+		}
+		c.lastFlag[ev.PID] = now
+		detail := fmt.Sprintf("%s(%#x) with no zeroize attestation within %v", ev.Fn, ev.Ptr, c.cfg.Window)
+		if n := c.suppressed[ev.PID]; n > 0 {
+			detail += fmt.Sprintf(" (and %d more since the last report)", n)
+			c.suppressed[ev.PID] = 0
+		}
+		vs = append(vs, violation.Violation{Kind: violation.UnattestedFree, PID: ev.PID, Detail: detail, Source: "witness"})
+	}
+	c.pending = keep
+	var candidates []int
+	for pid, first := range c.uncovered {
+		if now.Sub(first) >= c.cfg.Window {
+			delete(c.uncovered, pid)
+			candidates = append(candidates, pid)
+		}
+	}
+	// Attestations the witness never matched (a library it does not probe)
+	// are kept a few windows, not forever.
+	for k, ats := range c.attested {
+		if now.Sub(ats[len(ats)-1]) > 3*c.cfg.Window {
+			delete(c.attested, k)
+		}
+	}
+	c.mu.Unlock()
+	for _, pid := range candidates {
+		if c.cfg.Covered(pid) {
+			continue
+		}
+		c.mu.Lock()
+		c.flagged[pid] = true
+		c.mu.Unlock()
+		c.uncoveredG.Inc()
+		vs = append(vs, violation.Violation{Kind: violation.UncoveredProcess, PID: pid, Detail: "calls the CUDA driver without the kvh interposer", Source: "witness"})
+	}
+	for _, v := range vs {
+		c.cfg.Violations.Emit(v)
+	}
+}
