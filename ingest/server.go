@@ -142,6 +142,7 @@ func (s *Server) Serve() error {
 			c.Close()
 			continue
 		}
+		cn := &conn{c: c, id: Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid), handles: map[uint64]tracer.Handle{}}
 		s.mu.Lock()
 		if len(s.conns) >= s.cfg.MaxConns {
 			s.mu.Unlock()
@@ -150,7 +151,6 @@ func (s *Server) Serve() error {
 			c.Close()
 			continue
 		}
-		cn := &conn{c: c, id: Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid), handles: map[uint64]tracer.Handle{}}
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
 		s.cfg.Peers.add(cn.id.PID)
