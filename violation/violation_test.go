@@ -2,6 +2,8 @@ package violation
 
 import (
 	"context"
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -101,5 +103,18 @@ func TestNextWaitsAndCloses(t *testing.T) {
 	cancel()
 	if _, _, ok := NewQueue(1).Next(ctx); ok {
 		t.Fatal("Next ignored a cancelled context")
+	}
+}
+
+// The README's table of kinds names every kind.
+func TestREADMEListsEveryKind(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Kinds() {
+		if !strings.Contains(string(b), "| `"+string(k)+"` |") {
+			t.Errorf("README.md's table of violation kinds lacks %s", k)
+		}
 	}
 }
