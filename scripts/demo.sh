@@ -74,7 +74,7 @@ if [ "$WITNESS" = 1 ]; then
 fi
 
 say "6. What the agent saw (/metrics)"
-http_get /metrics | grep -E '^kvh_(frees_total|zeroized_bytes_total|quarantined_buffers_total|violations_total|actions_total|trail_records_total|trail_checkpoint_size)[{ ]' | sed 's/^/  /'
+http_get /metrics | grep -E '^kvh_(frees_total|zeroized_bytes_total|quarantined_buffers_total|violations_total|actions_total|trail_records_total|trail_checkpoint_size)[{ ]' | grep -vE '^kvh_(violations|actions)_total\{.*\} 0$' | sed 's/^/  /'
 
 say "7. Stop the agent (SIGTERM closes the trail with a signed checkpoint)"
 kill -TERM $AGENT
