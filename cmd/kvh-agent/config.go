@@ -34,6 +34,7 @@ type Config struct {
 	CgroupRoot      string
 	NVIDIAParams    string
 	ModprobeDir     string
+	Version         bool
 	policyFlags     *policy.Flags
 }
 
@@ -64,9 +65,13 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 mount (freeze action)")
 	fs.StringVar(&c.NVIDIAParams, "nvidia-params", "/proc/driver/nvidia/params", "the driver's live parameters (scrub-on-free posture)")
 	fs.StringVar(&c.ModprobeDir, "modprobe-dir", "/etc/modprobe.d", "modprobe configuration (scrub-on-free posture fallback)")
+	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	c.policyFlags = policy.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
+	}
+	if c.Version {
+		return c, fs, nil // nothing else is used, so nothing else is judged
 	}
 	if fs.NArg() > 0 {
 		return nil, fs, fmt.Errorf("unexpected arguments %q", fs.Args())

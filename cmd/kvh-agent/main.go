@@ -36,6 +36,10 @@ func run(args []string, stderr *os.File) int {
 		fmt.Fprintln(stderr, "kvh-agent:", err)
 		return 2
 	}
+	if cfg.Version {
+		fmt.Println(version())
+		return 0
+	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "kvh-agent", Level: hclog.LevelFromString(cfg.LogLevel), JSONFormat: cfg.LogFormat == "json", Output: stderr})
 	pol, err := cfg.policyFlags.Load(os.LookupEnv)
 	if err != nil {
