@@ -12,7 +12,7 @@ import (
 )
 
 func cmdGate(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("gate", stderr)
+	fs := newCommand("gate", stdout, stderr)
 	t := seedcompat.DefaultThresholds()
 	fs.Float64Var(&t.CoverageMin, "coverage-min", t.CoverageMin, "minimum min_coverage_pct")
 	fs.Int64Var(&t.UnsanitizedMax, "unsanitized-max", t.UnsanitizedMax, "maximum unsanitized_regions_count")
@@ -20,11 +20,11 @@ func cmdGate(args []string, stdout, stderr io.Writer) int {
 	reuse := fs.Float64("reuse-rate-max", 0, "maximum reuse_rate (unchecked unless given)")
 	p95 := fs.Float64("sanitize-p95-ms-max", 0, "maximum sanitize_duration_p95_ms (unchecked unless given)")
 	out := fs.String("out", "forensics/verdict.json", "write the verdict here (empty: don't)")
-	if code, stop := parse(fs, args); stop {
+	if code, stop := fs.parse(args); stop {
 		return code
 	}
 	if fs.NArg() != 1 {
-		return errorf(stderr, "gate: exactly one metrics JSON file is required")
+		return fs.usageError("exactly one metrics JSON file is required, %d given", fs.NArg())
 	}
 	if fs.Changed("reuse-rate-max") {
 		t.ReuseRateMax = reuse

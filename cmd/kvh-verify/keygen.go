@@ -10,15 +10,18 @@ import (
 )
 
 func cmdKeygen(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("keygen", stderr)
+	fs := newCommand("keygen", stdout, stderr)
 	out := fs.String("out", "", "directory for kvh.key (0600) and kvh.pub")
 	host, _ := os.Hostname()
 	name := fs.String("name", "kvh-"+strings.ReplaceAll(host, "+", "-"), "key name shown in signatures")
-	if code, stop := parse(fs, args); stop {
+	if code, stop := fs.parse(args); stop {
 		return code
 	}
-	if *out == "" || fs.NArg() != 0 {
-		return errorf(stderr, "keygen: --out DIR is required")
+	if *out == "" {
+		return fs.usageError("--out DIR is required")
+	}
+	if fs.NArg() != 0 {
+		return fs.usageError("unexpected arguments %q", fs.Args())
 	}
 	skey, vkey, err := forensic.GenerateKeys(*out, *name)
 	if err != nil {

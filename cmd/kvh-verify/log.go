@@ -12,7 +12,7 @@ import (
 )
 
 func cmdLog(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("log", stderr)
+	fs := newCommand("log", stdout, stderr)
 	pubkey := fs.String("pubkey", "", "the trail's verification key (note vkey format, from keygen)")
 	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
 	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
@@ -22,11 +22,11 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	format := fs.String("format", "kvh", "trail format: kvh, or seed for logs written by the Python system")
 	asJSON := fs.Bool("json", false, "print a machine verdict as JSON")
 	out := fs.String("out", "", "also write the JSON verdict to this file")
-	if code, stop := parse(fs, args); stop {
+	if code, stop := fs.parse(args); stop {
 		return code
 	}
 	if fs.NArg() != 1 {
-		return errorf(stderr, "log: exactly one trail directory (or seed log file) is required")
+		return fs.usageError("exactly one trail directory (or, with --format seed, seed log) is required, %d given", fs.NArg())
 	}
 	path := fs.Arg(0)
 	key, err := forensic.LoadMACKey(*macFile)
@@ -38,7 +38,7 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		return logSeed(path, key, *asJSON, *out, stdout, stderr)
 	case "kvh":
 	default:
-		return errorf(stderr, "log: unknown --format %q (kvh or seed)", *format)
+		return fs.usageError("unknown --format %q (kvh or seed)", *format)
 	}
 	opts := forensic.VerifyOptions{MACKey: key, Origin: *origin, NoSignatures: *noSigs, AllowUnsealed: *allowUnsealed}
 	switch {
@@ -47,7 +47,7 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 			return errorf(stderr, "log: %v", err)
 		}
 	case !*noSigs:
-		return errorf(stderr, "log: --pubkey is required; without it nothing proves who wrote the trail (use --no-signatures to check structure only)")
+		return fs.usageError("--pubkey is required; without it nothing proves who wrote the trail (use --no-signatures to check structure only)")
 	}
 	for _, c := range *ckpts {
 		b, err := os.ReadFile(c)

@@ -2,8 +2,10 @@
 // the node's public key, gates CI on exported hygiene metrics, prunes a trail
 // with proof, and makes keys.
 //
-// Exit codes: 0 verified or passed, 2 tampered or failed the gate, 1 usage or
-// I/O error.
+// Exit codes: 0 verified or passed; 2 the evidence shows tampering or fails
+// the gate; 1 anything else (usage, I/O, permissions, a key that is not the
+// trail's). Help and --version go to stdout and exit 0; every error goes to
+// stderr.
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/pflag"
 )
@@ -21,67 +24,118 @@ const (
 	exitFail  = 2
 )
 
-const usage = `kvh-verify: verify and gate kvh hygiene evidence
+// synopses are the commands' usage lines, in the order help lists them.
+var synopses = []struct{ name, line string }{
+	{"log", "log [flags] TRAIL_DIR"},
+	{"log", "log --format seed [flags] SEED_LOG"},
+	{"gate", "gate [flags] METRICS_JSON"},
+	{"prune", "prune [flags] TRAIL_DIR"},
+	{"keygen", "keygen --out DIR [flags]"},
+}
 
-Usage:
-  kvh-verify log DIR --pubkey FILE [--hmac-key-file F] [--checkpoint F] [--json]
-  kvh-verify log --format seed PATH [--hmac-key-file F] [--json]
-  kvh-verify gate METRICS.json [--coverage-min 99.9] [--unsanitized-max 0] [--quarantine-max 0]
-                  [--reuse-rate-max X] [--sanitize-p95-ms-max X] [--out FILE]
-  kvh-verify prune DIR --retention-days N --max-rotated N --key FILE --pubkey FILE [--archive-dir D]
-  kvh-verify keygen --out DIR [--name NAME]
+const exitCodes = `Exit codes: 0 verified/passed; 2 the evidence shows tampering, or the gate failed;
+1 usage, I/O or permission error, or a key that is not the trail's.`
 
-Exit codes: 0 verified/passed, 2 tampered/failed, 1 usage or I/O error.
-Run 'kvh-verify COMMAND --help' for a command's flags.
-`
+func topUsage(w io.Writer) {
+	fmt.Fprint(w, "kvh-verify: verify and gate kvh hygiene evidence\n\nUsage:\n")
+	for _, s := range synopses {
+		fmt.Fprintf(w, "  kvh-verify %s\n", s.line)
+	}
+	fmt.Fprintf(w, "  kvh-verify --version\n\n%s\nRun 'kvh-verify help COMMAND' for a command's flags.\n", exitCodes)
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+var commands = map[string]func([]string, io.Writer, io.Writer) int{
+	"log":    cmdLog,
+	"gate":   cmdGate,
+	"prune":  cmdPrune,
+	"keygen": cmdKeygen,
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, "kvh-verify: a command is required\n\n")
+		topUsage(stderr)
 		return exitError
 	}
-	cmds := map[string]func([]string, io.Writer, io.Writer) int{
-		"log":    cmdLog,
-		"gate":   cmdGate,
-		"prune":  cmdPrune,
-		"keygen": cmdKeygen,
-	}
 	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
+	case "-h", "--help":
+		topUsage(stdout)
+		return exitOK
+	case "help":
+		if len(args) == 1 {
+			topUsage(stdout)
+			return exitOK
+		}
+		args = []string{args[1], "--help"}
+	case "--version", "version":
+		fmt.Fprintln(stdout, version())
 		return exitOK
 	}
-	c, ok := cmds[args[0]]
+	c, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "kvh-verify: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "kvh-verify: unknown command %q\n\n", args[0])
+		topUsage(stderr)
 		return exitError
 	}
 	return c(args[1:], stdout, stderr)
 }
 
-// newFlags returns a flag set whose errors are reported, not fatal.
-func newFlags(name string, stderr io.Writer) *pflag.FlagSet {
+// command is one subcommand's flags and how it reports usage: help to
+// stdout, usage errors with the usage to stderr.
+type command struct {
+	*pflag.FlagSet
+	name           string
+	stdout, stderr io.Writer
+}
+
+func newCommand(name string, stdout, stderr io.Writer) *command {
 	fs := pflag.NewFlagSet("kvh-verify "+name, pflag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// pflag prints nothing for errors under ContinueOnError, and help to
+	// this output; parse prints both itself, each to its stream.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	fs.SortFlags = false
-	return fs
+	return &command{FlagSet: fs, name: name, stdout: stdout, stderr: stderr}
+}
+
+func (c *command) usage(w io.Writer) {
+	for i, s := range synopses {
+		if s.name != c.name {
+			continue
+		}
+		lead := "Usage: "
+		if i > 0 && synopses[i-1].name == c.name {
+			lead = "       "
+		}
+		fmt.Fprintf(w, "%skvh-verify %s\n", lead, s.line)
+	}
+	fmt.Fprintf(w, "\nFlags:\n%s\n%s\n", c.FlagUsages(), exitCodes)
 }
 
 // parse parses flags; it returns an exit code when the caller should stop.
-func parse(fs *pflag.FlagSet, args []string) (int, bool) {
-	if err := fs.Parse(args); err != nil {
+func (c *command) parse(args []string) (int, bool) {
+	if err := c.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
+			c.usage(c.stdout)
 			return exitOK, true
 		}
-		return exitError, true
+		return c.usageError("%v", err), true
 	}
 	return 0, false
 }
 
+// usageError reports a mistake in how the command was called, then its usage.
+func (c *command) usageError(format string, args ...any) int {
+	fmt.Fprintf(c.stderr, "kvh-verify %s: %s\n\n", c.name, strings.TrimSpace(fmt.Sprintf(format, args...)))
+	c.usage(c.stderr)
+	return exitError
+}
+
+// errorf reports an error that is not the evidence's fault: exit 1.
 func errorf(stderr io.Writer, format string, args ...any) int {
 	fmt.Fprintf(stderr, "kvh-verify: "+format+"\n", args...)
 	return exitError

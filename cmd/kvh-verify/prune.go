@@ -9,7 +9,7 @@ import (
 )
 
 func cmdPrune(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("prune", stderr)
+	fs := newCommand("prune", stdout, stderr)
 	days := fs.Int("retention-days", -1, "remove rotated segments whose last record is older than N days")
 	maxRot := fs.Int("max-rotated", -1, "keep at most N rotated segments (0 keeps none)")
 	archive := fs.String("archive-dir", "", "move pruned segments here instead of deleting them")
@@ -17,17 +17,17 @@ func cmdPrune(args []string, stdout, stderr io.Writer) int {
 	pubkey := fs.String("pubkey", "", "the trail's verification key")
 	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
 	reason := fs.String("reason", "", "reason recorded in the prune record")
-	if code, stop := parse(fs, args); stop {
+	if code, stop := fs.parse(args); stop {
 		return code
 	}
 	if fs.NArg() != 1 {
-		return errorf(stderr, "prune: exactly one trail directory is required")
+		return fs.usageError("exactly one trail directory is required, %d given", fs.NArg())
 	}
 	if *days < 0 && *maxRot < 0 {
-		return errorf(stderr, "prune: give --retention-days and/or --max-rotated")
+		return fs.usageError("give --retention-days and/or --max-rotated")
 	}
 	if *keyFile == "" || *pubkey == "" {
-		return errorf(stderr, "prune: --key and --pubkey are required: pruning is authorised by a signed record and checked before and after")
+		return fs.usageError("--key and --pubkey are required: pruning is authorised by a signed record and checked before and after")
 	}
 	signer, err := forensic.LoadSigner(*keyFile)
 	if err != nil {
