@@ -2,10 +2,12 @@ package main
 
 import (
 	"debug/buildinfo"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -87,41 +89,66 @@ func TestHelpGoesToStdout(t *testing.T) {
 	}
 }
 
-// buildBinaries builds the real kvh-verify and kvh-agent in one go build, so
-// both carry the same build information.
-func buildBinaries(t *testing.T) (verify, agent string) {
+var (
+	binMu  sync.Mutex
+	binDir string
+	bins   = map[string]string{}
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binary builds the real command ./cmd/NAME once per test run.
+func binary(t *testing.T, name string) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds binaries")
 	}
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-buildvcs=auto", "-o", dir, "./cmd/kvh-verify", "./cmd/kvh-agent")
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := bins[name]; ok {
+		return p
+	}
+	if binDir == "" {
+		d, err := os.MkdirTemp("", "kvh-verify-test-bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = d
+	}
+	p := filepath.Join(binDir, name)
+	cmd := exec.Command("go", "build", "-buildvcs=auto", "-o", p, "./cmd/"+name)
 	cmd.Dir = filepath.Join("..", "..")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", name, err, out)
 	}
-	return filepath.Join(dir, "kvh-verify"), filepath.Join(dir, "kvh-agent")
+	bins[name] = p
+	return p
 }
 
-// --version prints the version the binary was built as, the same string in
-// both commands, and exits 0.
+// --version prints the version the binary was built as (kvh-agent's by the
+// same rule) and exits 0.
 func TestVersion(t *testing.T) {
-	verify, agent := buildBinaries(t)
-	bi, err := buildinfo.ReadFile(verify)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := versionOf(bi)
-	for _, c := range [][]string{{verify, "--version"}, {verify, "version"}, {agent, "--version"}} {
-		cmd := exec.Command(c[0], c[1:]...)
+	for _, c := range []struct{ bin, arg string }{{"kvh-verify", "--version"}, {"kvh-verify", "version"}, {"kvh-agent", "--version"}} {
+		bin := binary(t, c.bin)
+		bi, err := buildinfo.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, c.arg)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("%s: %v %s", strings.Join(c, " "), err, stderr.String())
+			t.Fatalf("%s %s: %v %s", c.bin, c.arg, err, stderr.String())
 		}
-		if got := strings.TrimSpace(string(out)); got != want {
-			t.Errorf("%s printed %q, want %q", strings.Join(c, " "), got, want)
+		if got, want := strings.TrimSpace(string(out)), versionOf(bi); got != want || got == "" {
+			t.Errorf("%s %s printed %q, want %q", c.bin, c.arg, got, want)
 		}
 	}
 }

@@ -60,6 +60,9 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		}
 		opts.External = append(opts.External, n)
 	}
+	if err := checkTrailDir(path); err != nil {
+		return errorf(stderr, "log: %v", err)
+	}
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		opts.Progress = func(done, total int64) {
 			if total > 0 {
@@ -70,6 +73,9 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	}
 	rep, err := forensic.Verify(path, opts)
 	if err != nil {
+		return errorf(stderr, "log: %v", err)
+	}
+	if err := wrongKey(path, rep, opts); err != nil {
 		return errorf(stderr, "log: %v", err)
 	}
 	if *out != "" {

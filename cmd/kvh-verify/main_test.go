@@ -142,6 +142,22 @@ func TestPruneCmd(t *testing.T) {
 	if code, _, e := runCmd(t, "prune", dir, "--key", key, "--pubkey", pub); code != 1 || !strings.Contains(e, "retention") {
 		t.Errorf("prune without policy: %d %s", code, e)
 	}
+	// The wrong verification key, or an empty directory, is not a refusal on
+	// the evidence (2) but the auditor's input (1).
+	_, otherPub := keys(t, "kvh-other")
+	if code, _, e := runCmd(t, "prune", dir, "--max-rotated", "1", "--key", key, "--pubkey", otherPub); code != 1 || !strings.Contains(e, "not by the given key kvh-other") {
+		t.Errorf("prune with another key: %d %s", code, e)
+	}
+	if code, _, e := runCmd(t, "prune", t.TempDir(), "--max-rotated", "1", "--key", key, "--pubkey", pub); code != 1 || !strings.Contains(e, "no trail in") {
+		t.Errorf("prune of an empty directory: %d %s", code, e)
+	}
+	// A trail that fails on its evidence is refused: 2.
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*.jsonl"))
+	b, _ := os.ReadFile(segs[0])
+	os.WriteFile(segs[0], bytes.Replace(b, []byte(`{"i":`), []byte(`{"j":`), 1), 0o600)
+	if code, _, e := runCmd(t, "prune", dir, "--max-rotated", "1", "--key", key, "--pubkey", pub); code != 2 || !strings.Contains(e, "refused") {
+		t.Errorf("prune of a tampered trail: %d %s", code, e)
+	}
 }
 
 func TestGate(t *testing.T) {

@@ -41,12 +41,20 @@ func cmdPrune(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return errorf(stderr, "prune: %v", err)
 	}
+	if err := checkTrailDir(fs.Arg(0)); err != nil {
+		return errorf(stderr, "prune: %v", err)
+	}
 	rep, err := forensic.Prune(fs.Arg(0), forensic.PruneOptions{
 		Signer: signer, Verifier: verifier, MACKey: mac,
 		RetentionDays: *days, MaxRotated: *maxRot, ArchiveDir: *archive, Reason: *reason,
 	})
 	if err != nil {
 		return errorf(stderr, "prune: %v", err)
+	}
+	if !rep.OK && rep.Before != nil {
+		if err := wrongKey(fs.Arg(0), rep.Before, forensic.VerifyOptions{Verifier: verifier, MACKey: mac}); err != nil {
+			return errorf(stderr, "prune: nothing was removed: %v", err)
+		}
 	}
 	b, _ := json.MarshalIndent(rep, "", "  ")
 	fmt.Fprintln(stdout, string(b))
