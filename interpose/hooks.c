@@ -27,19 +27,20 @@ static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CU
 typedef CUresult (*free_cb)(void *ctx);
 
 static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUstream s, size_t len_hint, free_cb do_free, void *ctx) {
+  /* NULL is nothing this process allocated, and 0 is the table's empty
+   * marker: the driver answers it, unchanged. */
+  if (unlikely(!p)) return do_free(ctx);
   struct stripe *st;
   struct slot *e = table_find(&ptrs, p, &st);
   if (!e) { /* unknown pointer or double free: the driver decides */
     pthread_mutex_unlock(&st->mu);
     CUresult rc = do_free(ctx);
-    if (p) {
-      struct kvh_record r = {0};
-      r.type = KVH_REC_FREE;
-      r.fn = (uint16_t)fn;
-      r.ptr = p;
-      r.result = KVH_RES_PASSTHROUGH;
-      emit(&r);
-    }
+    struct kvh_record r = {0};
+    r.type = KVH_REC_FREE;
+    r.fn = (uint16_t)fn;
+    r.ptr = p;
+    r.result = KVH_RES_PASSTHROUGH;
+    emit(&r);
     return rc;
   }
   struct slot v = *e;

@@ -166,7 +166,10 @@ func TestEdgeCases(t *testing.T) {
 		if run.Err != nil {
 			t.Fatalf("preload %q: %v\n%s", preload, run.Err, run.Stderr)
 		}
-		for _, want := range []string{"OOM 2 UNTOUCHED 1", "UNKNOWN 1", "DOUBLE 1", "FREEFAIL 1"} {
+		// NULL frees: the driver's own error, unchanged (pointer 0 must not
+		// reach the allocation table, whose empty marker it is).
+		for _, want := range []string{"OOM 2 UNTOUCHED 1", "UNKNOWN 1", "DOUBLE 1", "FREEFAIL 1",
+			"NULLFREE 1 NULLHOST 1 NULLUNREG 1 NULLASYNC 1 NULLUNMAP 1 NULLIPC 1"} {
 			if !strings.Contains(run.Stdout, want) {
 				t.Errorf("preload %q: missing %q in\n%s", preload, want, run.Stdout)
 			}

@@ -10,7 +10,7 @@
  *   ipc       a forked importer opens and closes an IPC handle
  *   stress    16 threads x N alloc/write/free, checking every new buffer
  *   fork      the parent and a forked child both allocate and free
- *   edge      unknown pointer, double free, failing real calls, out-params
+ *   edge      unknown pointer, double free, failing real calls, out-params, NULL frees
  *   deny      allocates every 10 ms until the agent denies (prints DENIED)
  *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
  *   churn     keeps L buffers live while making N allocations in all, at R per ms
@@ -242,6 +242,14 @@ int main(int argc, char **argv) {
   printf("FREEFAIL %d\n", cuMemFree_v2(a));
   unsetenv("FAKECUDA_FREE_FAIL");
   CHECK(cuMemFree_v2(a));
+  /* NULL frees: the driver's own answer, whatever it is */
+  extern CUresult cuMemFreeHost(void *);
+  extern CUresult cuMemHostUnregister(void *);
+  extern CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+  extern CUresult cuMemUnmap(CUdeviceptr, size_t);
+  extern CUresult cuIpcCloseMemHandle(CUdeviceptr);
+  printf("NULLFREE %d NULLHOST %d NULLUNREG %d NULLASYNC %d NULLUNMAP %d NULLIPC %d\n", cuMemFree_v2(0), cuMemFreeHost(NULL),
+         cuMemHostUnregister(NULL), cuMemFreeAsync(0, (CUstream)(uintptr_t)0x5), cuMemUnmap(0, 4096), cuIpcCloseMemHandle(0));
   printf("RESIDUE 0\n");
 #elif defined(WAY_deny)
   unsigned char kv[4096];

@@ -126,7 +126,11 @@ EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *d, size_t *pitch, size_t w, size
   if (r == CUDA_SUCCESS) *pitch = pw;
   return r;
 }
+/* NULL frees fail as an initialised real driver's do (CUDA_ERROR_INVALID_VALUE;
+ * before cuInit it answers CUDA_ERROR_NOT_INITIALIZED): kvh must hand back
+ * the driver's answer, not its own. */
 EXPORT CUresult cuMemFree_v2(CUdeviceptr d) {
+  if (!d) return CUDA_ERROR_INVALID_VALUE;
   if (env_int("FAKECUDA_FREE_FAIL")) return CUDA_ERROR_INVALID_VALUE;
   return give(d);
 }
@@ -134,13 +138,13 @@ EXPORT CUresult cuMemAllocAsync(CUdeviceptr *d, size_t n, CUstream s) { (void)s;
 EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *d, size_t n, CUstream s) { (void)s; return cuMemAlloc_v2(d, n); }
 EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return cuMemAlloc_v2(d, n); }
 EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return cuMemAlloc_v2(d, n); }
-EXPORT CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) { (void)s; return give(d); }
-EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { (void)s; return give(d); }
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) { (void)s; return d ? give(d) : CUDA_ERROR_INVALID_VALUE; }
+EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { (void)s; return d ? give(d) : CUDA_ERROR_INVALID_VALUE; }
 EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep) { (void)p; (void)keep; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemPoolDestroy(CUmemoryPool p) { (void)p; return CUDA_SUCCESS; }
 
 static CUresult memset8(CUdeviceptr d, unsigned char v, size_t n) {
-  if (env_int("FAKECUDA_MEMSET_FAIL")) return CUDA_ERROR_INVALID_VALUE;
+  if (!d || env_int("FAKECUDA_MEMSET_FAIL")) return CUDA_ERROR_INVALID_VALUE;
   size_t leave = (size_t)env_int("FAKECUDA_MEMSET_PARTIAL");
   memset((void *)(uintptr_t)d, v, n > leave ? n - leave : 0);
   return CUDA_SUCCESS;
@@ -151,6 +155,7 @@ EXPORT CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstre
 EXPORT CUresult cuMemsetD8Async_ptsz(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { (void)s; return memset8(d, v, n); }
 
 static CUresult dtoh(void *h, CUdeviceptr d, size_t n) {
+  if (!d || !h) return CUDA_ERROR_INVALID_VALUE;
   if (env_int("FAKECUDA_COPYBACK_LIE")) memset(h, 0, n);
   else memcpy(h, (void *)(uintptr_t)d, n);
   return CUDA_SUCCESS;
@@ -169,9 +174,9 @@ EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int f) {
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t n) { return cuMemHostAlloc(pp, n, 0); }
-EXPORT CUresult cuMemFreeHost(void *p) { return give((CUdeviceptr)(uintptr_t)p); }
+EXPORT CUresult cuMemFreeHost(void *p) { return p ? give((CUdeviceptr)(uintptr_t)p) : CUDA_ERROR_INVALID_VALUE; }
 EXPORT CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int f) { (void)p; (void)n; (void)f; return CUDA_SUCCESS; }
-EXPORT CUresult cuMemHostUnregister(void *p) { (void)p; return CUDA_SUCCESS; }
+EXPORT CUresult cuMemHostUnregister(void *p) { return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
 
 /* VMM: a physical allocation is a memfd; cuMemAddressReserve reserves
  * PROT_NONE address space and cuMemMap maps the memfd there. Released memfds
@@ -248,6 +253,7 @@ EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t n, size_t off, CUmemGenericAllo
   return m == MAP_FAILED ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t n) {
+  if (!ptr || !n) return CUDA_ERROR_INVALID_VALUE;
   void *m = mmap((void *)(uintptr_t)ptr, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   return m == MAP_FAILED ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
@@ -274,7 +280,7 @@ EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned
   memcpy(p, h.reserved, sizeof *p);
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) { (void)p; return CUDA_SUCCESS; }
+EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
 
 /* cuGetProcAddress: like the real driver, resolves a base name to the entry
  * point for the requested CUDA version and stream semantics. */
