@@ -1,6 +1,11 @@
-/* config.c — the configuration, read once at init from the environment. */
+/* config.c — the configuration, read once at init from the environment.
+ *
+ * Every knob has a default; a value that does not parse is reported once on
+ * stderr, naming the variable, and the strictest setting is used instead
+ * (enforce, full verify, the most samples, double pass on, agent required). */
 #include "kvh_internal.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
@@ -8,44 +13,87 @@
 
 struct config cfg;
 
-void warn(const char *msg) {
-  /* once at init, never on the hot path */
-  char buf[256];
-  int n = snprintf(buf, sizeof buf, "libkvh: %s\n", msg);
-  if (n > 0) (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+void warn(const char *fmt, ...) {
+  /* at init or once per process, never on the hot path */
+  char buf[320];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = snprintf(buf, sizeof buf - 1, "libkvh: ");
+  if (n > 0) n += vsnprintf(buf + n, sizeof buf - 1 - (size_t)n, fmt, ap);
+  va_end(ap);
+  if (n <= 0) return;
+  if ((size_t)n > sizeof buf - 2) n = (int)sizeof buf - 2;
+  buf[n++] = '\n';
+  (void)!write(2, buf, (size_t)n);
 }
 
-static int env_bool(const char *v) {
-  return v && (!strcasecmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"));
+/* env reads name, or the seed's alias when name is unset or empty; *which
+ * says which was read (for the warning). */
+static const char *env(const char *name, const char *alias, const char **which) {
+  const char *v = getenv(name);
+  *which = name;
+  if ((!v || !*v) && alias) {
+    v = getenv(alias);
+    *which = alias;
+  }
+  return v && *v ? v : NULL;
+}
+
+static void invalid(const char *which, const char *v, const char *valid, const char *using) {
+  warn("%s=\"%.32s\" is not %s: using %s, the strictest setting", which, v, valid, using);
+}
+
+/* env_bool: 1/true/yes/on and 0/false/no/off; anything else is invalid and
+ * reads as on (every boolean knob's strict side is on). */
+static int env_bool(const char *name, const char *alias, int def) {
+  const char *which, *v = env(name, alias, &which);
+  if (!v) return def;
+  if (!strcasecmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on")) return 1;
+  if (!strcasecmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off")) return 0;
+  invalid(which, v, "1, true, yes, on, 0, false, no or off", "1");
+  return 1;
 }
 
 void read_config(void) {
-  const char *v;
+  const char *v, *which;
   cfg.mode = MODE_ENFORCE;
-  if ((v = getenv("KVH_MODE")) && *v) {
+  if ((v = env("KVH_MODE", NULL, &which))) {
     if (!strcmp(v, "enforce")) cfg.mode = MODE_ENFORCE;
     else if (!strcmp(v, "observe")) cfg.mode = MODE_OBSERVE;
     else if (!strcmp(v, "off")) cfg.mode = MODE_OFF;
-    else warn("KVH_MODE is not enforce, observe or off: using enforce");
+    else invalid(which, v, "enforce, observe or off", "enforce");
   }
   cfg.verify = KVH_VERIFY_SAMPLE;
-  if ((v = getenv("KVH_VERIFY")) && *v) {
+  if ((v = env("KVH_VERIFY", NULL, &which))) {
     if (!strcmp(v, "off")) cfg.verify = KVH_VERIFY_OFF;
     else if (!strcmp(v, "sample")) cfg.verify = KVH_VERIFY_SAMPLE;
     else if (!strcmp(v, "full")) cfg.verify = KVH_VERIFY_FULL;
-    else { warn("KVH_VERIFY is not off, sample or full: using full"); cfg.verify = KVH_VERIFY_FULL; }
+    else {
+      invalid(which, v, "off, sample or full", "full");
+      cfg.verify = KVH_VERIFY_FULL;
+    }
   }
   cfg.samples = 8;
-  if (!(v = getenv("KVH_VERIFY_SAMPLES")) || !*v) v = getenv("KV_VERIFY_SAMPLES_DEFAULT");
-  if (v && *v) {
+  if ((v = env("KVH_VERIFY_SAMPLES", "KV_VERIFY_SAMPLES_DEFAULT", &which))) {
     char *end;
     long n = strtol(v, &end, 10);
-    if (*end || n < 1 || n > 1 << 20) warn("KVH_VERIFY_SAMPLES is not a positive integer: using 8");
-    else cfg.samples = (int)n;
+    if (*end || n < 1 || n > KVH_MAX_SAMPLES) {
+      invalid(which, v, "an integer from 1 to 1048576", "1048576 (every window of a buffer up to 64 MiB)");
+      cfg.samples = KVH_MAX_SAMPLES;
+    } else {
+      cfg.samples = (int)n;
+    }
   }
-  if (!(v = getenv("KVH_DOUBLE_PASS")) || !*v) v = getenv("KV_DOUBLE_PASS_DEFAULT");
-  cfg.double_pass = env_bool(v);
-  if ((v = getenv("KVH_TENANT"))) strncpy(cfg.tenant, v, sizeof cfg.tenant - 1);
+  cfg.double_pass = env_bool("KVH_DOUBLE_PASS", "KV_DOUBLE_PASS_DEFAULT", 0);
+  if ((v = getenv("KVH_TENANT"))) {
+    if (strlen(v) >= sizeof cfg.tenant) warn("KVH_TENANT is longer than %zu bytes: cut to \"%.*s\"", sizeof cfg.tenant - 1, (int)sizeof cfg.tenant - 1, v);
+    strncpy(cfg.tenant, v, sizeof cfg.tenant - 1);
+  }
   v = getenv("KVH_SOCKET");
+  if (v && strlen(v) >= sizeof cfg.socket) {
+    /* Not a path a Unix socket can have: nothing answers there. */
+    warn("KVH_SOCKET is longer than %zu bytes: no agent can be reached", sizeof cfg.socket - 1);
+    cfg.socket_invalid = 1;
+  }
   strncpy(cfg.socket, v && *v ? v : "/run/kvh/kvh.sock", sizeof cfg.socket - 1);
 }

@@ -101,18 +101,22 @@ extern CUresult (*p_stream_sync)(CUstream);
 
 enum mode { MODE_ENFORCE, MODE_OBSERVE, MODE_OFF };
 
+#define KVH_MAX_SAMPLES (1 << 20)
+
 struct config {
   enum mode mode;
   int verify; /* enum kvh_verify_mode */
   int samples;
   int double_pass;
+  int socket_invalid; /* KVH_SOCKET was too long: never connect */
   char tenant[24];
   char socket[108];
 };
 
 extern struct config cfg;
 
-void warn(const char *msg);
+/* warn writes one "libkvh: ..." line to stderr (init and once-only paths). */
+void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void read_config(void);
 
 /* ---- resolve.c: real symbols --------------------------------------------- */

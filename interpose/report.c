@@ -87,6 +87,10 @@ void emit(struct kvh_record *r) {
 }
 
 static int try_connect(void) {
+  if (cfg.socket_invalid) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return -1;
   struct sockaddr_un a = {.sun_family = AF_UNIX};

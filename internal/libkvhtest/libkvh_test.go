@@ -262,3 +262,76 @@ func TestSanitizers(t *testing.T) {
 		t.Errorf("stress under ASan/UBSan: %v\n%s%s", run.Err, run.Stdout, run.Stderr)
 	}
 }
+
+// hello returns the pid's HELLO record, waiting for it.
+func hello(t *testing.T, l *Listener, pid int) Got {
+	t.Helper()
+	recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool {
+		for _, g := range r {
+			if g.Type == wire.Hello && int(g.PeerPID) == pid {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("no hello from pid %d", pid)
+	}
+	for _, g := range recs {
+		if g.Type == wire.Hello && int(g.PeerPID) == pid {
+			return g
+		}
+	}
+	panic("unreachable")
+}
+
+// An invalid value of any knob is reported once on stderr, naming the knob,
+// and the strictest setting is used (README: "Config, read once at load").
+func TestInvalidConfigIsStrictest(t *testing.T) {
+	const maxSamples = 1 << 20
+	cases := []struct {
+		env, knob  string
+		mode       uint8 // HELLO result: 0 enforce
+		verify     uint8
+		doublePass bool
+		samples    uint64
+	}{
+		{"KVH_DOUBLE_PASS=maybe", "KVH_DOUBLE_PASS", 0, wire.VerifySample, true, 8},
+		{"KV_DOUBLE_PASS_DEFAULT=maybe", "KV_DOUBLE_PASS_DEFAULT", 0, wire.VerifySample, true, 8},
+		{"KVH_MODE=enforcing", "KVH_MODE", 0, wire.VerifySample, false, 8},
+		{"KVH_VERIFY=paranoid", "KVH_VERIFY", 0, wire.VerifyFull, false, 8},
+		{"KVH_VERIFY_SAMPLES=lots", "KVH_VERIFY_SAMPLES", 0, wire.VerifySample, false, maxSamples},
+		{"KVH_VERIFY_SAMPLES=0", "KVH_VERIFY_SAMPLES", 0, wire.VerifySample, false, maxSamples},
+		{"KV_VERIFY_SAMPLES_DEFAULT=-3", "KV_VERIFY_SAMPLES_DEFAULT", 0, wire.VerifySample, false, maxSamples},
+	}
+	for _, tc := range cases {
+		t.Run(tc.env, func(t *testing.T) {
+			l := listen(t)
+			run := Exec("driver", Lib(), []string{"KVH_SOCKET=" + l.Path, tc.env})
+			if run.Err != nil || run.Value("RESIDUE") != 0 {
+				t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+			}
+			if n := strings.Count(run.Stderr, tc.knob); n != 1 {
+				t.Errorf("stderr names %s %d times, want once:\n%s", tc.knob, n, run.Stderr)
+			}
+			h := hello(t, l, run.PID)
+			if h.Result != tc.mode || h.Verify != tc.verify || (h.Flags&wire.FlagDoublePass != 0) != tc.doublePass || h.Count != tc.samples {
+				t.Errorf("hello: mode %d verify %d flags %#x samples %d; want mode %d verify %d double pass %v samples %d",
+					h.Result, h.Verify, h.Flags, h.Count, tc.mode, tc.verify, tc.doublePass, tc.samples)
+			}
+			recs, _ := l.WaitFor(5*time.Second, func(r []Got) bool { return cleanFrees(r, run.PID, blockSize) >= 2 })
+			for _, f := range frees(recs, run.PID) {
+				if f.Verify != tc.verify || (f.Flags&wire.FlagDoublePass != 0) != tc.doublePass {
+					t.Errorf("free verify %d flags %#x", f.Verify, f.Flags)
+				}
+			}
+		})
+	}
+	// Valid spellings stay valid and quiet.
+	for _, env := range []string{"KVH_DOUBLE_PASS=0", "KVH_DOUBLE_PASS=off", "KVH_DOUBLE_PASS=false", "KVH_DOUBLE_PASS=yes", "KVH_VERIFY_SAMPLES=64"} {
+		run := Exec("driver", Lib(), []string{"KVH_SOCKET=/nonexistent/kvh.sock", env})
+		if run.Err != nil || strings.Contains(run.Stderr, strings.SplitN(env, "=", 2)[0]) {
+			t.Errorf("%s: %v\n%s", env, run.Err, run.Stderr)
+		}
+	}
+}
