@@ -78,6 +78,7 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	if err := wrongKey(path, rep, opts); err != nil {
 		return errorf(stderr, "log: %v", err)
 	}
+	settle(rep)
 	if *out != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
 		if err := os.WriteFile(*out, append(b, '\n'), 0o600); err != nil {
@@ -99,6 +100,34 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// settle makes a failed report state only what was established. Verify
+// fills Signatures and MAC before it reads what they describe, so a failure
+// leaves them saying "verified" about checkpoints or records it stopped
+// before, or at. The counts are left as Verify made them.
+func settle(r *forensic.Report) {
+	if r.OK || r.Problem == nil {
+		return
+	}
+	p := r.Problem
+	// Verify sets MAC just after it has read and checked every checkpoint,
+	// and before it reads a record: empty means it stopped before either.
+	reached := r.MAC != ""
+	switch {
+	case !reached && (p.Segment == forensic.CheckpointFile || p.Segment == "external checkpoint"):
+		r.Signatures = "FAILED: " + p.String()
+	case !reached && !strings.HasPrefix(r.Signatures, "NOT CHECKED"):
+		r.Signatures = "not checked: verification stopped before the checkpoints"
+	}
+	switch {
+	case !reached:
+		r.MAC = "not checked: verification stopped before the records"
+	case strings.Contains(p.Reason, "MAC") || strings.Contains(p.Reason, "mac_alg"):
+		r.MAC = "FAILED: " + p.String()
+	case r.MAC == "verified":
+		r.MAC = "verified on every record before the problem"
+	}
+}
+
 func printReport(w io.Writer, path string, r *forensic.Report, opts forensic.VerifyOptions) {
 	if r.OK {
 		fmt.Fprintf(w, "kvh-verify: trail %s VERIFIED\n", path)
@@ -106,17 +135,27 @@ func printReport(w io.Writer, path string, r *forensic.Report, opts forensic.Ver
 		fmt.Fprintf(w, "kvh-verify: trail %s FAILED: %s\n", path, r.Problem)
 	}
 	fmt.Fprintf(w, "  origin       %s\n", r.Origin)
-	if r.Records > 0 {
+	switch {
+	case r.OK && r.Records > 0:
 		fmt.Fprintf(w, "  records      %d (seq %d..%d) in %d segment(s), %d bytes\n", r.Records, r.FirstSeq, r.FirstSeq+r.Records-1, r.Segments, r.Bytes)
+	case !r.OK && r.Bytes > 0:
+		fmt.Fprintf(w, "  read         %d bytes of segments before the problem\n", r.Bytes)
 	}
-	fmt.Fprintf(w, "  checkpoints  %d matched; the latest attests %d records\n", r.Checkpoints, r.LatestCheckpoint)
-	if len(opts.External) > 0 {
-		fmt.Fprintf(w, "  off-node     %d of %d external checkpoint(s) matched\n", r.ExternalCheckpoints, len(opts.External))
+	if r.OK {
+		fmt.Fprintf(w, "  checkpoints  %d matched; the latest attests %d records\n", r.Checkpoints, r.LatestCheckpoint)
 	} else {
+		fmt.Fprintf(w, "  checkpoints  %d matched before the problem\n", r.Checkpoints)
+	}
+	switch {
+	case len(opts.External) > 0 && r.OK:
+		fmt.Fprintf(w, "  off-node     %d of %d external checkpoint(s) matched\n", r.ExternalCheckpoints, len(opts.External))
+	case len(opts.External) > 0:
+		fmt.Fprintf(w, "  off-node     %d of %d external checkpoint(s) matched before the problem\n", r.ExternalCheckpoints, len(opts.External))
+	default:
 		fmt.Fprintf(w, "  off-node     none given: truncation together with deletion of local checkpoints would not be detected\n")
 	}
 	sig := r.Signatures
-	if opts.Verifier != nil {
+	if opts.Verifier != nil && sig == "verified" {
 		sig += " with " + opts.Verifier.Name()
 	}
 	fmt.Fprintf(w, "  signatures   %s\n", sig)

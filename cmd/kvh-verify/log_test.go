@@ -329,3 +329,102 @@ func runAsAuditor(t *testing.T, dir, hidden string, args ...string) (int, string
 	}
 	return 0, stderr.String()
 }
+
+// A failed verdict's summary states only what was established: no "MACs
+// verified" under "MAC invalid", no "signatures verified" under a forged
+// signature; and --json keeps the counts.
+func TestLogSummaryMatchesVerdict(t *testing.T) {
+	key, pub := keys(t, "kvh-node")
+	hmac := macFile(t, "the-node-secret")
+	edit := func(dir, from, to string) {
+		segs, _ := filepath.Glob(filepath.Join(dir, "seg-*.jsonl"))
+		for _, seg := range segs {
+			if b, _ := os.ReadFile(seg); bytes.Contains(b, []byte(from)) {
+				os.WriteFile(seg, bytes.Replace(b, []byte(from), []byte(to), 1), 0o600)
+				return
+			}
+		}
+		t.Fatalf("%s not in the trail", from)
+	}
+	cases := []struct {
+		name      string
+		setup     func(t *testing.T) (string, []string)
+		problem   string
+		sig, macs string // the summary's lines
+	}{
+		{"MAC invalid", func(t *testing.T) (string, []string) {
+			dir := writeTrail(t, key, []byte("the-node-secret"), counted(200)...)
+			edit(dir, `{"i":60}`, `{"i":61}`)
+			return dir, []string{"--hmac-key-file", hmac}
+		}, "MAC invalid", "verified", "FAILED"},
+		{"record edited, no MACs", func(t *testing.T) (string, []string) {
+			dir := writeTrail(t, key, nil, counted(200)...)
+			edit(dir, `{"i":60}`, `{"i":61}`)
+			return dir, nil
+		}, "", "verified", "none declared"},
+		{"record edited, MACs not checked", func(t *testing.T) (string, []string) {
+			dir := writeTrail(t, key, []byte("the-node-secret"), counted(200)...)
+			edit(dir, `{"i":60}`, `{"i":61}`)
+			return dir, nil
+		}, "", "verified", "present on every record, NOT CHECKED"},
+		{"record edited, MACs verified before it", func(t *testing.T) (string, []string) {
+			dir := writeTrail(t, key, []byte("the-node-secret"), counted(200)...)
+			seg := filepath.Join(dir, "seg-000001.jsonl")
+			b, _ := os.ReadFile(seg)
+			lines := bytes.SplitAfter(b, []byte("\n"))
+			lines[3], lines[4] = lines[4], lines[3] // reordered: seq fails before the MAC is looked at
+			os.WriteFile(seg, bytes.Join(lines, nil), 0o600)
+			return dir, []string{"--hmac-key-file", hmac}
+		}, "expected", "verified", "verified on every record before the problem"},
+		{"forged checkpoint", func(t *testing.T) (string, []string) {
+			dir := writeTrail(t, key, []byte("the-node-secret"), counted(200)...)
+			rewriteCheckpoints(t, dir, func(i int, _ uint64, n string) (string, bool) {
+				if i == 0 {
+					return forge(t, n), true
+				}
+				return n, true
+			})
+			return dir, []string{"--hmac-key-file", hmac}
+		}, "does not verify", "FAILED", "not checked"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, args := tc.setup(t)
+			args = append([]string{"log", dir, "--pubkey", pub}, args...)
+			code, out, e := runCmd(t, args...)
+			if code != exitFail {
+				t.Fatalf("exit %d: %s %s", code, out, e)
+			}
+			lines := map[string]string{}
+			for _, l := range strings.Split(out, "\n")[1:] {
+				if f := strings.Fields(l); len(f) > 1 {
+					lines[f[0]] = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), f[0]))
+				}
+			}
+			if !strings.Contains(out, "FAILED: ") || !strings.Contains(out, tc.problem) {
+				t.Errorf("verdict does not say %q:\n%s", tc.problem, out)
+			}
+			if s := lines["signatures"]; !strings.HasPrefix(s, tc.sig) {
+				t.Errorf("signatures %q, want %q:\n%s", s, tc.sig, out)
+			}
+			if s := lines["MACs"]; !strings.HasPrefix(s, tc.macs) {
+				t.Errorf("MACs %q, want %q:\n%s", s, tc.macs, out)
+			}
+			if strings.Contains(out, "attests 0 records") {
+				t.Errorf("a failed walk claims the latest checkpoint attests 0 records:\n%s", out)
+			}
+			// The machine verdict says the same and keeps its counts.
+			code, js, _ := runCmd(t, append(args, "--json")...)
+			var rep forensic.Report
+			if err := json.Unmarshal([]byte(js), &rep); err != nil || code != exitFail {
+				t.Fatalf("json: %d %v %s", code, err, js)
+			}
+			if !strings.HasPrefix(rep.Signatures, tc.sig) || !strings.HasPrefix(rep.MAC, tc.macs) {
+				t.Errorf("json says signatures %q, mac %q; want %q, %q", rep.Signatures, rep.MAC, tc.sig, tc.macs)
+			}
+			if tc.sig == "verified" && (rep.Bytes == 0 || rep.Checkpoints == 0 || rep.Origin == "") {
+				t.Errorf("json lost the counts of what was checked: %s", js)
+			}
+		})
+	}
+}
