@@ -208,10 +208,14 @@ EXPORT CUresult cuMemFreeHost(void *p) {
   return release(HOOK_cuMemFreeHost, c.p, 0, 0, NULL, 0, call_free_host, &c);
 }
 
+/* Registered host memory is the application's, not the driver's: it may be
+ * a live heap buffer, a MAP_SHARED file or a read-only mapping of weights.
+ * kvh never writes to it; the registration and the unregister are reported
+ * (as memory kvh does not own, like an import). */
 EXPORT CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int flags) {
   NEED_REAL(cuMemHostRegister_v2);
   CUresult rc = real_cuMemHostRegister_v2(p, n, flags);
-  if (rc == CUDA_SUCCESS) track(HOOK_cuMemHostRegister_v2, (uint64_t)(uintptr_t)p, n, KVH_MEM_HOST_REGISTERED, OWN_CREATOR, NULL, 0);
+  if (rc == CUDA_SUCCESS) track(HOOK_cuMemHostRegister_v2, (uint64_t)(uintptr_t)p, n, KVH_MEM_HOST_REGISTERED, OWN_IMPORTER, NULL, 0);
   return rc;
 }
 

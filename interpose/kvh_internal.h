@@ -147,6 +147,8 @@ static inline void ensure_init(void) { pthread_once(&init_once, init); }
 
 /* ---- table.c: the allocation table, lock-striped open addressing -------- */
 
+/* OWN_IMPORTER: memory this process did not get from the driver (an import,
+ * registered host memory): kvh never writes to it. */
 enum owner { OWN_CREATOR = 1, OWN_IMPORTER = 2 };
 enum slot_state { ST_LIVE = 0, ST_QUARANTINED = 1 };
 

@@ -57,7 +57,7 @@ const (
 // Flags.
 const (
 	FlagDoublePass = 1 << 0
-	FlagImporter   = 1 << 1
+	FlagImporter   = 1 << 1 // not the process's driver memory (an import, registered host memory): never zeroized
 	FlagAsync      = 1 << 2
 	FlagEnforce    = 1 << 3
 	FlagVerified   = 1 << 4

@@ -335,3 +335,28 @@ func TestInvalidConfigIsStrictest(t *testing.T) {
 		}
 	}
 }
+
+// Registered host memory belongs to the application: unregistering it leaves
+// every byte alone (a live heap buffer, a MAP_SHARED file on disk, a
+// read-only mapping of weights), and the event is reported, not zeroized.
+func TestHostUnregisterLeavesApplicationMemory(t *testing.T) {
+	for _, preload := range []string{"", Lib()} {
+		l := listen(t)
+		run := Exec("register", preload, []string{"KVH_SOCKET=" + l.Path})
+		if run.Err != nil || run.Value("HEAP_INTACT") != 1 || run.Value("FILE_INTACT") != 1 || run.Value("RO_INTACT") != 1 {
+			t.Fatalf("preload %q: %v\n%s%s", preload, run.Err, run.Stdout, run.Stderr)
+		}
+		if preload == "" {
+			continue
+		}
+		recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool { return len(frees(r, run.PID)) >= 3 })
+		if !ok {
+			t.Fatalf("%d unregisters reported, want 3", len(frees(recs, run.PID)))
+		}
+		for _, f := range frees(recs, run.PID) {
+			if f.Type != wire.Free || f.Result != wire.ResPassthrough || f.MemKind != wire.MemHostRegistered || wire.FnName(f.Fn) != "cuMemHostUnregister" || f.Zeroed != 0 {
+				t.Errorf("unregister reported as %+v", f.Record)
+			}
+		}
+	}
+}

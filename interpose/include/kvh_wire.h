@@ -41,12 +41,12 @@ enum kvh_result {
   KVH_RES_OK = 0,
   KVH_RES_ZEROIZE_FAILED = 1,
   KVH_RES_VERIFY_FAILED = 2,
-  KVH_RES_PASSTHROUGH = 3, /* not zeroized: importer, mode off, or unknown pointer */
+  KVH_RES_PASSTHROUGH = 3, /* not zeroized: importer, registered host memory, mode off, or unknown pointer */
 };
 
 enum kvh_flags {
   KVH_F_DOUBLE_PASS = 1 << 0,
-  KVH_F_IMPORTER = 1 << 1,
+  KVH_F_IMPORTER = 1 << 1, /* not this process's driver memory (an import, registered host memory): never zeroized here */
   KVH_F_ASYNC = 1 << 2,
   KVH_F_ENFORCE = 1 << 3,  /* enforce mode: failures were quarantined */
   KVH_F_VERIFIED = 1 << 4, /* a verification ran and found only zeros */

@@ -14,6 +14,8 @@
  *   deny      allocates every 10 ms until the agent denies (prints DENIED)
  *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
  *   churn     keeps L buffers live while making N allocations in all, at R per ms
+ *   register  registers and unregisters memory the application owns: a heap
+ *             buffer, a MAP_SHARED file mapping, a read-only mapping
  *
  * Each prints "RESIDUE n": how many bytes of tenant A's freed buffer tenant B
  * could read back from its own new allocation (0 = clean).
@@ -24,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -317,6 +320,41 @@ int main(int argc, char **argv) {
   double fr = (double)((t4.tv_sec - t3.tv_sec) * 1000000000L + (t4.tv_nsec - t3.tv_nsec));
   printf("HOST_MEMSET_GBS %.2f\nHOST_FREE_GBS %.2f\n", (double)hn / ms, (double)hn / fr);
   free(ps);
+#elif defined(WAY_register)
+  /* cuMemHostRegister pins memory the application owns; unregistering it
+   * must leave every byte where it was (and never write to it at all). */
+  extern CUresult cuMemHostRegister_v2(void *, size_t, unsigned int);
+  extern CUresult cuMemHostUnregister(void *);
+  size_t n = 4 * 4096;
+  unsigned char *heap = aligned_alloc(4096, n);
+  fill(heap, n);
+  CHECK(cuMemHostRegister_v2(heap, n, 0));
+  CHECK(cuMemHostUnregister(heap));
+  printf("HEAP_INTACT %d\n", residue_of(heap, n) == (int)n);
+  free(heap);
+  char path[] = "/tmp/kvh-register-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) die("mkstemp", fd);
+  unlink(path);
+  unsigned char *content = malloc(n), *back = malloc(n);
+  fill(content, n);
+  if (write(fd, content, n) != (ssize_t)n) die("write", 1);
+  unsigned char *shared = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (shared == MAP_FAILED) die("mmap shared", 1);
+  CHECK(cuMemHostRegister_v2(shared, n, 0));
+  CHECK(cuMemHostUnregister(shared));
+  munmap(shared, n);
+  printf("FILE_INTACT %d\n", pread(fd, back, n, 0) == (ssize_t)n && memcmp(back, content, n) == 0);
+  unsigned char *ro = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0); /* mmapped weights */
+  if (ro == MAP_FAILED) die("mmap read-only", 1);
+  CHECK(cuMemHostRegister_v2(ro, n, 0));
+  CHECK(cuMemHostUnregister(ro));
+  printf("RO_INTACT %d\n", memcmp(ro, content, n) == 0);
+  munmap(ro, n);
+  close(fd);
+  free(content);
+  free(back);
+  printf("RESIDUE 0\n");
 #else
 #error "define WAY_<name>"
 #endif
