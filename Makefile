@@ -49,6 +49,17 @@ $(BUILD)/lib/libkvh-asan.so: $(KVH_SRC)
 	@mkdir -p $(@D)
 	$(CC) $(KVH_BUILD) -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ $(KVH_C) $(KVH_LINK)
 
+# The gcov twin for make cover: -O0 and no -flto so lines map one to one, one
+# object a file so each .c gets its own .gcda beside its .o in build/gcov/.
+KVH_GCOV_O := $(patsubst interpose/%.c,$(BUILD)/gcov/%.o,$(KVH_C))
+
+$(BUILD)/gcov/%.o: interpose/%.c $(KVH_SRC)
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -O2,$(KVH_CFLAGS)) -O0 --coverage -Iinterpose/include -Iinterpose -c -o $@ $<
+
+$(BUILD)/gcov/libkvh.so: $(KVH_GCOV_O)
+	$(CC) --coverage -Wl,-z,defs -o $@ $^ $(KVH_LINK)
+
 # The baseline for make bench: interpose/ at $(KVH_BASE), taken from git into
 # a temporary directory. The stamp names the commit, so another KVH_BASE
 # rebuilds it.

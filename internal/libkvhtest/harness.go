@@ -58,8 +58,16 @@ func Build() error {
 	return buildErr
 }
 
-// Paths of the built artefacts.
-func Lib() string     { return filepath.Join(Root(), "build", "lib", "libkvh.so") }
+// Lib is the libkvh.so under test: build/lib/libkvh.so, or $KVH_TEST_LIB
+// when set (make cover points it at a twin built with gcov's --coverage).
+func Lib() string {
+	if p := os.Getenv("KVH_TEST_LIB"); p != "" {
+		return p
+	}
+	return filepath.Join(Root(), "build", "lib", "libkvh.so")
+}
+
+// Paths of the other built artefacts.
 func LibASan() string { return filepath.Join(Root(), "build", "lib", "libkvh-asan.so") }
 func FakeDir() string { return filepath.Join(Root(), "build", "fakecuda") }
 func Client(way string) string {
