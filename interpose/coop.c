@@ -36,5 +36,5 @@ EXPORT void kvh_torch_free(void *ptr, ssize_t size, int device, cudaStream_t str
 EXPORT void kvh_stats(unsigned long *dropped_out, unsigned long *untracked_out, int *deny_out) {
   if (dropped_out) *dropped_out = atomic_load(&dropped) + atomic_load(&dropped_reported); /* since load */
   if (untracked_out) *untracked_out = atomic_load(&untracked);
-  if (deny_out) *deny_out = atomic_load(&deny);
+  if (deny_out) *deny_out = (atomic_load(&gate) & GATE_DENY) != 0;
 }

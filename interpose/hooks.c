@@ -85,7 +85,8 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
 
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t n) {
   NEED_REAL(cuMemAlloc_v2);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemAlloc_v2(dptr, n);
   if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAlloc_v2, *dptr, n, KVH_MEM_DEVICE, OWN_CREATOR, NULL, 0);
   return rc;
@@ -93,7 +94,8 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t n) {
 
 EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t n, unsigned int flags) {
   NEED_REAL(cuMemAllocManaged);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemAllocManaged(dptr, n, flags);
   if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAllocManaged, *dptr, n, KVH_MEM_MANAGED, OWN_CREATOR, NULL, 0);
   return rc;
@@ -101,7 +103,8 @@ EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t n, unsigned int flag
 
 EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size_t h, unsigned int esz) {
   NEED_REAL(cuMemAllocPitch_v2);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemAllocPitch_v2(dptr, pitch, w, h, esz);
   if (rc == CUDA_SUCCESS && dptr && pitch) track(HOOK_cuMemAllocPitch_v2, *dptr, *pitch * h, KVH_MEM_DEVICE, OWN_CREATOR, NULL, 0);
   return rc;
@@ -128,7 +131,8 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
 }
 
 static CUresult alloc_async(enum hook_id id, cuMemAllocAsync_fn f, CUdeviceptr *dptr, size_t n, CUstream s) {
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = f(dptr, n, s);
   if (rc == CUDA_SUCCESS && dptr) track(id, *dptr, n, KVH_MEM_ASYNC, OWN_CREATOR, s, 0);
   return rc;
@@ -146,7 +150,8 @@ EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t n, CUstream s) {
 
 EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
   NEED_REAL(cuMemAllocFromPoolAsync);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemAllocFromPoolAsync(dptr, n, pool, s);
   if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAllocFromPoolAsync, *dptr, n, KVH_MEM_ASYNC, OWN_CREATOR, s, 0);
   return rc;
@@ -154,7 +159,8 @@ EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t n, CUmemoryPoo
 
 EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
   NEED_REAL(cuMemAllocFromPoolAsync_ptsz);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemAllocFromPoolAsync_ptsz(dptr, n, pool, s);
   if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAllocFromPoolAsync_ptsz, *dptr, n, KVH_MEM_ASYNC, OWN_CREATOR, s, 0);
   return rc;
@@ -188,7 +194,8 @@ EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
 
 EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int flags) {
   NEED_REAL(cuMemHostAlloc);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemHostAlloc(pp, n, flags);
   if (rc == CUDA_SUCCESS && pp) track(HOOK_cuMemHostAlloc, (uint64_t)(uintptr_t)*pp, n, KVH_MEM_HOST_PINNED, OWN_CREATOR, NULL, 0);
   return rc;
@@ -196,7 +203,8 @@ EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int flags) {
 
 EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t n) {
   NEED_REAL(cuMemAllocHost_v2);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemAllocHost_v2(pp, n);
   if (rc == CUDA_SUCCESS && pp) track(HOOK_cuMemAllocHost_v2, (uint64_t)(uintptr_t)*pp, n, KVH_MEM_HOST_PINNED, OWN_CREATOR, NULL, 0);
   return rc;
@@ -229,7 +237,8 @@ EXPORT CUresult cuMemHostUnregister(void *p) {
 
 EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop, unsigned long long flags) {
   NEED_REAL(cuMemCreate);
-  if (denied()) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemCreate(h, n, prop, flags);
   if (rc == CUDA_SUCCESS && h) {
     struct slot v = {.key = *h, .size = n, .owner = OWN_CREATOR, .kind = KVH_MEM_VMM};

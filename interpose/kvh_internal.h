@@ -194,7 +194,11 @@ static inline uint64_t mix(uint64_t x) {
 
 /* ---- report.c: events, the reporter thread, the agent's deny ------------ */
 
-extern atomic_int deny;
+/* gate says why new allocations are refused (0: they are not). The agent's
+ * deny sets GATE_DENY until it allows; a fork() keeps it. The alloc hooks
+ * read it with one relaxed load (refused). */
+enum { GATE_DENY = 1 };
+extern atomic_int gate;
 extern atomic_ulong dropped;          /* records lost while the agent was away or slow */
 extern atomic_ulong dropped_reported; /* of those, already reported to the agent */
 extern __thread char tl_tenant[24], tl_request[24];
@@ -210,7 +214,15 @@ void report_fork_prepare(void);
 void report_fork_parent(void);
 void report_fork_child(void);
 
-static inline int denied(void) { return atomic_load_explicit(&deny, memory_order_relaxed); }
+/* gate_refuse is refused's slow path: it starts the reporter if this process
+ * has none (a forked child), so the agent can be heard, and returns the error
+ * a refused allocation gets, or CUDA_SUCCESS if the gate opened meanwhile. */
+CUresult gate_refuse(void);
+
+static inline CUresult refused(void) {
+  if (likely(!atomic_load_explicit(&gate, memory_order_relaxed))) return CUDA_SUCCESS;
+  return gate_refuse();
+}
 
 static inline uint64_t now_ns(clockid_t c) {
   struct timespec ts;

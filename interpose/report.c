@@ -12,7 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-atomic_int deny;
+atomic_int gate;
 __thread char tl_tenant[24], tl_request[24]; /* kvh_set_tenant, kvh_set_request */
 
 static atomic_uint_fast64_t seq;
@@ -202,8 +202,8 @@ static void read_control(void) { /* send_mu held */
     }
     for (size_t i = 0; i + 1 <= (size_t)n / sizeof c[0]; i++) {
       if (c[i].magic != KVH_WIRE_MAGIC || c[i].version != KVH_WIRE_VERSION) continue;
-      if (c[i].type == KVH_CTL_DENY) atomic_store(&deny, 1);
-      if (c[i].type == KVH_CTL_ALLOW) atomic_store(&deny, 0);
+      if (c[i].type == KVH_CTL_DENY) atomic_fetch_or(&gate, GATE_DENY);
+      if (c[i].type == KVH_CTL_ALLOW) atomic_fetch_and(&gate, ~GATE_DENY);
     }
   }
 }
@@ -259,6 +259,13 @@ static void *reporter(void *arg) {
     }
   }
   return NULL;
+}
+
+CUresult gate_refuse(void) {
+  if (!atomic_load_explicit(&thread_started, memory_order_acquire)) start_thread();
+  int g = atomic_load(&gate);
+  if (g & GATE_DENY) return CUDA_ERROR_OUT_OF_MEMORY;
+  return CUDA_SUCCESS;
 }
 
 static void start_thread(void) {
@@ -336,6 +343,7 @@ void report_fork_child(void) {
   cached_pid = 0;
   atomic_fetch_add(&fork_gen, 1);
   atomic_store(&thread_started, 0);
-  atomic_store(&deny, 0);
+  /* The gate stays as the parent had it: a denied process's children are
+   * denied until the agent allows them (gate_refuse connects them). */
   pthread_mutex_unlock(&consumer);
 }

@@ -91,6 +91,7 @@ type Listener struct {
 	errs  int
 	deny  bool // send a deny control message to every new connection
 	mute  bool // accept but never read (an agent that stalls)
+	greet func(n int, pid int32) [][]byte
 	conns []*net.UnixConn
 }
 
@@ -113,8 +114,9 @@ func (l *Listener) accept() {
 			return
 		}
 		l.mu.Lock()
+		n := len(l.conns)
 		l.conns = append(l.conns, c)
-		deny, mute := l.deny, l.mute
+		deny, mute, greet := l.deny, l.mute, l.greet
 		l.mu.Unlock()
 		var cred *unix.Ucred
 		if rc, err := c.SyscallConn(); err == nil {
@@ -122,6 +124,15 @@ func (l *Listener) accept() {
 		}
 		if deny {
 			c.Write(wire.Control(wire.CtlDeny))
+		}
+		if greet != nil {
+			pid := int32(0)
+			if cred != nil {
+				pid = cred.Pid
+			}
+			for _, msg := range greet(n, pid) {
+				c.Write(msg)
+			}
 		}
 		if mute {
 			continue
@@ -155,6 +166,14 @@ func (l *Listener) read(c *net.UnixConn, cred *unix.Ucred) {
 
 // SetDeny makes the listener deny allocations to every new connection.
 func (l *Listener) SetDeny(v bool) { l.mu.Lock(); l.deny = v; l.mu.Unlock() }
+
+// SetGreeting makes the listener send greet's control messages to each new
+// connection: n counts connections from 0, pid is the peer's (SO_PEERCRED).
+func (l *Listener) SetGreeting(greet func(n int, pid int32) [][]byte) {
+	l.mu.Lock()
+	l.greet = greet
+	l.mu.Unlock()
+}
 
 // SetMute makes the listener accept but never read (an agent that stalls).
 func (l *Listener) SetMute(v bool) { l.mu.Lock(); l.mute = v; l.mu.Unlock() }

@@ -241,6 +241,27 @@ func TestDeny(t *testing.T) {
 	if run.Err != nil || !strings.Contains(run.Stdout, "DENIED") {
 		t.Fatalf("deny not applied: %v\n%s", run.Err, run.Stdout)
 	}
+	// fork() does not undo a deny: the child's first allocation is refused,
+	// and it stays refused while the agent keeps denying.
+	if run.Value("CHILD_FIRST") != 2 || run.Value("CHILD_DENIED") != 1 || run.Value("CHILD_EXIT") != 0 {
+		t.Fatalf("the forked child escaped the deny:\n%s%s", run.Stdout, run.Stderr)
+	}
+}
+
+// A denied process's child stays denied until the agent says otherwise: here
+// the agent denies the parent's connection and allows the child's.
+func TestDenyUntilAllowAfterFork(t *testing.T) {
+	l := listen(t)
+	l.SetGreeting(func(n int, pid int32) [][]byte {
+		if n == 0 {
+			return [][]byte{wire.Control(wire.CtlDeny)}
+		}
+		return [][]byte{wire.Control(wire.CtlAllow)}
+	})
+	run := Exec("deny", Lib(), []string{"KVH_SOCKET=" + l.Path})
+	if run.Err != nil || run.Value("DENIED") < 0 || run.Value("CHILD_FIRST") != 2 || run.Value("CHILD_ALLOWED") < 1 {
+		t.Fatalf("want the child denied first, then allowed by the agent:\n%s%s", run.Stdout, run.Stderr)
+	}
 }
 
 // The same clients under the ASan/UBSan build of libkvh.

@@ -11,7 +11,8 @@
  *   stress    16 threads x N alloc/write/free, checking every new buffer
  *   fork      the parent and a forked child both allocate and free
  *   edge      unknown pointer, double free, failing real calls, out-params, NULL frees
- *   deny      allocates every 10 ms until the agent denies (prints DENIED)
+ *   deny      allocates every 10 ms until the agent denies (prints DENIED), then
+ *             forks a child that tries for a second to allocate
  *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
  *   churn     keeps L buffers live while making N allocations in all, at R per ms
  *   register  registers and unregisters memory the application owns: a heap
@@ -260,7 +261,29 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 500; i++) {
     CUdeviceptr p;
     int rc = cuMemAlloc_v2(&p, sizeof kv);
-    if (rc == CUDA_ERROR_OUT_OF_MEMORY) { printf("DENIED %d\n", i); return 0; }
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+      printf("DENIED %d\n", i);
+      /* A denied process's child stays denied until the agent allows it. */
+      pid_t pid = fork();
+      if (pid == 0) {
+        for (int j = 0; j < 100; j++) {
+          rc = cuMemAlloc_v2(&p, sizeof kv);
+          if (j == 0) printf("CHILD_FIRST %d\n", rc);
+          if (rc == 0) {
+            cuMemFree_v2(p);
+            printf("CHILD_ALLOWED %d\n", j);
+            exit(0);
+          }
+          usleep(10000);
+        }
+        printf("CHILD_DENIED 1\n");
+        exit(0);
+      }
+      int st;
+      waitpid(pid, &st, 0);
+      printf("CHILD_EXIT %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 99);
+      return 0;
+    }
     if (rc == 0) {
       cuMemcpyHtoD_v2(p, kv, sizeof kv); /* a request's KV data */
       cuMemFree_v2(p);
