@@ -63,15 +63,21 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 	if err := checkTrailDir(path); err != nil {
 		return errorf(stderr, "log: %v", err)
 	}
+	shown := false
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		opts.Progress = func(done, total int64) {
 			if total > 0 {
+				shown = true
 				fmt.Fprintf(stderr, "\rverifying %3d%% (%d / %d MB)", done*100/total, done>>20, total>>20)
 			}
 		}
-		defer fmt.Fprint(stderr, "\r\033[K")
 	}
 	rep, err := forensic.Verify(path, opts)
+	if shown {
+		// Clear the progress line before anything else is written: the
+		// report, an error, or a shell prompt would otherwise continue it.
+		fmt.Fprint(stderr, "\r\033[K")
+	}
 	if err != nil {
 		return errorf(stderr, "log: %v", err)
 	}

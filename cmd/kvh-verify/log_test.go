@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/kvhygiene/kvh/forensic"
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/sys/unix"
 )
 
 // keys makes a key pair named name under a temp dir.
@@ -424,6 +427,81 @@ func TestLogSummaryMatchesVerdict(t *testing.T) {
 			}
 			if tc.sig == "verified" && (rep.Bytes == 0 || rep.Checkpoints == 0 || rep.Origin == "") {
 				t.Errorf("json lost the counts of what was checked: %s", js)
+			}
+		})
+	}
+}
+
+// openPTY returns a pseudo-terminal's two ends, or skips.
+func openPTY(t *testing.T) (master, tty *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		m.Close()
+		t.Skipf("unlocking pty: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		m.Close()
+		t.Skipf("pty number: %v", err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		m.Close()
+		t.Skipf("opening pty: %v", err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// On a terminal, the progress line of a long verify is gone before the
+// report (or an error) is printed, not left for the report to continue.
+func TestLogProgressEndsBeforeReport(t *testing.T) {
+	key, pub := keys(t, "kvh-node")
+	big := make([]any, 40) // over 1 MiB: progress is reported per MiB
+	for i := range big {
+		big[i] = map[string]string{"pad": strings.Repeat("x", 48<<10)}
+	}
+	dir := writeTrail(t, key, nil, big...)
+	// A truncated copy fails after the whole walk: its verdict follows the
+	// progress line too.
+	cut := writeTrail(t, key, nil, big...)
+	segs, _ := filepath.Glob(filepath.Join(cut, "seg-*.jsonl"))
+	os.Remove(segs[len(segs)-1])
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"log", dir, "--pubkey", pub}, exitOK},
+		{[]string{"log", dir, "--pubkey", pub, "--json"}, exitOK},
+		{[]string{"log", dir, "--no-signatures"}, exitOK},
+		{[]string{"log", cut, "--pubkey", pub}, exitFail},
+	} {
+		t.Run(strings.Join(tc.args[2:], " "), func(t *testing.T) {
+			m, tty := openPTY(t)
+			got := make(chan []byte)
+			go func() {
+				b, _ := io.ReadAll(m) // ends with EIO once the tty is closed
+				got <- b
+			}()
+			code := run(tc.args, tty, tty)
+			tty.Close()
+			out := string(<-got)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d: %q", code, tc.code, out)
+			}
+			last := strings.LastIndex(out, "verifying")
+			if last < 0 {
+				t.Fatalf("no progress shown on a terminal: %q", out)
+			}
+			rest := out[last:]
+			report := strings.IndexAny(rest, "{k") // the JSON or "kvh-verify: trail"
+			end := strings.Index(rest, "\r\x1b[K")
+			if end < 0 || report < 0 || end > report {
+				t.Errorf("the report continues the progress line:\n%q", rest)
 			}
 		})
 	}
