@@ -2,6 +2,7 @@ package seedcompat
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,85 @@ func TestGateSeedCases(t *testing.T) {
 	}
 	if _, err := Gate([]byte(`[1]`), DefaultThresholds()); err == nil {
 		t.Error("array accepted")
+	}
+}
+
+// Values no exporter can produce fail the gate whatever the thresholds, and
+// the failure names the key: a negative count passes "at most 0", and a
+// coverage of 150% passes "at least 99.9".
+func TestGateAbsurdValuesFail(t *testing.T) {
+	const ok = `"min_coverage_pct":100,"unsanitized_regions_count":0,"quarantine_count":0`
+	all := Thresholds{CoverageMin: 99.9, ReuseRateMax: ptr(1), SanitizeP95MsMax: ptr(10)}
+	cases := []struct {
+		name   string
+		in     string
+		t      Thresholds
+		metric string // the failure's metric
+		key    string // named in its error
+	}{
+		{"negative unsanitized", `{"min_coverage_pct":100,"unsanitized_regions_count":-1,"quarantine_count":0}`, DefaultThresholds(), "unsanitized_regions_count", "unsanitized_regions_count"},
+		{"negative quarantine", `{"min_coverage_pct":100,"unsanitized_regions_count":0,"quarantine_count":-3}`, DefaultThresholds(), "quarantine_count", "quarantine_count"},
+		{"coverage above 100", `{"min_coverage_pct":150,"unsanitized_regions_count":0,"quarantine_count":0}`, DefaultThresholds(), "coverage_pct", "min_coverage_pct"},
+		{"coverage below 0", `{"min_coverage_pct":-5,"unsanitized_regions_count":0,"quarantine_count":0}`, Thresholds{CoverageMin: 0}, "coverage_pct", "min_coverage_pct"},
+		{"negative buffers", `{` + ok + `,"total_buffers":-1}`, DefaultThresholds(), "total_buffers", "total_buffers"},
+		{"negative active buffers", `{` + ok + `,"active_buffers":-2}`, DefaultThresholds(), "active_buffers", "active_buffers"},
+		{"negative allocations", `{` + ok + `,"allocations":-7}`, DefaultThresholds(), "allocations", "allocations"},
+		{"negative frees", `{` + ok + `,"freed_total":-1}`, DefaultThresholds(), "freed_total", "freed_total"},
+		{"negative reuses", `{` + ok + `,"reuse_total":-1}`, DefaultThresholds(), "reuse_total", "reuse_total"},
+		{"fractional count", `{` + ok + `,"allocations":2.5}`, DefaultThresholds(), "allocations", "allocations"},
+		{"count not a number", `{` + ok + `,"freed_total":"3"}`, DefaultThresholds(), "freed_total", "freed_total"},
+		{"NaN average coverage", `{` + ok + `,"avg_coverage_pct":NaN}`, DefaultThresholds(), "avg_coverage_pct", "avg_coverage_pct"},
+		{"average coverage above 100", `{` + ok + `,"avg_coverage_pct":100.5}`, DefaultThresholds(), "avg_coverage_pct", "avg_coverage_pct"},
+		{"threshold above 100", `{` + ok + `,"threshold_pct":1000}`, DefaultThresholds(), "threshold_pct", "threshold_pct"},
+		{"NaN p50", `{` + ok + `,"sanitize_duration_p50_ms":NaN}`, DefaultThresholds(), "sanitize_duration_p50_ms", "sanitize_duration_p50_ms"},
+		{"negative p95, unchecked", `{` + ok + `,"sanitize_duration_p95_ms":-1}`, DefaultThresholds(), "sanitize_duration_p95_ms", "sanitize_duration_p95_ms"},
+		{"negative p95, checked", `{` + ok + `,"sanitize_duration_p95_ms":-1,"reuse_rate":0}`, all, "sanitize_duration_p95_ms", "sanitize_duration_p95_ms"},
+		{"negative reuse rate, checked", `{` + ok + `,"reuse_rate":-0.5,"sanitize_duration_p95_ms":1}`, all, "reuse_rate", "reuse_rate"},
+		{"infinite reuse rate", `{` + ok + `,"reuse_rate":Infinity}`, DefaultThresholds(), "reuse_rate", "reuse_rate"},
+		{"re-gated verdict", `{"pass":true,"metrics":{` + ok + `,"total_buffers":-1}}`, DefaultThresholds(), "total_buffers", "total_buffers"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := Gate([]byte(tc.in), tc.t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Pass || len(v.Failures) != 1 {
+				t.Fatalf("pass=%v failures=%+v, want one failure", v.Pass, v.Failures)
+			}
+			f := v.Failures[0]
+			if f.Metric != tc.metric || !strings.Contains(f.Error, tc.key) || !strings.Contains(f.String(), tc.key) {
+				t.Errorf("failure %+v (%s), want metric %s naming %s", f, f, tc.metric, tc.key)
+			}
+		})
+	}
+	// The seed's own snapshot, every key in range, still passes.
+	s := Snapshot{TotalBuffers: 3, MinCoveragePct: 100, AvgCoveragePct: 100, ThresholdPct: 99.9, SanitizeDurationP50Ms: 0.1,
+		SanitizeDurationP95Ms: 0.4, Allocations: 3, FreedTotal: 3, ReuseTotal: 1, ReuseRate: 1.0 / 3}
+	if v, err := Gate(s.JSON(), all); err != nil || !v.Pass {
+		t.Errorf("a sane snapshot failed: %v %+v", err, v)
+	}
+}
+
+// Thresholds that cannot be met or cannot fail are refused: NaN compares
+// false with everything, so "--coverage-min NaN" would pass any coverage.
+func TestGateRefusesAbsurdThresholds(t *testing.T) {
+	in := []byte(`{"min_coverage_pct":100,"unsanitized_regions_count":0,"quarantine_count":0}`)
+	for _, th := range []Thresholds{
+		{CoverageMin: math.NaN()},
+		{CoverageMin: 101},
+		{CoverageMin: -1},
+		{CoverageMin: math.Inf(-1)},
+		{CoverageMin: 99.9, UnsanitizedMax: -1},
+		{CoverageMin: 99.9, QuarantineMax: -1},
+		{CoverageMin: 99.9, ReuseRateMax: ptr(math.NaN())},
+		{CoverageMin: 99.9, ReuseRateMax: ptr(-1)},
+		{CoverageMin: 99.9, SanitizeP95MsMax: ptr(math.Inf(1))},
+		{CoverageMin: 99.9, SanitizeP95MsMax: ptr(-2)},
+	} {
+		if _, err := Gate(in, th); err == nil {
+			t.Errorf("thresholds %+v accepted", th)
+		}
 	}
 }
 

@@ -32,6 +32,9 @@ func cmdGate(args []string, stdout, stderr io.Writer) int {
 	if fs.Changed("sanitize-p95-ms-max") {
 		t.SanitizeP95MsMax = p95
 	}
+	if err := t.Validate(); err != nil {
+		return fs.usageError("%v", err)
+	}
 	f, err := os.Open(fs.Arg(0))
 	if err != nil {
 		return errorf(stderr, "gate: reading metrics: %v", err)
@@ -57,6 +60,9 @@ func cmdGate(args []string, stdout, stderr io.Writer) int {
 	b, _ := json.Marshal(v)
 	fmt.Fprintln(stdout, string(b))
 	if !v.Pass {
+		for _, f := range v.Failures {
+			fmt.Fprintf(stderr, "kvh-verify gate: FAILED: %s\n", f)
+		}
 		return exitFail
 	}
 	return exitOK

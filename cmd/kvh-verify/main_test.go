@@ -208,4 +208,21 @@ func TestGate(t *testing.T) {
 	if code, _, _ := runCmd(t, "gate", good, "--coverage-min", "abc"); code != 1 {
 		t.Errorf("bad flag: exit %d (usage errors are 1, not the gate's 2)", code)
 	}
+	// Thresholds that could never fail are refused, not applied.
+	for _, th := range [][]string{{"--coverage-min", "NaN"}, {"--coverage-min", "150"}, {"--unsanitized-max", "-1"}, {"--reuse-rate-max", "NaN"}, {"--sanitize-p95-ms-max", "-Inf"}} {
+		if code, _, e := runCmd(t, append([]string{"gate", good, "--out", ""}, th...)...); code != 1 || !strings.Contains(e, "Usage: kvh-verify gate") {
+			t.Errorf("%v: exit %d %s", th, code, e)
+		}
+	}
+	// A value no exporter can produce fails (2), and stderr names its key.
+	for key, val := range map[string]string{"unsanitized_regions_count": "-1", "total_buffers": "-3", "allocations": "-1", "freed_total": "-1",
+		"reuse_total": "-2", "min_coverage_pct": "150", "avg_coverage_pct": "-0.5", "sanitize_duration_p50_ms": "NaN"} {
+		in := `{"min_coverage_pct": 100.0, "unsanitized_regions_count": 0, "quarantine_count": 0, "` + key + `": ` + val + `}`
+		in = strings.Replace(in, `"`+key+`": 100.0,`, "", 1)
+		in = strings.Replace(in, `"`+key+`": 0,`, "", 1)
+		code, stdout, e := runCmd(t, "gate", write(key+".json", in), "--out", "")
+		if code != 2 || !strings.Contains(stdout, `"pass":false`) || !strings.Contains(e, key) {
+			t.Errorf("%s=%s: exit %d\n%s\n%s", key, val, code, stdout, e)
+		}
+	}
 }
