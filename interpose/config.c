@@ -2,7 +2,8 @@
  *
  * Every knob has a default; a value that does not parse is reported once on
  * stderr, naming the variable, and the strictest setting is used instead
- * (enforce, full verify, the most samples, double pass on, agent required). */
+ * (enforce, full verify, the most samples, double pass on, agent required).
+ * Only KVH_MODE=off outranks KVH_REQUIRE_AGENT: off means kvh does nothing. */
 #include "kvh_internal.h"
 
 #include <stdarg.h>
@@ -85,6 +86,11 @@ void read_config(void) {
     }
   }
   cfg.double_pass = env_bool("KVH_DOUBLE_PASS", "KV_DOUBLE_PASS_DEFAULT", 0);
+  cfg.require_agent = env_bool("KVH_REQUIRE_AGENT", NULL, 0);
+  if (cfg.require_agent && cfg.mode == MODE_OFF) {
+    warn("KVH_REQUIRE_AGENT has no effect with KVH_MODE=off (kvh does nothing)");
+    cfg.require_agent = 0;
+  }
   if ((v = getenv("KVH_TENANT"))) {
     if (strlen(v) >= sizeof cfg.tenant) warn("KVH_TENANT is longer than %zu bytes: cut to \"%.*s\"", sizeof cfg.tenant - 1, (int)sizeof cfg.tenant - 1, v);
     strncpy(cfg.tenant, v, sizeof cfg.tenant - 1);

@@ -108,6 +108,7 @@ struct config {
   int verify; /* enum kvh_verify_mode */
   int samples;
   int double_pass;
+  int require_agent;  /* KVH_REQUIRE_AGENT: no agent connection, no allocations */
   int socket_invalid; /* KVH_SOCKET was too long: never connect */
   char tenant[24];
   char socket[108];
@@ -195,9 +196,10 @@ static inline uint64_t mix(uint64_t x) {
 /* ---- report.c: events, the reporter thread, the agent's deny ------------ */
 
 /* gate says why new allocations are refused (0: they are not). The agent's
- * deny sets GATE_DENY until it allows; a fork() keeps it. The alloc hooks
- * read it with one relaxed load (refused). */
-enum { GATE_DENY = 1 };
+ * deny sets GATE_DENY until it allows; a fork() keeps it. With
+ * KVH_REQUIRE_AGENT, GATE_NO_AGENT is set while no agent connection exists.
+ * The alloc hooks read it with one relaxed load (refused). */
+enum { GATE_DENY = 1, GATE_NO_AGENT = 2 };
 extern atomic_int gate;
 extern atomic_ulong dropped;          /* records lost while the agent was away or slow */
 extern atomic_ulong dropped_reported; /* of those, already reported to the agent */
@@ -215,8 +217,11 @@ void report_fork_parent(void);
 void report_fork_child(void);
 
 /* gate_refuse is refused's slow path: it starts the reporter if this process
- * has none (a forked child), so the agent can be heard, and returns the error
- * a refused allocation gets, or CUDA_SUCCESS if the gate opened meanwhile. */
+ * has none (a forked child) and, with no agent connection, tries one now (at
+ * most every 200 ms, never waiting for a lock), so the agent can be heard. It
+ * returns the error a refused allocation gets — CUDA_ERROR_OUT_OF_MEMORY for
+ * a deny, CUDA_ERROR_NOT_PERMITTED for no agent — or CUDA_SUCCESS if the gate
+ * opened meanwhile. */
 CUresult gate_refuse(void);
 
 static inline CUresult refused(void) {

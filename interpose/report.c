@@ -86,25 +86,47 @@ void emit(struct kvh_record *r) {
   if (unlikely(!atomic_load_explicit(&thread_started, memory_order_acquire))) start_thread();
 }
 
+/* agent_up keeps GATE_NO_AGENT in step with the connection (send_mu held,
+ * or single-threaded at init and in a forked child). */
+static void agent_up(int up) {
+  if (!cfg.require_agent) return;
+  if (up) atomic_fetch_and(&gate, ~GATE_NO_AGENT);
+  else atomic_fetch_or(&gate, GATE_NO_AGENT);
+}
+
+static atomic_int said_unreachable; /* once per process tree: a fork keeps it */
+
+/* unreachable says once on stderr that the agent cannot be reached, and why. */
+static void unreachable(int err) {
+  if (atomic_exchange(&said_unreachable, 1)) return;
+  char b[96];
+  const char *why = strerror_r(err, b, sizeof b);
+  warn("cannot reach the kvh agent at %s: %s (errno %d); %s", cfg.socket, why, err,
+       cfg.require_agent ? "allocations are refused until it answers (KVH_REQUIRE_AGENT=1)"
+                         : "memory is still zeroized, but nothing is reported until it answers");
+}
+
 static int try_connect(void) {
-  if (cfg.socket_invalid) {
-    errno = ENAMETOOLONG;
-    return -1;
-  }
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_un a = {.sun_family = AF_UNIX};
-  memcpy(a.sun_path, cfg.socket, sizeof a.sun_path - 1);
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+  int fd = -1, err = ENAMETOOLONG;
+  if (!cfg.socket_invalid && (fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) err = errno;
+  if (fd >= 0) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, cfg.socket, sizeof a.sun_path - 1);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+      agent_up(1);
+      return fd;
+    }
+    err = errno;
     close(fd);
-    return -1;
   }
-  return fd;
+  unreachable(err);
+  return -1;
 }
 
 static void disconnect(void) {
   if (sock >= 0) close(sock);
   sock = -1;
+  agent_up(0);
 }
 
 /* While exiting, the flush gives up at this CLOCK_MONOTONIC time (0: no limit). */
@@ -263,8 +285,13 @@ static void *reporter(void *arg) {
 
 CUresult gate_refuse(void) {
   if (!atomic_load_explicit(&thread_started, memory_order_acquire)) start_thread();
+  if ((atomic_load(&gate) & GATE_NO_AGENT) && pthread_mutex_trylock(&send_mu) == 0) {
+    if (sock < 0) maybe_connect();
+    pthread_mutex_unlock(&send_mu);
+  }
   int g = atomic_load(&gate);
   if (g & GATE_DENY) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (g & GATE_NO_AGENT) return CUDA_ERROR_NOT_PERMITTED;
   return CUDA_SUCCESS;
 }
 
@@ -317,6 +344,7 @@ __attribute__((destructor)) static void flush_at_exit(void) {
 /* report_connect says hello at init. Connecting a Unix socket does not block;
  * no thread is started here. */
 void report_connect(void) {
+  agent_up(0);
   sock = try_connect();
   if (sock >= 0) hello();
   clock_gettime(CLOCK_MONOTONIC, &next_connect);
@@ -334,6 +362,7 @@ void report_fork_child(void) {
    * connection (the agent knows it by the parent's credentials). */
   if (sock >= 0) close(sock);
   sock = -1;
+  agent_up(0);
   next_connect.tv_sec = 0;
   next_connect.tv_nsec = 0;
   ring_reset();

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kvhygiene/kvh/wire"
@@ -231,29 +232,71 @@ func (r Run) Value(key string) int {
 
 // Exec runs a client with env (preload, when set, goes into LD_PRELOAD).
 func Exec(way string, preload string, env []string, args ...string) Run {
-	cmd := exec.Command(Client(way), args...)
-	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+FakeDir())
-	if preload != "" {
-		cmd.Env = append(cmd.Env, "LD_PRELOAD="+preload)
+	return Start(way, preload, env, args...).Wait()
+}
+
+// ExecAs is Exec as another user (the caller must be root).
+func ExecAs(uid, gid uint32, way string, preload string, env []string, args ...string) Run {
+	p := command(way, preload, env, args...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	return p.start().Wait()
+}
+
+// Proc is a client started with Start.
+type Proc struct {
+	cmd      *exec.Cmd
+	out, err bytes.Buffer
+	began    time.Time
+	startErr error
+	done     chan error
+}
+
+// PID is the client's pid (0 if it did not start).
+func (p *Proc) PID() int {
+	if p.cmd.Process == nil {
+		return 0
 	}
-	cmd.Env = append(cmd.Env, env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
-	err := cmd.Start()
-	pid := 0
+	return p.cmd.Process.Pid
+}
+
+// Start starts a client as Exec does and returns without waiting for it.
+func Start(way string, preload string, env []string, args ...string) *Proc {
+	return command(way, preload, env, args...).start()
+}
+
+func command(way string, preload string, env []string, args ...string) *Proc {
+	p := &Proc{cmd: exec.Command(Client(way), args...), done: make(chan error, 1)}
+	p.cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+FakeDir())
+	if preload != "" {
+		p.cmd.Env = append(p.cmd.Env, "LD_PRELOAD="+preload)
+	}
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.err
+	p.cmd.WaitDelay = time.Second // a killed client's children may hold its output open
+	return p
+}
+
+func (p *Proc) start() *Proc {
+	p.began = time.Now()
+	if p.startErr = p.cmd.Start(); p.startErr == nil {
+		go func() { p.done <- p.cmd.Wait() }()
+	}
+	return p
+}
+
+// Wait waits for the client (two minutes at most: then it is killed).
+func (p *Proc) Wait() Run {
+	err := p.startErr
 	if err == nil {
-		pid = cmd.Process.Pid
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
 		select {
-		case err = <-done:
+		case err = <-p.done:
 		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
+			p.cmd.Process.Kill()
+			<-p.done
 			err = errors.New("client timed out (blocked?)")
 		}
 	}
-	return Run{Stdout: out.String(), Stderr: errb.String(), PID: pid, Err: err, Wall: time.Since(start)}
+	return Run{Stdout: p.out.String(), Stderr: p.err.String(), PID: p.PID(), Err: err, Wall: time.Since(p.began)}
 }
 
 // ASanPreload is the LD_PRELOAD value for the sanitizer build: the ASan

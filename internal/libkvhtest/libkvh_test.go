@@ -2,7 +2,9 @@ package libkvhtest
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -378,6 +380,151 @@ func TestHostUnregisterLeavesApplicationMemory(t *testing.T) {
 			if f.Type != wire.Free || f.Result != wire.ResPassthrough || f.MemKind != wire.MemHostRegistered || wire.FnName(f.Fn) != "cuMemHostUnregister" || f.Zeroed != 0 {
 				t.Errorf("unregister reported as %+v", f.Record)
 			}
+		}
+	}
+}
+
+// allocHooks are the allocation hooks the failclosed client calls.
+var allocHooks = []string{"cuMemAlloc_v2", "cuMemAllocManaged", "cuMemAllocPitch_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
+	"cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemHostAlloc", "cuMemAllocHost_v2", "cuMemCreate"}
+
+const errNotPermitted = 800 // CUDA_ERROR_NOT_PERMITTED, cudaErrorNotPermitted
+
+// unreachable returns agent sockets no client can connect to, by name: a
+// path that does not exist, a socket nobody listens on, and (as root, for an
+// unprivileged client) a root:root 0660 socket; with the errno text each
+// gives and the uid to run the client as.
+func unreachable(t *testing.T) map[string]struct {
+	path, errno string
+	uid         uint32
+} {
+	t.Helper()
+	out := map[string]struct {
+		path, errno string
+		uid         uint32
+	}{}
+	out["missing"] = struct {
+		path, errno string
+		uid         uint32
+	}{filepath.Join(t.TempDir(), "no", "kvh.sock"), "No such file or directory", 0}
+	stale := filepath.Join(t.TempDir(), "kvh.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: stale, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	out["stale"] = struct {
+		path, errno string
+		uid         uint32
+	}{stale, "Connection refused", 0}
+	if os.Geteuid() == 0 {
+		dir := t.TempDir()
+		os.Chmod(dir, 0o755)
+		l, err := Listen(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		os.Chmod(l.Path, 0o660)
+		out["root-only"] = struct {
+			path, errno string
+			uid         uint32
+		}{l.Path, "Permission denied", 65534}
+	}
+	return out
+}
+
+func execMaybeAs(uid uint32, way, preload string, env []string, args ...string) Run {
+	if uid != 0 {
+		return ExecAs(uid, uid, way, preload, env, args...)
+	}
+	return Exec(way, preload, env, args...)
+}
+
+// libkvh says once on stderr, naming the socket and the errno, that it
+// cannot reach the agent; zeroizing goes on regardless.
+func TestAgentUnreachableIsSaidOnce(t *testing.T) {
+	for name, u := range unreachable(t) {
+		t.Run(name, func(t *testing.T) {
+			run := execMaybeAs(u.uid, "stress", Lib(), []string{"KVH_SOCKET=" + u.path}, "2000")
+			if run.Err != nil || run.Value("RESIDUE") != 0 {
+				t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+			}
+			if n := strings.Count(run.Stderr, u.path); n != 1 || !strings.Contains(run.Stderr, u.errno) {
+				t.Fatalf("want one line naming %s and %q, got %d:\n%s", u.path, u.errno, n, run.Stderr)
+			}
+		})
+	}
+	l := listen(t)
+	if run := Exec("driver", Lib(), []string{"KVH_SOCKET=" + l.Path}); run.Err != nil || run.Stderr != "" {
+		t.Fatalf("with an agent, stderr should be quiet: %v\n%s", run.Err, run.Stderr)
+	}
+}
+
+// KVH_REQUIRE_AGENT=1 fails closed: with no agent connection every
+// allocation hook returns CUDA_ERROR_NOT_PERMITTED (the runtime
+// cudaErrorNotPermitted); with one, they all work.
+func TestRequireAgentFailsClosed(t *testing.T) {
+	for name, u := range unreachable(t) {
+		for _, val := range []string{"1", "maybe"} {
+			t.Run(name+"/"+val, func(t *testing.T) {
+				run := execMaybeAs(u.uid, "failclosed", Lib(), []string{"KVH_SOCKET=" + u.path, "KVH_REQUIRE_AGENT=" + val})
+				if run.Err != nil {
+					t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+				}
+				for _, fn := range allocHooks {
+					if got := run.Value(fn); got != errNotPermitted {
+						t.Errorf("%s returned %d with no agent, want %d", fn, got, errNotPermitted)
+					}
+				}
+				if n := strings.Count(run.Stderr, "KVH_REQUIRE_AGENT"); (val == "maybe") != (n == 2) || n == 0 {
+					// the unreachable line says allocations are refused; an invalid value is reported once more
+					t.Errorf("stderr names KVH_REQUIRE_AGENT %d times:\n%s", n, run.Stderr)
+				}
+			})
+		}
+	}
+	run := Exec("runtime", Lib(), []string{"KVH_SOCKET=/nonexistent/kvh.sock", "KVH_REQUIRE_AGENT=1"})
+	if run.Err == nil || !strings.Contains(run.Stderr, "failed: 800") {
+		t.Errorf("cudaMalloc with no agent: want cudaErrorNotPermitted (800): %v\n%s%s", run.Err, run.Stdout, run.Stderr)
+	}
+	// Without the knob, and with an agent, nothing is refused.
+	l := listen(t)
+	for _, env := range [][]string{{"KVH_SOCKET=/nonexistent/kvh.sock"}, {"KVH_SOCKET=" + l.Path, "KVH_REQUIRE_AGENT=1"}, {"KVH_SOCKET=/nonexistent/kvh.sock", "KVH_REQUIRE_AGENT=0"}} {
+		run := Exec("failclosed", Lib(), env)
+		for _, fn := range allocHooks {
+			if got := run.Value(fn); got != 0 {
+				t.Errorf("%v: %s returned %d", env, fn, got)
+			}
+		}
+	}
+}
+
+// When the agent goes away, allocations are refused from then on, and a free
+// of memory allocated before still zeroizes and reaches the driver.
+func TestRequireAgentFreesStillZeroize(t *testing.T) {
+	l := listen(t)
+	p := Start("failclosed", Lib(), []string{"KVH_SOCKET=" + l.Path, "KVH_REQUIRE_AGENT=1"}, "hold")
+	if _, ok := l.WaitFor(5*time.Second, func(r []Got) bool {
+		for _, g := range r {
+			if int(g.PeerPID) == p.PID() && g.Type == wire.Alloc {
+				return true
+			}
+		}
+		return false
+	}); !ok {
+		p.Wait()
+		t.Fatal("the client never allocated")
+	}
+	l.Close() // the agent goes away (and its socket with it)
+	run := p.Wait()
+	if run.Err != nil || run.Value("CLOSED") != errNotPermitted || run.Value("HELD_FREE") != 0 || run.Value("HELD_RESIDUE") != 0 {
+		t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+	}
+	for _, fn := range allocHooks {
+		if got := run.Value(fn); got != errNotPermitted {
+			t.Errorf("%s returned %d after the agent left", fn, got)
 		}
 	}
 }

@@ -36,6 +36,7 @@ typedef int cudaDriverEntryPointQueryResult;
 #define CUDA_ERROR_OUT_OF_MEMORY 2
 #define CUDA_ERROR_NOT_INITIALIZED 3
 #define CUDA_ERROR_NOT_FOUND 500
+#define CUDA_ERROR_NOT_PERMITTED 800
 #define CU_GET_PROC_ADDRESS_DEFAULT 0
 #define CU_GET_PROC_ADDRESS_LEGACY_STREAM 1
 #define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM 2
@@ -44,6 +45,7 @@ typedef int cudaDriverEntryPointQueryResult;
 #define CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT 2
 #define cudaSuccess 0
 #define cudaErrorMemoryAllocation 2
+#define cudaErrorNotPermitted 800
 #define cudaEnableDefault 0
 
 #endif

@@ -15,6 +15,9 @@
  *             forks a child that tries for a second to allocate
  *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
  *   churn     keeps L buffers live while making N allocations in all, at R per ms
+ *   failclosed  calls every allocation hook once and prints each result;
+ *             with "hold", first holds a filled buffer until allocations are
+ *             refused, then frees it
  *   register  registers and unregisters memory the application owns: a heap
  *             buffer, a MAP_SHARED file mapping, a read-only mapping
  *
@@ -343,6 +346,59 @@ int main(int argc, char **argv) {
   double fr = (double)((t4.tv_sec - t3.tv_sec) * 1000000000L + (t4.tv_nsec - t3.tv_nsec));
   printf("HOST_MEMSET_GBS %.2f\nHOST_FREE_GBS %.2f\n", (double)hn / ms, (double)hn / fr);
   free(ps);
+#elif defined(WAY_failclosed)
+  extern CUresult cuMemAllocManaged(CUdeviceptr *, size_t, unsigned int);
+  extern CUresult cuMemAllocPitch_v2(CUdeviceptr *, size_t *, size_t, size_t, unsigned int);
+  extern CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
+  extern CUresult cuMemAllocAsync_ptsz(CUdeviceptr *, size_t, CUstream);
+  extern CUresult cuMemAllocFromPoolAsync(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+  extern CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+  extern CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+  extern CUresult cuMemHostAlloc(void **, size_t, unsigned int);
+  extern CUresult cuMemAllocHost_v2(void **, size_t);
+  extern CUresult cuMemFreeHost(void *);
+  extern CUresult cuMemCreate(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+  extern CUresult cuMemRelease(CUmemGenericAllocationHandle);
+  CUstream s = (CUstream)(uintptr_t)0x5;
+  if (argc > 1 && !strcmp(argv[1], "hold")) {
+    /* Memory allocated while the agent was there is freed after it left:
+     * the free still zeroizes and goes through. */
+    unsigned char *buf = malloc(N);
+    fill(buf, N);
+    CUdeviceptr held;
+    CHECK(cuMemAlloc_v2(&held, N));
+    CHECK(cuMemcpyHtoD_v2(held, buf, N));
+    for (int i = 0; i < 500; i++) {
+      CUdeviceptr q;
+      int rc = cuMemAlloc_v2(&q, 256);
+      if (rc) { printf("CLOSED %d\n", rc); break; }
+      CHECK(cuMemFree_v2(q));
+      usleep(10000);
+    }
+    printf("HELD_FREE %d\n", cuMemFree_v2(held));
+    printf("HELD_RESIDUE %d\n", residue_device(held, N));
+    free(buf);
+  }
+  CUdeviceptr d;
+  size_t pitch;
+  void *h;
+  CUmemGenericAllocationHandle vh;
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  int rc;
+#define TRY(name, call, release) do { rc = (call); printf("%s %d\n", name, rc); if (!rc) CHECK(release); } while (0)
+  TRY("cuMemAlloc_v2", cuMemAlloc_v2(&d, 256), cuMemFree_v2(d));
+  TRY("cuMemAllocManaged", cuMemAllocManaged(&d, 256, 1), cuMemFree_v2(d));
+  TRY("cuMemAllocPitch_v2", cuMemAllocPitch_v2(&d, &pitch, 100, 4, 4), cuMemFree_v2(d));
+  TRY("cuMemAllocAsync", cuMemAllocAsync(&d, 256, s), cuMemFreeAsync(d, s));
+  TRY("cuMemAllocAsync_ptsz", cuMemAllocAsync_ptsz(&d, 256, s), cuMemFreeAsync(d, s));
+  TRY("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync(&d, 256, NULL, s), cuMemFreeAsync(d, s));
+  TRY("cuMemAllocFromPoolAsync_ptsz", cuMemAllocFromPoolAsync_ptsz(&d, 256, NULL, s), cuMemFreeAsync(d, s));
+  TRY("cuMemHostAlloc", cuMemHostAlloc(&h, 256, 0), cuMemFreeHost(h));
+  TRY("cuMemAllocHost_v2", cuMemAllocHost_v2(&h, 256), cuMemFreeHost(h));
+  TRY("cuMemCreate", cuMemCreate(&vh, 4096, &prop, 0), cuMemRelease(vh));
+#undef TRY
+  printf("RESIDUE 0\n");
 #elif defined(WAY_register)
   /* cuMemHostRegister pins memory the application owns; unregistering it
    * must leave every byte where it was (and never write to it at all). */

@@ -47,7 +47,15 @@ static void load(void) {
 }
 
 static int ready(void) { pthread_once(&once, load); return gpa != NULL; }
-static cudaError_t err(CUresult r) { return r == CUDA_SUCCESS ? cudaSuccess : (r == CUDA_ERROR_OUT_OF_MEMORY ? cudaErrorMemoryAllocation : 1); }
+/* The runtime's error for a driver error, as cudart maps them. */
+static cudaError_t err(CUresult r) {
+  switch (r) {
+  case CUDA_SUCCESS: return cudaSuccess;
+  case CUDA_ERROR_OUT_OF_MEMORY: return cudaErrorMemoryAllocation;
+  case CUDA_ERROR_NOT_PERMITTED: return cudaErrorNotPermitted;
+  default: return 1;
+  }
+}
 
 EXPORT cudaError_t cudaMalloc(void **p, size_t n) {
   if (!ready() || !p_alloc) return 3;
