@@ -85,17 +85,27 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		return errorf(stderr, "log: %v", err)
 	}
 	settle(rep)
+	v := verdict{Report: rep}
+	if rep.OK {
+		// Only a verified trail's events are evidence worth summarising.
+		if v.Evidence, err = readEvidence(path); err != nil {
+			return errorf(stderr, "log: the trail verified, but %v", err)
+		}
+	}
 	if *out != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
+		b, _ := json.MarshalIndent(v, "", "  ")
 		if err := os.WriteFile(*out, append(b, '\n'), 0o600); err != nil {
 			return errorf(stderr, "log: %v", err)
 		}
 	}
 	if *asJSON {
-		b, _ := json.MarshalIndent(rep, "", "  ")
+		b, _ := json.MarshalIndent(v, "", "  ")
 		fmt.Fprintln(stdout, string(b))
 	} else {
 		printReport(stdout, path, rep, opts)
+		if v.Evidence != nil {
+			v.Evidence.print(stdout, rep.Unsealed)
+		}
 	}
 	if *noSigs {
 		fmt.Fprintln(stderr, "kvh-verify: WARNING: --no-signatures: checkpoint signatures were NOT checked; anyone could have rewritten this trail consistently")
@@ -104,6 +114,13 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	return exitOK
+}
+
+// verdict is log's machine verdict: forensic's report, and for a trail that
+// verified, the summary of its events.
+type verdict struct {
+	*forensic.Report
+	Evidence *evidence `json:"evidence,omitempty"`
 }
 
 // settle makes a failed report state only what was established. Verify
