@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 struct config cfg;
+_Atomic uint64_t policy_word;
 
 void warn(const char *fmt, ...) {
   /* at init or once per process, never on the hot path */
@@ -95,6 +96,7 @@ void read_config(void) {
     if (strlen(v) >= sizeof cfg.tenant) warn("KVH_TENANT is longer than %zu bytes: cut to \"%.*s\"", sizeof cfg.tenant - 1, (int)sizeof cfg.tenant - 1, v);
     strncpy(cfg.tenant, v, sizeof cfg.tenant - 1);
   }
+  atomic_store(&policy_word, policy_pack((struct policy){cfg.verify, cfg.double_pass, cfg.samples}));
   v = getenv("KVH_SOCKET");
   if (v && strlen(v) >= sizeof cfg.socket) {
     /* Not a path a Unix socket can have: nothing answers there. */
@@ -102,4 +104,17 @@ void read_config(void) {
     cfg.socket_invalid = 1;
   }
   strncpy(cfg.socket, v && *v ? v : "/run/kvh/kvh.sock", sizeof cfg.socket - 1);
+}
+
+struct policy policy_raise(struct policy floor) {
+  uint64_t old = atomic_load(&policy_word), want;
+  struct policy p;
+  do {
+    p = (struct policy){(int)(old & 0xff), (int)(old >> 8 & 1), (int)(old >> 32)};
+    if (floor.verify > p.verify) p.verify = floor.verify > KVH_VERIFY_FULL ? KVH_VERIFY_FULL : floor.verify;
+    if (floor.double_pass) p.double_pass = 1;
+    if (floor.samples > p.samples) p.samples = floor.samples > KVH_MAX_SAMPLES ? KVH_MAX_SAMPLES : floor.samples;
+    want = policy_pack(p);
+  } while (want != old && !atomic_compare_exchange_weak(&policy_word, &old, want));
+  return p;
 }

@@ -105,8 +105,8 @@ enum mode { MODE_ENFORCE, MODE_OBSERVE, MODE_OFF };
 
 struct config {
   enum mode mode;
-  int verify; /* enum kvh_verify_mode */
-  int samples;
+  int verify; /* enum kvh_verify_mode; verify, samples and double_pass as */
+  int samples; /* configured: frees read policy_now(), which a floor raises */
   int double_pass;
   int require_agent;  /* KVH_REQUIRE_AGENT: no agent connection, no allocations */
   int socket_invalid; /* KVH_SOCKET was too long: never connect */
@@ -115,6 +115,32 @@ struct config {
 };
 
 extern struct config cfg;
+
+/* The verification policy frees use: verify mode, double pass and sample
+ * count packed in one word, so a free reads a consistent triple with one
+ * relaxed load (policy_now). It starts as configured and is only ever raised,
+ * by the agent's floor (policy_raise, from the reporter thread). */
+struct policy {
+  int verify; /* enum kvh_verify_mode */
+  int double_pass;
+  int samples;
+};
+
+extern _Atomic uint64_t policy_word;
+
+static inline uint64_t policy_pack(struct policy p) {
+  return (uint64_t)(uint8_t)p.verify | (uint64_t)(p.double_pass != 0) << 8 | (uint64_t)(uint32_t)p.samples << 32;
+}
+
+static inline struct policy policy_now(void) {
+  uint64_t w = atomic_load_explicit(&policy_word, memory_order_relaxed);
+  return (struct policy){(int)(w & 0xff), (int)(w >> 8 & 1), (int)(w >> 32)};
+}
+
+/* policy_raise raises each setting to at least floor's (verify off < sample
+ * < full; double pass on if either; the larger sample count) and returns the
+ * policy now in force. It never lowers anything. */
+struct policy policy_raise(struct policy floor);
 
 /* warn writes one "libkvh: ..." line to stderr (init and once-only paths). */
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -165,9 +165,10 @@ static void hello(void) {
   h.type = KVH_REC_HELLO;
   h.ts_ns = now_ns(CLOCK_REALTIME);
   h.pid = (uint32_t)getpid();
-  h.verify = (uint8_t)cfg.verify;
-  h.flags = (cfg.double_pass ? KVH_F_DOUBLE_PASS : 0) | (cfg.mode == MODE_ENFORCE ? KVH_F_ENFORCE : 0);
-  h.count = (uint64_t)cfg.samples;
+  struct policy pol = policy_now(); /* as configured, or raised by a floor */
+  h.verify = (uint8_t)pol.verify;
+  h.flags = (pol.double_pass ? KVH_F_DOUBLE_PASS : 0) | (cfg.mode == MODE_ENFORCE ? KVH_F_ENFORCE : 0);
+  h.count = (uint64_t)pol.samples;
   h.result = (uint8_t)cfg.mode;
   memcpy(h.tenant, cfg.tenant, sizeof h.tenant);
   send_batch(&h, 1);
@@ -213,6 +214,24 @@ static void maybe_connect(void) { /* send_mu held */
   if (sock >= 0) hello();
 }
 
+/* apply_floor raises the policy to the agent's floor and acknowledges it
+ * with the settings now in force (send_mu held). */
+static void apply_floor(const struct kvh_control *c) {
+  struct policy now = policy_raise((struct policy){c->verify, (c->flags & KVH_F_DOUBLE_PASS) != 0, c->samples});
+  struct kvh_record a = {0};
+  a.magic = KVH_WIRE_MAGIC;
+  a.version = KVH_WIRE_VERSION;
+  a.type = KVH_REC_FLOOR_ACK;
+  a.seq = atomic_fetch_add_explicit(&seq, 1, memory_order_relaxed) + 1;
+  a.ts_ns = now_ns(CLOCK_REALTIME);
+  a.pid = (uint32_t)getpid();
+  a.verify = (uint8_t)now.verify;
+  a.flags = now.double_pass ? KVH_F_DOUBLE_PASS : 0;
+  a.count = (uint64_t)now.samples;
+  memcpy(a.tenant, cfg.tenant, sizeof a.tenant);
+  send_batch(&a, 1);
+}
+
 static void read_control(void) { /* send_mu held */
   struct kvh_control c[8];
   for (;;) {
@@ -226,6 +245,8 @@ static void read_control(void) { /* send_mu held */
       if (c[i].magic != KVH_WIRE_MAGIC || c[i].version != KVH_WIRE_VERSION) continue;
       if (c[i].type == KVH_CTL_DENY) atomic_fetch_or(&gate, GATE_DENY);
       if (c[i].type == KVH_CTL_ALLOW) atomic_fetch_and(&gate, ~GATE_DENY);
+      if (c[i].type == KVH_CTL_FLOOR) apply_floor(&c[i]);
+      if (sock < 0) return; /* the acknowledgement found the agent gone */
     }
   }
 }

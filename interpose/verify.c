@@ -126,9 +126,10 @@ static int is_zero(const unsigned char *p, size_t n) {
  * returns 0 when the memory is verified (or, with verify off, zeroed). */
 int zeroize(uint64_t p, size_t n, int device, CUstream stream, int async, struct kvh_record *r) {
   uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+  const struct policy pol = policy_now(); /* one snapshot: the record says what this free did */
   r->bytes = n;
-  r->verify = (uint8_t)cfg.verify;
-  if (cfg.double_pass) r->flags |= KVH_F_DOUBLE_PASS;
+  r->verify = (uint8_t)pol.verify;
+  if (pol.double_pass) r->flags |= KVH_F_DOUBLE_PASS;
   int rc = 0;
   if (device) {
     resolve_helpers();
@@ -136,14 +137,14 @@ int zeroize(uint64_t p, size_t n, int device, CUstream stream, int async, struct
       r->result = KVH_RES_ZEROIZE_FAILED;
       return -1;
     }
-    for (int pass = cfg.double_pass ? 0 : 1; pass < 2 && rc == 0; pass++) {
+    for (int pass = pol.double_pass ? 0 : 1; pass < 2 && rc == 0; pass++) {
       unsigned char v = pass == 0 ? 0xA5 : 0;
       if (stream && p_memset_async) rc = p_memset_async(p, v, n, stream);
       else rc = p_memset(p, v, n);
     }
-    if (rc == 0 && p_stream_sync && (!async || cfg.verify != KVH_VERIFY_OFF)) p_stream_sync(stream);
+    if (rc == 0 && p_stream_sync && (!async || pol.verify != KVH_VERIFY_OFF)) p_stream_sync(stream);
   } else {
-    if (cfg.double_pass) {
+    if (pol.double_pass) {
       memset((void *)(uintptr_t)p, 0xA5, n);
       __asm__ __volatile__("" ::: "memory");
     }
@@ -158,8 +159,8 @@ int zeroize(uint64_t p, size_t n, int device, CUstream stream, int async, struct
   unsigned char buf[CHUNK];
   /* A sample that covers every window reads everything: read it as full
    * verify does, in a few large copies rather than many 64-byte ones. */
-  int whole = cfg.verify == KVH_VERIFY_FULL || (cfg.verify == KVH_VERIFY_SAMPLE && (n + WINDOW - 1) / WINDOW <= (size_t)cfg.samples);
-  int on_device = device && cfg.verify == KVH_VERIFY_FULL ? device_full_verify(p, n, stream) : -1;
+  int whole = pol.verify == KVH_VERIFY_FULL || (pol.verify == KVH_VERIFY_SAMPLE && (n + WINDOW - 1) / WINDOW <= (size_t)pol.samples);
+  int on_device = device && pol.verify == KVH_VERIFY_FULL ? device_full_verify(p, n, stream) : -1;
   if (on_device >= 0) {
     ok = on_device;
   } else if (whole) {
@@ -168,12 +169,12 @@ int zeroize(uint64_t p, size_t n, int device, CUstream stream, int async, struct
       if (device) ok = p_dtoh && p_dtoh(buf, p + off, len) == CUDA_SUCCESS && is_zero(buf, len);
       else ok = is_zero((const unsigned char *)(uintptr_t)(p + off), len);
     }
-  } else if (cfg.verify == KVH_VERIFY_SAMPLE && n) {
+  } else if (pol.verify == KVH_VERIFY_SAMPLE && n) {
     uint64_t seed = seed_base ^ mix(r->seq ^ p), x = seed;
     r->seed = seed;
     size_t windows = (n + WINDOW - 1) / WINDOW;
-    for (int i = 0; i < cfg.samples && ok; i++) {
-      size_t w = (size_t)(windows <= (size_t)cfg.samples ? (uint64_t)i : splitmix(&x) % windows);
+    for (int i = 0; i < pol.samples && ok; i++) {
+      size_t w = (size_t)(windows <= (size_t)pol.samples ? (uint64_t)i : splitmix(&x) % windows);
       if (w >= windows) break;
       size_t off = w * WINDOW, len = n - off < WINDOW ? n - off : WINDOW;
       if (device) ok = p_dtoh && p_dtoh(buf, p + off, len) == CUDA_SUCCESS && is_zero(buf, len);
@@ -186,7 +187,7 @@ int zeroize(uint64_t p, size_t n, int device, CUstream stream, int async, struct
     r->zeroed = 0;
     return -1;
   }
-  if (cfg.verify != KVH_VERIFY_OFF) r->flags |= KVH_F_VERIFIED;
+  if (pol.verify != KVH_VERIFY_OFF) r->flags |= KVH_F_VERIFIED;
   r->zeroed = n;
   r->result = KVH_RES_OK;
   return 0;

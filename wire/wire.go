@@ -1,6 +1,6 @@
 // Package wire is the Go mirror of interpose/include/kvh_wire.h: the
 // fixed-layout records libkvh.so sends to the agent over SOCK_SEQPACKET, and
-// the control messages the agent sends back. The C header is the source of
+// the control messages the agent sends back (deny, allow, a verify floor). The C header is the source of
 // truth; golden bytes produced by the C side pin this mirror.
 //
 // Decoding never panics: a packet of the wrong size, an unknown type or a bad
@@ -33,6 +33,9 @@ const (
 	Free       = 3
 	Quarantine = 4
 	Drops      = 5
+	// FloorAck says the interposer applied a floor: Verify, Flags
+	// (FlagDoublePass) and Count (samples) are its settings now.
+	FloorAck = 6
 )
 
 // Memory kinds.
@@ -72,8 +75,9 @@ const (
 
 // Control types.
 const (
-	CtlDeny  = 1
-	CtlAllow = 2
+	CtlDeny  = 1 // refuse new allocations
+	CtlAllow = 2 // allow them again
+	CtlFloor = 3 // verify at least this strictly (see Floor)
 )
 
 // Record is struct kvh_record.
@@ -106,6 +110,7 @@ var (
 	ErrMagic   = errors.New("bad magic or version")
 	ErrType    = errors.New("unknown record type")
 	ErrTooMany = errors.New("more records than a packet may hold")
+	ErrField   = errors.New("field out of range")
 )
 
 var le = binary.LittleEndian
@@ -155,7 +160,7 @@ func decodeOne(b []byte) (Record, error) {
 		Tenant:   cstring(b[104:128]),
 		Request:  cstring(b[128:152]),
 	}
-	if r.Type < Hello || r.Type > Drops {
+	if r.Type < Hello || r.Type > FloorAck {
 		return Record{}, fmt.Errorf("%w %d", ErrType, r.Type)
 	}
 	return r, nil
@@ -201,13 +206,66 @@ func (r Record) Encode() []byte {
 	return b
 }
 
-// Control encodes an agent-to-interposer message.
+// Control encodes an agent-to-interposer message without arguments
+// (CtlDeny, CtlAllow).
 func Control(typ uint16) []byte {
+	return ControlMsg{Type: typ}.Encode()
+}
+
+// Floor encodes a CtlFloor message: the interposer raises its verify mode,
+// double pass and sample count to at least these (never lowers them) and
+// answers with a FloorAck record.
+func Floor(verify uint8, doublePass bool, samples uint16) []byte {
+	return ControlMsg{Type: CtlFloor, Verify: verify, DoublePass: doublePass, Samples: samples}.Encode()
+}
+
+// ControlMsg is struct kvh_control. Verify, DoublePass and Samples are a
+// floor's (zero for the other types).
+type ControlMsg struct {
+	Type       uint16
+	Verify     uint8
+	DoublePass bool
+	Samples    uint16
+}
+
+// Encode renders m as kvh_control bytes.
+func (m ControlMsg) Encode() []byte {
 	b := make([]byte, ControlSize)
 	le.PutUint32(b[0:], Magic)
 	le.PutUint16(b[4:], Version)
-	le.PutUint16(b[6:], typ)
+	le.PutUint16(b[6:], m.Type)
+	b[8] = m.Verify
+	if m.DoublePass {
+		b[9] = FlagDoublePass
+	}
+	le.PutUint16(b[10:], m.Samples)
 	return b
+}
+
+// DecodeControl parses one control message strictly: its size, magic,
+// version and type, a floor's verify mode and flags, and zeros wherever the
+// type has no field.
+func DecodeControl(b []byte) (ControlMsg, error) {
+	if len(b) != ControlSize {
+		return ControlMsg{}, fmt.Errorf("%w: %d bytes, want %d", ErrSize, len(b), ControlSize)
+	}
+	if le.Uint32(b[0:]) != Magic || le.Uint16(b[4:]) != Version {
+		return ControlMsg{}, ErrMagic
+	}
+	m := ControlMsg{Type: le.Uint16(b[6:]), Verify: b[8], DoublePass: b[9]&FlagDoublePass != 0, Samples: le.Uint16(b[10:])}
+	if m.Type < CtlDeny || m.Type > CtlFloor {
+		return ControlMsg{}, fmt.Errorf("%w %d", ErrType, m.Type)
+	}
+	if le.Uint32(b[12:]) != 0 {
+		return ControlMsg{}, fmt.Errorf("%w: reserved bytes set", ErrField)
+	}
+	if m.Type != CtlFloor && (b[8] != 0 || b[9] != 0 || m.Samples != 0) {
+		return ControlMsg{}, fmt.Errorf("%w: control type %d has no arguments", ErrField, m.Type)
+	}
+	if m.Verify > VerifyFull || b[9]&^FlagDoublePass != 0 {
+		return ControlMsg{}, fmt.Errorf("%w: floor verify %d flags %#x", ErrField, m.Verify, b[9])
+	}
+	return m, nil
 }
 
 // FnNames are the hooked functions in hooks.def order; Fn n is FnNames[n-1].

@@ -42,21 +42,90 @@ func goldenBytes(t *testing.T) []byte {
 	return b
 }
 
+var (
+	goldenFloor    = ControlMsg{Type: CtlFloor, Verify: VerifyFull, DoublePass: true, Samples: 0x1234}
+	goldenFloorAck = Record{Type: FloorAck, Seq: 9, TSNanos: 1764220800987654321, Count: 0x1234, PID: 4242, Verify: VerifyFull, Flags: FlagDoublePass}
+)
+
+// golden.bin: a record, a DENY control, a FLOOR control, a FLOOR_ACK record.
 func TestGolden(t *testing.T) {
 	b := goldenBytes(t)
-	recs, err := Decode(b[:RecordSize])
-	if err != nil {
-		t.Fatal(err)
+	if len(b) != 2*RecordSize+2*ControlSize {
+		t.Fatalf("golden.bin is %d bytes", len(b))
 	}
-	if recs[0] != golden {
-		t.Fatalf("decoded %+v\nwant    %+v", recs[0], golden)
+	rec, deny, floor, ack := b[:RecordSize], b[RecordSize:RecordSize+ControlSize], b[RecordSize+ControlSize:RecordSize+2*ControlSize], b[RecordSize+2*ControlSize:]
+	for _, tc := range []struct {
+		b    []byte
+		want Record
+	}{{rec, golden}, {ack, goldenFloorAck}} {
+		recs, err := Decode(tc.b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if recs[0] != tc.want {
+			t.Fatalf("decoded %+v\nwant    %+v", recs[0], tc.want)
+		}
+		if !bytes.Equal(tc.want.Encode(), tc.b) {
+			t.Fatalf("Encode of %+v differs from the C layout", tc.want)
+		}
 	}
-	if !bytes.Equal(golden.Encode(), b[:RecordSize]) {
-		t.Fatal("Encode differs from the C layout")
-	}
-	if !bytes.Equal(Control(CtlDeny), b[RecordSize:]) {
+	if !bytes.Equal(Control(CtlDeny), deny) {
 		t.Fatal("Control differs from the C layout")
 	}
+	if !bytes.Equal(Floor(VerifyFull, true, 0x1234), floor) {
+		t.Fatal("Floor differs from the C layout")
+	}
+	for _, tc := range []struct {
+		b    []byte
+		want ControlMsg
+	}{{deny, ControlMsg{Type: CtlDeny}}, {floor, goldenFloor}} {
+		m, err := DecodeControl(tc.b)
+		if err != nil || m != tc.want {
+			t.Fatalf("DecodeControl: %+v, %v; want %+v", m, err, tc.want)
+		}
+	}
+}
+
+func TestDecodeControlRejects(t *testing.T) {
+	ok := Floor(VerifySample, false, 8)
+	set := func(i int, v byte) []byte { b := bytes.Clone(ok); b[i] = v; return b }
+	cases := map[string][]byte{
+		"empty":          nil,
+		"short":          ok[:ControlSize-1],
+		"long":           append(bytes.Clone(ok), 0),
+		"magic":          set(0, 0),
+		"version":        set(4, 9),
+		"type 0":         set(6, 0),
+		"type 4":         set(6, 4),
+		"verify":         set(8, VerifyFull+1),
+		"flags":          set(9, FlagImporter),
+		"reserved":       set(12, 1),
+		"deny with args": func() []byte { b := Control(CtlDeny); b[10] = 1; return b }(),
+	}
+	for name, b := range cases {
+		if _, err := DecodeControl(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	for _, b := range [][]byte{ok, Control(CtlAllow), Floor(VerifyOff, true, 0)} {
+		if _, err := DecodeControl(b); err != nil {
+			t.Errorf("%x: %v", b, err)
+		}
+	}
+}
+
+func FuzzDecodeControl(f *testing.F) {
+	f.Add(Control(CtlDeny))
+	f.Add(Floor(VerifyFull, true, 64))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeControl(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(m.Encode(), b) {
+			t.Fatalf("re-encode of %+v: %x, want %x", m, m.Encode(), b)
+		}
+	})
 }
 
 func TestFnNamesMatchHooksDef(t *testing.T) {
@@ -86,6 +155,7 @@ func TestDecodeRejects(t *testing.T) {
 		"oversized": bytes.Repeat(ok, MaxBatch+1),
 		"magic":     append([]byte{0}, ok[1:]...),
 		"type":      func() []byte { b := bytes.Clone(ok); b[6] = 99; return b }(),
+		"type 7":    func() []byte { b := bytes.Clone(ok); b[6] = FloorAck + 1; return b }(),
 	}
 	for name, b := range cases {
 		if _, err := Decode(b); err == nil {

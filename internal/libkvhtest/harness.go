@@ -176,6 +176,12 @@ func (l *Listener) SetGreeting(greet func(n int, pid int32) [][]byte) {
 	l.mu.Unlock()
 }
 
+// SetFloor makes the listener send a verify floor to every new connection.
+func (l *Listener) SetFloor(verify uint8, doublePass bool, samples uint16) {
+	msg := wire.Floor(verify, doublePass, samples)
+	l.SetGreeting(func(int, int32) [][]byte { return [][]byte{msg} })
+}
+
 // SetMute makes the listener accept but never read (an agent that stalls).
 func (l *Listener) SetMute(v bool) { l.mu.Lock(); l.mute = v; l.mu.Unlock() }
 

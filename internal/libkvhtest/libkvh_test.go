@@ -528,3 +528,75 @@ func TestRequireAgentFreesStillZeroize(t *testing.T) {
 		}
 	}
 }
+
+// The agent's floor raises the interposer's verification to at least the
+// floor (never lowers it): frees that follow are verified as the floor says,
+// each record carries the mode its free used, and a FLOOR_ACK reports the
+// settings now in force.
+func TestVerifyFloor(t *testing.T) {
+	type settings struct {
+		verify     uint8
+		doublePass bool
+		samples    uint64
+	}
+	cases := []struct {
+		name  string
+		env   []string
+		floor settings
+		want  settings
+	}{
+		{"off raised to full+double", []string{"KVH_VERIFY=off"}, settings{wire.VerifyFull, true, 32}, settings{wire.VerifyFull, true, 32}},
+		{"weaker floor lowers nothing", []string{"KVH_VERIFY=full", "KVH_DOUBLE_PASS=1", "KVH_VERIFY_SAMPLES=64"}, settings{wire.VerifySample, false, 8}, settings{wire.VerifyFull, true, 64}},
+		{"only double pass raised", []string{"KVH_VERIFY=sample", "KVH_VERIFY_SAMPLES=64"}, settings{wire.VerifyOff, true, 8}, settings{wire.VerifySample, true, 64}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := listen(t)
+			l.SetFloor(tc.floor.verify, tc.floor.doublePass, uint16(tc.floor.samples))
+			// 16 threads, 40 frees each, 5 ms apart: most frees come after the floor.
+			run := Exec("stress", Lib(), append(tc.env, "KVH_SOCKET="+l.Path), "40", "5000")
+			if run.Err != nil || run.Value("RESIDUE") != 0 {
+				t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+			}
+			recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool { return len(frees(r, run.PID)) >= 16*40 })
+			if !ok {
+				t.Fatalf("%d of %d frees reported", len(frees(recs, run.PID)), 16*40)
+			}
+			acks := 0
+			for _, r := range recs {
+				if int(r.PeerPID) != run.PID || r.Type != wire.FloorAck {
+					continue
+				}
+				acks++
+				if got := (settings{r.Verify, r.Flags&wire.FlagDoublePass != 0, r.Count}); got != tc.want {
+					t.Errorf("FLOOR_ACK %+v, want %+v", got, tc.want)
+				}
+			}
+			if acks != 1 {
+				t.Fatalf("%d FLOOR_ACKs, want 1", acks)
+			}
+			// Per thread, in order: once a free used the new settings, every
+			// later one does; the last free of every thread did.
+			last := map[uint32]Got{}
+			raised := map[uint32]bool{}
+			for _, f := range frees(recs, run.PID) {
+				now := f.Verify == tc.want.verify && (f.Flags&wire.FlagDoublePass != 0) == tc.want.doublePass
+				if raised[f.TID] && !now {
+					t.Fatalf("thread %d went back to verify %d flags %#x after the floor", f.TID, f.Verify, f.Flags)
+				}
+				raised[f.TID] = raised[f.TID] || now
+				if f.Seq > last[f.TID].Seq {
+					last[f.TID] = f
+				}
+				if f.Result != wire.ResOK || f.Zeroed != f.Bytes || (f.Verify != wire.VerifyOff) != (f.Flags&wire.FlagVerified != 0) {
+					t.Fatalf("free %+v", f.Record)
+				}
+			}
+			for tid, f := range last {
+				if f.Verify != tc.want.verify || (f.Flags&wire.FlagDoublePass != 0) != tc.want.doublePass {
+					t.Errorf("thread %d's last free: verify %d flags %#x, want %+v", tid, f.Verify, f.Flags, tc.want)
+				}
+			}
+		})
+	}
+}

@@ -7,7 +7,10 @@
  * The agent takes identity (pid, uid, cgroup) from the kernel (SO_PEERCRED,
  * /proc), never from these fields: pid, tenant and request are claims.
  *
- * The agent answers with kvh_control packets (deny / allow new allocations).
+ * The agent answers with kvh_control packets: deny / allow new allocations,
+ * and a verify floor (KVH_CTL_FLOOR) that the interposer applies by raising
+ * its own settings to at least the floor (never lowering them), then
+ * acknowledges with a KVH_REC_FLOOR_ACK record carrying its settings now.
  */
 #ifndef KVH_WIRE_H
 #define KVH_WIRE_H
@@ -23,6 +26,8 @@ enum kvh_record_type {
   KVH_REC_FREE = 3,       /* memory given back, with its zeroize attestation */
   KVH_REC_QUARANTINE = 4, /* zeroize or verify failed: kept from the driver */
   KVH_REC_DROPS = 5,      /* count = records dropped while the agent was away or slow */
+  KVH_REC_FLOOR_ACK = 6,  /* a floor was applied: verify, flags (KVH_F_DOUBLE_PASS) and
+                             count (samples) are the interposer's settings now */
 };
 
 enum kvh_mem_kind {
@@ -65,7 +70,7 @@ struct kvh_record {
   uint64_t dur_ns;     /*  48 zeroize + verify time */
   uint64_t seed;       /*  56 sample seed, when sampled */
   uint64_t stream;     /*  64 CUstream, 0 for the legacy default */
-  uint64_t count;      /*  72 DROPS: records dropped; HELLO: 0 */
+  uint64_t count;      /*  72 DROPS: records dropped; HELLO, FLOOR_ACK: sample count */
   uint32_t pid;        /*  80 claimed; the agent uses SO_PEERCRED */
   uint32_t tid;        /*  84 */
   uint16_t fn;         /*  88 hooked function id (hooks.def order, from 1) */
@@ -81,14 +86,23 @@ struct kvh_record {
   uint64_t reserved2;  /* 152 */
 };
 
-enum kvh_control_type { KVH_CTL_DENY = 1, KVH_CTL_ALLOW = 2 };
+enum kvh_control_type {
+  KVH_CTL_DENY = 1,  /* refuse new allocations */
+  KVH_CTL_ALLOW = 2, /* allow them again */
+  KVH_CTL_FLOOR = 3, /* verify at least this strictly (verify, flags, samples) */
+};
 
-/* kvh_control: 16 bytes, agent to interposer. */
+/* kvh_control: 16 bytes, agent to interposer. verify, flags and samples are
+ * FLOOR's (zero otherwise): the least verify mode (off < sample < full),
+ * KVH_F_DOUBLE_PASS to require double pass, the least sample count. */
 struct kvh_control {
-  uint32_t magic;   /* 0 */
-  uint16_t version; /* 4 */
-  uint16_t type;    /* 6 enum kvh_control_type */
-  uint64_t reserved;/* 8 */
+  uint32_t magic;    /*  0 */
+  uint16_t version;  /*  4 */
+  uint16_t type;     /*  6 enum kvh_control_type */
+  uint8_t verify;    /*  8 enum kvh_verify_mode */
+  uint8_t flags;     /*  9 KVH_F_DOUBLE_PASS or 0 */
+  uint16_t samples;  /* 10 */
+  uint32_t reserved; /* 12 */
 };
 
 #ifdef __cplusplus

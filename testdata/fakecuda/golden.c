@@ -1,5 +1,6 @@
-/* Writes the golden kvh_record bytes the Go mirror (package wire) is pinned
- * to: every field set to a distinct value, produced by the C layout itself. */
+/* Writes the golden bytes the Go mirror (package wire) is pinned to, produced
+ * by the C layout itself: a kvh_record with every field set to a distinct
+ * value, a DENY control, a FLOOR control and a FLOOR_ACK record. */
 #include <stdio.h>
 #include <string.h>
 #include "kvh_wire.h"
@@ -34,7 +35,29 @@ int main(void) {
   c.magic = KVH_WIRE_MAGIC;
   c.version = KVH_WIRE_VERSION;
   c.type = KVH_CTL_DENY;
+  struct kvh_control f;
+  memset(&f, 0, sizeof f);
+  f.magic = KVH_WIRE_MAGIC;
+  f.version = KVH_WIRE_VERSION;
+  f.type = KVH_CTL_FLOOR;
+  f.verify = KVH_VERIFY_FULL;
+  f.flags = KVH_F_DOUBLE_PASS;
+  f.samples = 0x1234;
+  struct kvh_record a;
+  memset(&a, 0, sizeof a);
+  a.magic = KVH_WIRE_MAGIC;
+  a.version = KVH_WIRE_VERSION;
+  a.type = KVH_REC_FLOOR_ACK;
+  a.seq = 9;
+  a.ts_ns = 1764220800987654321ULL;
+  a.count = 0x1234;
+  a.pid = 4242;
+  a.verify = KVH_VERIFY_FULL;
+  a.flags = KVH_F_DOUBLE_PASS;
+  /* record, DENY, FLOOR, FLOOR_ACK */
   fwrite(&r, sizeof r, 1, stdout);
   fwrite(&c, sizeof c, 1, stdout);
+  fwrite(&f, sizeof f, 1, stdout);
+  fwrite(&a, sizeof a, 1, stdout);
   return 0;
 }
