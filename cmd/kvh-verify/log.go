@@ -214,8 +214,13 @@ func logSeed(path string, key []byte, asJSON bool, out string, stdout, stderr io
 			fmt.Fprintf(stdout, "kvh-verify: seed log %s FAILED: %s\n", path, rep.Problem)
 		}
 		mac := "not checked (no key)"
-		if key != nil {
+		switch {
+		case key != nil && rep.OK:
 			mac = "required on every line and verified"
+		case key != nil && rep.Problem != nil && strings.Contains(rep.Problem.Reason, "HMAC"):
+			mac = "FAILED: " + rep.Problem.String()
+		case key != nil:
+			mac = "required on every line; verified on the lines checked before the problem"
 		}
 		fmt.Fprintf(stdout, "  HMAC                   %s\n", mac)
 		fmt.Fprintf(stdout, "  seed verifier says     %s\n", rep.SeedVerdict)

@@ -506,3 +506,29 @@ func TestLogProgressEndsBeforeReport(t *testing.T) {
 		})
 	}
 }
+
+// The seed format's summary does not say its HMACs verified when they did not.
+func TestLogSeedSummaryMatchesVerdict(t *testing.T) {
+	src := "../../forensic/testdata/seed/clean"
+	dir := t.TempDir()
+	ents, _ := filepath.Glob(filepath.Join(src, "*.log"))
+	for _, e := range ents {
+		b, _ := os.ReadFile(e)
+		os.WriteFile(filepath.Join(dir, filepath.Base(e)), b, 0o600)
+	}
+	log := filepath.Join(dir, "kv_cache.log")
+	code, out, _ := runCmd(t, "log", "--format", "seed", log, "--hmac-key-file", macFile(t, "secret"))
+	if code != exitOK || !strings.Contains(out, "HMAC                   required on every line and verified") {
+		t.Fatalf("clean: %d\n%s", code, out)
+	}
+	code, out, _ = runCmd(t, "log", "--format", "seed", log, "--hmac-key-file", macFile(t, "wrong"))
+	if code != exitFail || strings.Contains(out, "and verified") || !strings.Contains(out, "HMAC                   FAILED") {
+		t.Errorf("wrong key: %d\n%s", code, out)
+	}
+	b, _ := os.ReadFile(log)
+	os.WriteFile(log, bytes.Replace(b, []byte(`"`), []byte(`'`), 1), 0o600) // a line that does not parse
+	code, out, _ = runCmd(t, "log", "--format", "seed", log, "--hmac-key-file", macFile(t, "secret"))
+	if code != exitFail || strings.Contains(out, "and verified") {
+		t.Errorf("broken line: %d\n%s", code, out)
+	}
+}
