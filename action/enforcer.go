@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
@@ -21,7 +22,7 @@ type Trail interface {
 
 // Denier tells a process's interposer to refuse new allocations.
 type Denier interface {
-	Deny(pid int) error
+	Deny(h *proc.Handle) error
 }
 
 // Config is what an Enforcer needs.
@@ -33,6 +34,10 @@ type Config struct {
 	Denier Denier
 	// Identify names the tenant of a violation whose detector did not.
 	Identify func(pid int) string
+	// Connected returns the pidfd of pid's connected process, or nil; a
+	// violation without a Process is resolved through it, else by opening
+	// the pid and refusing a process that started after the violation.
+	Connected func(pid int) *proc.Handle
 	// ProcRoot and CgroupRoot locate /proc and the cgroup v2 mount.
 	ProcRoot, CgroupRoot string
 	// ActionTimeout bounds one action (default 5s).
@@ -76,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer, queued func() float64) *Metrics {
 // Enforcer applies the policy's action to violations.
 type Enforcer struct {
 	cfg   Config
-	acted map[string]bool // "pid/action" already applied (Run's goroutine only)
+	acted map[string]bool // "pid@start/action" already applied (Run's goroutine only)
 }
 
 // New checks cfg and returns an Enforcer.
@@ -132,6 +137,9 @@ func (e *Enforcer) overflow(k violation.Kind, n uint64) {
 // returns the action the policy named. Nothing is applied to a violation
 // that could not be recorded.
 func (e *Enforcer) handle(v violation.Violation) string {
+	if v.At.IsZero() {
+		v.At = time.Now()
+	}
 	if v.Tenant == "" && e.cfg.Identify != nil && v.PID > 0 {
 		v.Tenant = e.cfg.Identify(v.PID)
 	}
@@ -148,12 +156,19 @@ func (e *Enforcer) handle(v violation.Violation) string {
 		e.cfg.Metrics.Actions.WithLabelValues(act).Inc()
 		return act
 	}
-	key := fmt.Sprintf("%d/%s", v.PID, act)
-	if e.acted[key] && act != policy.ActionDeny {
-		return act
+	h, err := e.resolve(v)
+	var result string
+	if err == nil {
+		key := h.Key() + "/" + act // the process, not the pid: a pid is reused
+		if e.acted[key] && act != policy.ActionDeny {
+			return act
+		}
+		if len(e.acted) >= maxActed {
+			clear(e.acted)
+		}
+		e.acted[key] = true
+		result, err = e.applyWithin(act, h)
 	}
-	e.acted[key] = true
-	result, err := e.applyWithin(act, v.PID)
 	if err != nil {
 		result = "error: " + err.Error()
 		e.cfg.Metrics.Errors.WithLabelValues("action").Inc()
@@ -167,16 +182,38 @@ func (e *Enforcer) handle(v violation.Violation) string {
 	return act
 }
 
+// maxActed bounds the remembered actions (forgotten wholesale past it: a
+// process acted on again is harmless, freeze and kill being idempotent).
+const maxActed = 1 << 16
+
+// resolve returns the violator as a pidfd handle: the detector's, the
+// connected process's, or the pid opened now and refused if its holder
+// started after the violation was seen (the pid was reused).
+func (e *Enforcer) resolve(v violation.Violation) (*proc.Handle, error) {
+	if v.PID <= 1 {
+		return nil, fmt.Errorf("refusing to act on pid %d", v.PID)
+	}
+	if v.Process != nil {
+		return v.Process, nil
+	}
+	if e.cfg.Connected != nil {
+		if h := e.cfg.Connected(v.PID); h != nil {
+			return h, nil
+		}
+	}
+	return proc.OpenSeenAt(v.PID, v.At, e.cfg.ProcRoot)
+}
+
 // applyWithin applies act, giving up after ActionTimeout (the action's
 // goroutine finishes on its own; a deny write has its own deadline).
-func (e *Enforcer) applyWithin(act string, pid int) (string, error) {
+func (e *Enforcer) applyWithin(act string, h *proc.Handle) (string, error) {
 	type outcome struct {
 		result string
 		err    error
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		r, err := e.apply(act, pid)
+		r, err := e.apply(act, h)
 		done <- outcome{r, err}
 	}()
 	t := time.NewTimer(e.cfg.ActionTimeout)

@@ -3,12 +3,16 @@ package action
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
@@ -40,7 +44,7 @@ func (m *memTrail) all() []any {
 
 type blockingDenier struct{ release chan struct{} }
 
-func (d blockingDenier) Deny(int) error { <-d.release; return nil }
+func (d blockingDenier) Deny(*proc.Handle) error { <-d.release; return nil }
 
 func newEnforcer(t *testing.T, act string, cfg Config) (*Enforcer, *memTrail, *Metrics) {
 	t.Helper()
@@ -99,10 +103,31 @@ func TestKillRecordsThenActs(t *testing.T) {
 	if testutil.ToFloat64(m.Violations.WithLabelValues("ttl_expired")) != 1 || testutil.ToFloat64(m.Actions.WithLabelValues("kill")) != 1 {
 		t.Fatal("metrics not counted")
 	}
-	// Kill is applied once per process.
+	// The process is gone: a later violation is recorded, and so is why
+	// nothing was done.
 	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: cmd.Process.Pid})
-	if n := len(tr.all()); n != 3 {
-		t.Fatalf("second violation: %d records, want 3 (violation only)", n)
+	recs = tr.all()
+	if a, ok := recs[len(recs)-1].(trailevent.Action); len(recs) != 4 || !ok || !strings.Contains(a.Result, "gone") {
+		t.Fatalf("second violation: %#v", recs)
+	}
+}
+
+// Freeze and kill are applied once per process.
+func TestFreezeOnce(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	e, tr, _ := newEnforcer(t, policy.ActionFreeze, Config{CgroupRoot: t.TempDir()})
+	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: cmd.Process.Pid})
+	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: cmd.Process.Pid})
+	recs := tr.all()
+	if len(recs) != 3 {
+		t.Fatalf("records %#v, want violation, action, violation", recs)
+	}
+	if a, ok := recs[1].(trailevent.Action); !ok || a.Result != "SIGSTOP" {
+		t.Fatalf("action %#v", recs[1])
 	}
 }
 
@@ -137,8 +162,12 @@ func TestStalledActionTimesOut(t *testing.T) {
 	done := make(chan struct{})
 	go func() { e.Run(ctx, q); close(done) }()
 	start := time.Now()
+	self, err := proc.OpenSeenAt(os.Getpid(), time.Now(), "/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 20; i++ { // more than the queue holds, while the first action stalls
-		q.Emit(violation.Violation{Kind: violation.QuarantinedBuffer, PID: 1000 + i, Tenant: "t"})
+		q.Emit(violation.Violation{Kind: violation.QuarantinedBuffer, PID: self.PID, Tenant: "t", Process: self})
 	}
 	if el := time.Since(start); el > time.Second {
 		t.Fatalf("Emit blocked for %v behind a stalled action", el)
@@ -176,5 +205,61 @@ func TestRefusesLowPIDs(t *testing.T) {
 	a, ok := tr.all()[1].(trailevent.Action)
 	if !ok || a.Result != "error: refusing to act on pid 1" {
 		t.Fatalf("%#v", tr.all())
+	}
+}
+
+// A violation seen for a pid now held by a process that started after it
+// (the violator exited and the pid was reused) is never acted on; a later
+// violation by the new holder is, though the old one was already killed.
+func TestPIDReuseNeverHitsAnotherProcess(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
+	}
+	e, tr, _ := newEnforcer(t, policy.ActionKill, Config{})
+	a := exec.Command("sleep", "60")
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := a.Process.Pid
+	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: pid, At: time.Now()})
+	a.Wait() // killed by the enforcer, and reaped
+	seen := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	var b *exec.Cmd
+	for i := 0; i < 20 && b == nil; i++ {
+		os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0)
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if c.Process.Pid == pid {
+			b = c
+		} else {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
+	if b == nil {
+		t.Fatalf("could not reuse pid %d", pid)
+	}
+	defer func() { b.Process.Kill(); b.Wait() }()
+	// A late violation of the old process (seen before b started).
+	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: pid, At: seen})
+	time.Sleep(50 * time.Millisecond)
+	if err := b.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the process that reused pid %d was killed for another's violation", pid)
+	}
+	recs := tr.all()
+	if a, ok := recs[len(recs)-1].(trailevent.Action); !ok || !strings.Contains(a.Result, "process is gone") {
+		t.Fatalf("last record %#v, want an action that says the process is gone", recs[len(recs)-1])
+	}
+	// Now b itself violates: it is acted on, though pid/kill was done before.
+	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: pid, At: time.Now()})
+	done := make(chan error, 1)
+	go func() { done <- b.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a new violator on a reused pid was not acted on")
 	}
 }

@@ -20,10 +20,13 @@ var (
 	podRe       = regexp.MustCompile(`pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})`)
 )
 
-// Identify reads /proc/<pid> under procRoot. The tenant is KVH_TENANT from
-// the process's environment (as it was at exec), else its pod UID, else its
-// container id, else "uid:<uid>".
-func Identify(procRoot string, pid int, uid uint32) Identity {
+// Identify reads /proc/<pid> under procRoot. The tenant comes from what
+// the process cannot choose, in this order: its pod UID, else its container
+// id (both from its cgroup), else — only when trustClaims, for bare-metal
+// hosts — KVH_TENANT from its environment as it was at exec, else
+// "uid:<uid>". A KVH_TENANT that is not honoured is still recorded, as
+// ClaimedTenant.
+func Identify(procRoot string, pid int, uid uint32, trustClaims bool) Identity {
 	id := Identity{PID: pid, UID: uid}
 	dir := filepath.Join(procRoot, strconv.Itoa(pid))
 	if b, err := os.ReadFile(filepath.Join(dir, "comm")); err == nil {
@@ -40,13 +43,15 @@ func Identify(procRoot string, pid int, uid uint32) Identity {
 			}
 		}
 	}
-	if t := environ(filepath.Join(dir, "environ"), "KVH_TENANT"); t != "" {
-		id.Tenant, id.TenantSource = t, "env"
-	} else if id.PodUID != "" {
+	id.ClaimedTenant = environ(filepath.Join(dir, "environ"), "KVH_TENANT")
+	switch {
+	case id.PodUID != "":
 		id.Tenant, id.TenantSource = "pod:"+id.PodUID, "pod"
-	} else if id.ContainerID != "" {
+	case id.ContainerID != "":
 		id.Tenant, id.TenantSource = "container:"+id.ContainerID[:12], "container"
-	} else {
+	case trustClaims && id.ClaimedTenant != "":
+		id.Tenant, id.TenantSource = id.ClaimedTenant, "claim"
+	default:
 		id.Tenant, id.TenantSource = "uid:"+strconv.FormatUint(uint64(uid), 10), "uid"
 		if _, err := os.Stat(dir); err != nil {
 			id.TenantSource = "exited" // gone before /proc could be read: only the uid is known

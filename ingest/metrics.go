@@ -11,6 +11,7 @@ type Metrics struct {
 	Connected     prometheus.Gauge
 	IngestErrors  *prometheus.CounterVec
 	Events        prometheus.Counter
+	Flooded       *prometheus.CounterVec
 }
 
 // NewMetrics registers ingest's series on reg.
@@ -22,9 +23,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Dropped:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "interposer_dropped_events_total", Help: "Events interposers could not deliver (agent absent or slow), as they reported later."}),
 		Connected:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kvh", Name: "connected_processes", Help: "Processes whose interposer is connected."}),
 		IngestErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvh", Name: "ingest_errors_total", Help: "Packets or connections refused, by reason."}, []string{"reason"}),
+		Flooded:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvh", Name: "ingest_flooded_events_total", Help: "Records a process sent past one of its caps (max_event_rate, max_live_buffers): counted in flood_summary records, not ingested one by one."}, []string{"cap"}),
 		Events:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "ingest_events_total", Help: "Interposer records received."}),
 	}
-	reg.MustRegister(m.Frees, m.ZeroizedBytes, m.Quarantined, m.Dropped, m.Connected, m.IngestErrors, m.Events)
+	reg.MustRegister(m.Frees, m.ZeroizedBytes, m.Quarantined, m.Dropped, m.Connected, m.IngestErrors, m.Events, m.Flooded)
+	for _, c := range []string{"max_event_rate", "max_live_buffers"} {
+		m.Flooded.WithLabelValues(c)
+	}
+	for _, r := range []string{"malformed", "absurd_value", "too_many_connections", "peer_gone"} {
+		m.IngestErrors.WithLabelValues(r)
+	}
 	for _, r := range []string{"ok", "quarantined", "failed", "passthrough"} {
 		m.Frees.WithLabelValues(r)
 	}

@@ -7,10 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kvhygiene/kvh/internal/proc"
+	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
@@ -18,25 +21,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Trail records the server's own events (connections, drops). *forensic.Log
-// satisfies it.
+// Trail records the server's own events (connections, drops, floods).
+// *forensic.Log satisfies it.
 type Trail interface {
 	Append(body any) (uint64, error)
 }
 
 // Config wires a Server.
 type Config struct {
-	Ledger        *tracer.Ledger // required
-	Trail         Trail          // required
-	Violations    violation.Sink // required
-	Peers         *Peers         // required: filled with every connection
-	Metrics       *Metrics       // required
-	Log           hclog.Logger
-	ProcRoot      string // default /proc
-	DropThreshold uint64 // dropped events per process before it is a violation (default 1000)
-	MaxConns      int    // default 4096
-	MaxErrors     int    // malformed packets before a connection is closed (default 16)
-	// WriteTimeout bounds a write to a client (a deny); default 1s.
+	Ledger     *tracer.Ledger       // required
+	Trail      Trail                // required
+	Violations violation.Sink       // required
+	Peers      *Peers               // required: filled with every connection
+	Metrics    *Metrics             // required
+	Policy     func() policy.Config // required: caps, claims, the verify floor
+	Log        hclog.Logger
+	ProcRoot   string // default /proc
+	// DropThreshold is the dropped events per process before it is a
+	// violation (default 1000).
+	DropThreshold uint64
+	// MaxConns caps connections in all (default 4096), MaxConnsPerUID per
+	// uid (default 1024) and MaxConnsPerProcess per process (default 8), so
+	// that one tenant cannot lock the others out.
+	MaxConns, MaxConnsPerUID, MaxConnsPerProcess int
+	// MaxErrors is the malformed packets before a connection is closed (default 16).
+	MaxErrors int
+	// WriteTimeout bounds a write to a client (a deny); a client that does
+	// not read within it is disconnected. Default 1s.
 	WriteTimeout time.Duration
 	// Attested, when set, is told of every attested free (the witness
 	// correlator joins them).
@@ -45,25 +56,25 @@ type Config struct {
 
 // Server accepts interposer connections.
 type Server struct {
-	cfg   Config
-	ln    *net.UnixListener
-	mu    sync.Mutex
-	conns map[*conn]struct{}
-	wg    sync.WaitGroup
-	quit  chan struct{}
-}
-
-type conn struct {
-	c       *net.UnixConn
-	id      Identity
-	handles map[uint64]tracer.Handle
-	dropped uint64
+	cfg    Config
+	ln     *net.UnixListener
+	mu     sync.Mutex // guards conns, procs, perUID, denied; never held across I/O
+	conns  map[*conn]struct{}
+	procs  map[string]*process // by pidfd key
+	perUID map[uint32]int
+	perPID map[int]int
+	denied map[string]bool      // processes denied, by key (their children inherit it)
+	limits map[string]time.Time // last connection_limit violation, by process key and by uid
+	wg     sync.WaitGroup
+	quit   chan struct{}
 }
 
 // Listen binds the interposer socket: it creates its directory 0750,
 // replaces a stale socket (never a live one, nor anything that is not a
-// socket) and sets its mode (default 0660).
-func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
+// socket) and sets its mode (default 0660) and, when gid >= 0, its group.
+// The socket's security rests on kernel identity and the server's caps,
+// not on who may connect: a group lets non-root serving processes in.
+func Listen(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
 	if mode == 0 {
 		mode = 0o660
 	}
@@ -84,6 +95,17 @@ func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("socket group: %w", err)
+		}
+		// The directory must let the group reach the socket.
+		if err := os.Lchown(filepath.Dir(path), -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("socket directory group: %w", err)
+		}
+	}
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, err
@@ -93,8 +115,8 @@ func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
 
 // New returns a Server that will accept on ln (from Listen).
 func New(ln *net.UnixListener, cfg Config) (*Server, error) {
-	if ln == nil || cfg.Ledger == nil || cfg.Trail == nil || cfg.Metrics == nil || cfg.Violations == nil || cfg.Peers == nil {
-		return nil, errors.New("ingest: listener, ledger, trail, violations, peers and metrics are required")
+	if ln == nil || cfg.Ledger == nil || cfg.Trail == nil || cfg.Metrics == nil || cfg.Violations == nil || cfg.Peers == nil || cfg.Policy == nil {
+		return nil, errors.New("ingest: listener, ledger, trail, violations, peers, policy and metrics are required")
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
@@ -102,10 +124,16 @@ func New(ln *net.UnixListener, cfg Config) (*Server, error) {
 	if cfg.DropThreshold == 0 {
 		cfg.DropThreshold = 1000
 	}
-	if cfg.MaxConns == 0 {
+	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 4096
 	}
-	if cfg.MaxErrors == 0 {
+	if cfg.MaxConnsPerUID <= 0 {
+		cfg.MaxConnsPerUID = 1024
+	}
+	if cfg.MaxConnsPerProcess <= 0 {
+		cfg.MaxConnsPerProcess = 8
+	}
+	if cfg.MaxErrors <= 0 {
 		cfg.MaxErrors = 16
 	}
 	if cfg.WriteTimeout <= 0 {
@@ -114,12 +142,12 @@ func New(ln *net.UnixListener, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
-	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, quit: make(chan struct{})}, nil
+	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, procs: map[string]*process{}, perUID: map[uint32]int{}, perPID: map[int]int{},
+		denied: map[string]bool{}, limits: map[string]time.Time{}, quit: make(chan struct{})}, nil
 }
 
 // Serve accepts connections until Close.
 func (s *Server) Serve() error {
-	log := s.cfg.Log
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
@@ -132,35 +160,135 @@ func (s *Server) Serve() error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			log.Error("accept", "error", err)
+			s.cfg.Log.Error("accept", "error", err)
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		cred, err := peercred(c)
-		if err != nil {
-			s.cfg.Metrics.IngestErrors.WithLabelValues("no_peercred").Inc()
-			c.Close()
-			continue
-		}
-		cn := &conn{c: c, id: Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid), handles: map[uint64]tracer.Handle{}}
-		s.mu.Lock()
-		if len(s.conns) >= s.cfg.MaxConns {
-			s.mu.Unlock()
-			s.cfg.Metrics.IngestErrors.WithLabelValues("too_many_connections").Inc()
-			log.Warn("connection refused: too many", "pid", cred.Pid)
-			c.Close()
-			continue
-		}
-		s.conns[cn] = struct{}{}
-		s.mu.Unlock()
-		s.cfg.Peers.add(cn.id.PID)
-		s.cfg.Metrics.Connected.Inc()
-		s.wg.Add(1)
-		go s.handle(cn)
+		s.accept(c)
 	}
 }
 
-func peercred(c *net.UnixConn) (*unix.Ucred, error) {
+// accept identifies the peer by the kernel, applies the connection caps,
+// and starts the connection's goroutine. A refusal costs one getsockopt and
+// a map lookup, so a flood of connections drains fast and cannot hold the
+// accept loop (or the backlog) against other tenants.
+func (s *Server) accept(c *net.UnixConn) {
+	log := s.cfg.Log
+	now := time.Now()
+	cred, err := peerCred(c)
+	if err != nil {
+		s.cfg.Metrics.IngestErrors.WithLabelValues("peer_gone").Inc()
+		c.Close()
+		return
+	}
+	if refuse := s.overCap(int(cred.Pid), cred.Uid); refuse != "" {
+		s.refuse(c, cred, refuse, now)
+		return
+	}
+	h, err := peerHandle(c, cred, now, s.cfg.ProcRoot)
+	if err != nil {
+		s.cfg.Metrics.IngestErrors.WithLabelValues("peer_gone").Inc()
+		log.Debug("connection from a process already gone", "error", err)
+		c.Close()
+		return
+	}
+	pol := s.cfg.Policy()
+	id := Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid, pol.TrustTenantClaims)
+	parentKey := ""
+	if ppid, err := proc.Parent(s.cfg.ProcRoot, h.PID); err == nil && ppid > 1 {
+		parentKey, _ = proc.KeyOf(s.cfg.ProcRoot, ppid)
+	}
+
+	s.mu.Lock()
+	refuse := s.overCapLocked(int(cred.Pid), cred.Uid) // again: others may have connected meanwhile
+	var cn *conn
+	inherit := false
+	if refuse == "" {
+		p := s.procs[h.Key()]
+		if p == nil {
+			p = &process{h: h, key: h.Key(), id: id}
+			s.procs[p.key] = p
+		}
+		p.conns++
+		s.perUID[cred.Uid]++
+		s.perPID[h.PID]++
+		if !p.denied && parentKey != "" && s.denied[parentKey] {
+			p.denied, s.denied[p.key], inherit = true, true, true
+		}
+		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]tracer.Handle{}, opened: now}
+		s.conns[cn] = struct{}{}
+	}
+	s.mu.Unlock()
+	if refuse != "" {
+		s.refuse(c, cred, refuse, now)
+		return
+	}
+	s.cfg.Peers.add(h)
+	s.cfg.Metrics.Connected.Inc()
+	if inherit {
+		s.inheritDeny(cn, parentKey)
+	}
+	s.wg.Add(1)
+	go s.handle(cn)
+}
+
+func (s *Server) overCap(pid int, uid uint32) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overCapLocked(pid, uid)
+}
+
+func (s *Server) overCapLocked(pid int, uid uint32) string {
+	switch {
+	case len(s.conns) >= s.cfg.MaxConns:
+		return fmt.Sprintf("the node's %d connections are taken", s.cfg.MaxConns)
+	case s.perUID[uid] >= s.cfg.MaxConnsPerUID:
+		return fmt.Sprintf("uid %d holds %d connections, its cap", uid, s.perUID[uid])
+	case s.perPID[pid] >= s.cfg.MaxConnsPerProcess:
+		return fmt.Sprintf("the process holds %d connections, its cap", s.perPID[pid])
+	}
+	return ""
+}
+
+// refuse closes a connection over a cap, counts it, and reports the process
+// (at most once per reflag per process and per uid).
+func (s *Server) refuse(c *net.UnixConn, cred *unix.Ucred, why string, now time.Time) {
+	s.cfg.Metrics.IngestErrors.WithLabelValues("too_many_connections").Inc()
+	if s.flagLimit(fmt.Sprintf("pid:%d", cred.Pid), cred.Uid, now) {
+		s.cfg.Log.Warn("connection refused", "pid", cred.Pid, "uid", cred.Uid, "reason", why)
+		if h, err := peerHandle(c, cred, now, s.cfg.ProcRoot); err == nil {
+			id := Identify(s.cfg.ProcRoot, h.PID, cred.Uid, s.cfg.Policy().TrustTenantClaims)
+			s.cfg.Violations.Emit(violation.Violation{Kind: violation.ConnectionLimit, PID: h.PID, Tenant: id.Tenant, Detail: "connection refused: " + why, Source: "ingest", Process: h})
+		}
+	}
+	c.Close()
+}
+
+// flagLimit reports whether a connection_limit violation is due for this
+// process: at most one per process and one per uid every reflag, so a
+// flood of refused connections is not a flood of violations.
+func (s *Server) flagLimit(key string, uid uint32, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.limits) > 65536 { // bounded: forget the oldest episode
+		for k, t := range s.limits {
+			if now.Sub(t) >= reflag {
+				delete(s.limits, k)
+			}
+		}
+	}
+	ukey := fmt.Sprintf("uid:%d", uid)
+	for _, k := range []string{key, ukey} {
+		if t, ok := s.limits[k]; ok && now.Sub(t) < reflag {
+			return false
+		}
+	}
+	s.limits[key], s.limits[ukey] = now, now
+	return true
+}
+
+// peerCred returns the connection's SO_PEERCRED.
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -171,6 +299,20 @@ func peercred(c *net.UnixConn) (*unix.Ucred, error) {
 		return nil, err
 	}
 	return cred, cerr
+}
+
+// peerHandle returns a pidfd for the connection's process.
+func peerHandle(c *net.UnixConn, cred *unix.Ucred, accepted time.Time, procRoot string) (*proc.Handle, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var h *proc.Handle
+	var herr error
+	if err := rc.Control(func(fd uintptr) { h, herr = proc.FromSocket(int(fd), int(cred.Pid), accepted, procRoot) }); err != nil {
+		return nil, err
+	}
+	return h, herr
 }
 
 // Close stops accepting, closes connections and waits for their handlers.
@@ -185,169 +327,85 @@ func (s *Server) Close() {
 	s.wg.Wait()
 }
 
-// Deny tells every interposer connected from pid to refuse new allocations.
-// Each write has a deadline and happens outside the server's lock: a client
-// that never reads delays Deny by WriteTimeout at most, and nothing else.
-func (s *Server) Deny(pid int) error {
+// Deny tells every interposer connected from h's process to refuse new
+// allocations, and remembers it so the process's children are denied when
+// they connect. Each write has a deadline and happens outside the server's
+// lock: a client that does not read within WriteTimeout is disconnected.
+func (s *Server) Deny(h *proc.Handle) error {
+	s.pruneDenied()
 	s.mu.Lock()
+	s.denied[h.Key()] = true
 	var cs []*conn
 	for c := range s.conns {
-		if c.id.PID == pid {
+		if c.p.key == h.Key() {
 			cs = append(cs, c)
+			c.p.denied = true
 		}
 	}
 	s.mu.Unlock()
 	if len(cs) == 0 {
-		return fmt.Errorf("pid %d has no interposer connection", pid)
+		return fmt.Errorf("%v has no interposer connection (its children will be denied when they connect)", h)
 	}
-	msg := wire.Control(wire.CtlDeny)
 	for _, c := range cs {
-		// One SOCK_SEQPACKET write is one whole packet: concurrent writers
-		// cannot interleave, so no per-connection lock is needed.
-		c.c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		if _, err := c.c.Write(msg); err != nil {
-			return fmt.Errorf("deny to pid %d: %w", pid, err)
+		if err := s.write(c, wire.Control(wire.CtlDeny)); err != nil {
+			return fmt.Errorf("deny to %v: %w", h, err)
 		}
 	}
 	return nil
 }
 
-func (s *Server) handle(c *conn) {
-	defer s.wg.Done()
-	log := s.cfg.Log.With("pid", c.id.PID, "tenant", c.id.Tenant)
-	buf := make([]byte, wire.RecordSize*wire.MaxBatch+1)
-	errs := 0
-	for {
-		n, err := c.c.Read(buf)
-		if err != nil || n == 0 {
-			break
-		}
-		recs, err := wire.Decode(buf[:n])
-		if err != nil {
-			errs++
-			s.cfg.Metrics.IngestErrors.WithLabelValues("malformed").Inc()
-			if errs <= 3 {
-				log.Warn("malformed packet", "bytes", n, "error", err)
-			}
-			if errs >= s.cfg.MaxErrors {
-				log.Warn("closing connection after repeated malformed packets")
-				break
-			}
-			continue
-		}
-		for i := range recs {
-			s.cfg.Metrics.Events.Inc()
-			if err := s.record(c, &recs[i]); err != nil {
-				log.Error("handling record", "type", recs[i].Type, "error", err)
-			}
-		}
-	}
-	c.c.Close()
+// maxDenied bounds the remembered denied processes; past it, those that
+// have exited are forgotten.
+const maxDenied = 4096
+
+func (s *Server) pruneDenied() {
 	s.mu.Lock()
-	delete(s.conns, c)
+	if len(s.denied) < maxDenied {
+		s.mu.Unlock()
+		return
+	}
+	keys := make([]string, 0, len(s.denied))
+	for k := range s.denied {
+		keys = append(keys, k)
+	}
 	s.mu.Unlock()
-	s.cfg.Peers.remove(c.id.PID)
-	s.cfg.Metrics.Connected.Dec()
-	// The process is gone (or gave up its connection): its remaining device
-	// memory went back to the driver with it.
-	for _, h := range c.handles {
-		if err := s.cfg.Ledger.Retire(h, "process exited with the buffer allocated"); err != nil {
-			log.Error("retiring buffer", "handle", h, "error", err)
+	var gone []string
+	for _, k := range keys {
+		pid, _, _ := strings.Cut(k, "@")
+		n, _ := strconv.Atoi(pid)
+		if now, err := proc.KeyOf(s.cfg.ProcRoot, n); err != nil || now != k {
+			gone = append(gone, k)
 		}
 	}
-	if _, err := s.cfg.Trail.Append(trailevent.ProcessDisconnected{Ev: trailevent.EvProcessDisconnected, PID: c.id.PID, Tenant: c.id.Tenant, Open: len(c.handles)}); err != nil {
-		log.Error("recording disconnect", "error", err)
+	s.mu.Lock()
+	for _, k := range gone {
+		delete(s.denied, k)
+	}
+	s.mu.Unlock()
+}
+
+// inheritDeny denies a new connection whose parent process was denied, and
+// records it (the action was the enforcer's; this carries it to the child).
+func (s *Server) inheritDeny(c *conn, parentKey string) {
+	result := "denied new allocations"
+	if err := s.write(c, wire.Control(wire.CtlDeny)); err != nil {
+		result = "error: " + err.Error()
+	}
+	if _, err := s.cfg.Trail.Append(trailevent.Action{Ev: trailevent.EvAction, Action: policy.ActionDeny, PID: c.id.PID, Tenant: c.id.Tenant,
+		Result: result, Reason: "inherited: parent process " + parentKey + " is denied"}); err != nil {
+		s.cfg.Log.Error("recording an inherited deny", "error", err)
 	}
 }
 
-func (s *Server) violation(c *conn, k violation.Kind, detail string) {
-	s.cfg.Violations.Emit(violation.Violation{Kind: k, PID: c.id.PID, Tenant: c.id.Tenant, Detail: detail, Source: "ingest"})
-}
-
-func (s *Server) record(c *conn, r *wire.Record) error {
-	led := s.cfg.Ledger
-	switch r.Type {
-	case wire.Hello:
-		mode := []string{"enforce", "observe", "off"}[min(int(r.Result), 2)]
-		_, err := s.cfg.Trail.Append(trailevent.ProcessConnected{Ev: trailevent.EvProcessConnected, Identity: c.id, Claimed: claim(r.Tenant, c.id.Tenant), Mode: mode, Verify: wire.VerifyName(r.Verify)})
-		return err
-	case wire.Drops:
-		c.dropped += r.Count
-		s.cfg.Metrics.Dropped.Add(float64(r.Count))
-		if _, err := s.cfg.Trail.Append(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
-			return err
-		}
-		if c.dropped >= s.cfg.DropThreshold && c.dropped-r.Count < s.cfg.DropThreshold {
-			s.violation(c, violation.DroppedEvents, strconv.FormatUint(c.dropped, 10)+" events lost")
-		}
-		return nil
-	case wire.Alloc:
-		if r.Flags&wire.FlagImporter != 0 {
-			return nil // memory another process owns
-		}
-		if old, ok := c.handles[r.Ptr]; ok {
-			if err := led.Retire(old, "address reallocated before its free was reported"); err != nil {
-				return err
-			}
-		}
-		h, err := led.RegisterRemote(c.tags(r), int64(r.Bytes), tracer.AllocOptions{})
-		if err != nil {
-			return err
-		}
-		c.handles[r.Ptr] = h
-		return nil
-	case wire.Free, wire.Quarantine:
-		h, known := c.handles[r.Ptr]
-		if r.Result == wire.ResPassthrough || !known {
-			s.cfg.Metrics.Frees.WithLabelValues("passthrough").Inc()
-			return nil
-		}
-		delete(c.handles, r.Ptr)
-		if s.cfg.Attested != nil {
-			s.cfg.Attested(c.id.PID, r.Ptr, time.Now())
-		}
-		verified := r.Flags&wire.FlagVerified != 0
-		method := fmt.Sprintf("%s+%s", wire.FnName(r.Fn), wire.VerifyName(r.Verify))
-		if err := led.Attest(h, tracer.Attestation{Bytes: int64(r.Bytes), Zeroed: int64(r.Zeroed), Verified: verified, Method: method, Seed: r.Seed, Duration: time.Duration(r.DurNanos)}); err != nil {
-			return err
-		}
-		if r.Type == wire.Quarantine {
-			reason := "interposer: zeroize failed"
-			if r.Result == wire.ResVerifyFailed {
-				reason = "interposer: verify failed"
-			}
-			if err := led.Quarantine(h, reason); err != nil {
-				return err
-			}
-			s.cfg.Metrics.Frees.WithLabelValues("quarantined").Inc()
-			s.cfg.Metrics.Quarantined.Inc()
-			s.violation(c, violation.QuarantinedBuffer, fmt.Sprintf("%s of %d bytes at %s", reason, r.Bytes, wire.FnName(r.Fn)))
-			return nil
-		}
-		if err := led.Free(h); err != nil {
-			if errors.Is(err, tracer.ErrFreeWithoutSanitize) {
-				s.cfg.Metrics.Frees.WithLabelValues("failed").Inc()
-				s.violation(c, violation.FreeWithoutSanitize, fmt.Sprintf("%d of %d bytes verified zero at %s", r.Zeroed, r.Bytes, wire.FnName(r.Fn)))
-				return nil
-			}
-			return err
-		}
-		s.cfg.Metrics.Frees.WithLabelValues("ok").Inc()
-		s.cfg.Metrics.ZeroizedBytes.Add(float64(r.Zeroed))
-		return nil
+// write sends one control packet to a client with a deadline; a client that
+// does not take it in time is disconnected (its handler records why).
+func (s *Server) write(c *conn, msg []byte) error {
+	// One SOCK_SEQPACKET write is one whole packet: concurrent writers
+	// cannot interleave, so no per-connection lock is needed.
+	c.c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	_, err := c.c.Write(msg)
+	if err != nil {
+		c.kick("did not read the agent's messages within " + s.cfg.WriteTimeout.String())
 	}
-	return nil
-}
-
-func (c *conn) tags(r *wire.Record) tracer.Tags {
-	return tracer.Tags{Tenant: c.id.Tenant, Request: r.Request, PID: c.id.PID, Device: strconv.Itoa(int(r.Device)), Framework: wire.KindName(r.MemKind), Claimed: claim(r.Tenant, c.id.Tenant)}
-}
-
-// claim returns the client's claimed tenant when it differs from the
-// kernel-derived one.
-func claim(claimed, actual string) string {
-	if claimed == actual {
-		return ""
-	}
-	return claimed
+	return err
 }

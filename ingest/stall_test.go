@@ -11,6 +11,7 @@ import (
 	"github.com/kvhygiene/kvh/action"
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/trailevent"
@@ -23,7 +24,7 @@ import (
 // a wedged kernel call).
 type stuckDenier struct{ calls atomic.Int64 }
 
-func (d *stuckDenier) Deny(int) error { d.calls.Add(1); select {} }
+func (d *stuckDenier) Deny(*proc.Handle) error { d.calls.Add(1); select {} }
 
 func dial(t *testing.T, path string) *net.UnixConn {
 	t.Helper()
@@ -86,11 +87,11 @@ func TestStalledActionStallsNothingElse(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	sock := filepath.Join(dir, "kvh.sock")
-	ln, err := ingest.Listen(sock, 0)
+	ln, err := ingest.Listen(sock, 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := ingest.New(ln, ingest.Config{Ledger: led, Trail: trail, Violations: q, Peers: ingest.NewPeers(), Metrics: ingest.NewMetrics(reg)})
+	srv, err := ingest.New(ln, ingest.Config{Ledger: led, Trail: trail, Violations: q, Peers: ingest.NewPeers(), Metrics: ingest.NewMetrics(reg), Policy: led.Policy})
 	if err != nil {
 		t.Fatal(err)
 	}

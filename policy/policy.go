@@ -47,6 +47,14 @@ type Config struct {
 	OnViolation       string              `yaml:"on_violation" json:"on_violation" doc:"observe, deny, freeze or kill"`
 	AnomalyZ          float64             `yaml:"anomaly_z" json:"anomaly_z" doc:"z-score that flags an anomaly"` // z-score that flags an anomaly
 	Tenants           map[string]Override `yaml:"tenants" json:"tenants" doc:"per-tenant overrides, by tenant"`
+	// TrustTenantClaims honours a process's own KVH_TENANT where the kernel
+	// gives no pod or container identity (bare-metal hosts).
+	TrustTenantClaims bool `yaml:"trust_tenant_claims" json:"trust_tenant_claims" doc:"honour a process's own KVH_TENANT where it has no pod or container identity (bare metal); otherwise it is recorded as a claim only"`
+	// TTLAllowImmediate permits ttl_sec <= 0 (every buffer expires on first
+	// use), which is otherwise refused as a likely mistake.
+	TTLAllowImmediate bool    `yaml:"ttl_allow_immediate" json:"ttl_allow_immediate" doc:"permit ttl_sec <= 0 (every buffer expires at once); refused otherwise"`
+	MaxLiveBuffers    int     `yaml:"max_live_buffers" json:"max_live_buffers" doc:"live buffers one process may hold in the agent's ledger; more is a live_buffer_limit violation and is summarised, not recorded one by one"`
+	MaxEventRate      float64 `yaml:"max_event_rate" json:"max_event_rate" doc:"interposer events per second one process may send (a burst of one second is allowed); more is an event_rate_limit violation and is summarised, not ingested one by one"`
 }
 
 // Override changes some fields for one tenant.
@@ -67,6 +75,8 @@ func Default() Config {
 		TTLFrom:           TTLFromFirstUse,
 		OnViolation:       ActionObserve,
 		AnomalyZ:          6,
+		MaxLiveBuffers:    65536,
+		MaxEventRate:      100000,
 	}
 }
 
@@ -112,8 +122,14 @@ func (c Config) Validate() error {
 	if c.VerifySamples < 1 {
 		return fmt.Errorf("verify_samples: %d must be at least 1", c.VerifySamples)
 	}
-	if err := checkTTL("ttl_sec", c.TTLSec); err != nil {
+	if err := c.checkTTL("ttl_sec", c.TTLSec); err != nil {
 		return err
+	}
+	if c.MaxLiveBuffers < 1 {
+		return fmt.Errorf("max_live_buffers: %d must be at least 1", c.MaxLiveBuffers)
+	}
+	if !(c.MaxEventRate > 0) || math.IsInf(c.MaxEventRate, 0) {
+		return fmt.Errorf("max_event_rate: %v must be a positive number of events per second", c.MaxEventRate)
 	}
 	switch c.TTLFrom {
 	case TTLFromFirstUse, TTLFromAllocation:
@@ -138,7 +154,7 @@ func (c Config) Validate() error {
 				return err
 			}
 		}
-		if err := checkTTL("tenants."+n+".ttl_sec", o.TTLSec); err != nil {
+		if err := c.checkTTL("tenants."+n+".ttl_sec", o.TTLSec); err != nil {
 			return err
 		}
 		if o.OnViolation != nil {
@@ -157,9 +173,12 @@ func checkThreshold(key string, v float64) error {
 	return nil
 }
 
-func checkTTL(key string, v *float64) error {
+func (c Config) checkTTL(key string, v *float64) error {
 	if v != nil && (math.IsNaN(*v) || math.IsInf(*v, 0)) {
 		return fmt.Errorf("%s: %v is not a finite number of seconds", key, *v)
+	}
+	if v != nil && *v <= 0 && !c.TTLAllowImmediate {
+		return fmt.Errorf("%s: %v would expire every buffer at once; set ttl_allow_immediate (KVH_TTL_ALLOW_IMMEDIATE=1) if that is meant", key, *v)
 	}
 	return nil
 }
@@ -261,6 +280,10 @@ var envVars = []envVar{
 	{"KVH_VERIFY", strVar(func(c *Config) *string { return &c.VerifyMode })},
 	{"KVH_ON_VIOLATION", strVar(func(c *Config) *string { return &c.OnViolation })},
 	{"KVH_ANOMALY_Z", floatVar(func(c *Config) *float64 { return &c.AnomalyZ })},
+	{"KVH_TRUST_TENANT_CLAIMS", boolVar(func(c *Config) *bool { return &c.TrustTenantClaims })},
+	{"KVH_TTL_ALLOW_IMMEDIATE", boolVar(func(c *Config) *bool { return &c.TTLAllowImmediate })},
+	{"KVH_MAX_LIVE_BUFFERS", intVar(func(c *Config) *int { return &c.MaxLiveBuffers })},
+	{"KVH_MAX_EVENT_RATE", floatVar(func(c *Config) *float64 { return &c.MaxEventRate })},
 }
 
 // ApplyEnv overlays the environment (lookup is os.LookupEnv in production).
@@ -284,7 +307,7 @@ type Flags struct {
 	threshold, ttl, anomalyZ     float64
 	verify, ttlFrom, onViolation string
 	samples, maxReuse            int
-	doublePass                   bool
+	doublePass, trustClaims      bool
 	fs                           *pflag.FlagSet
 }
 
@@ -302,6 +325,7 @@ func Register(fs *pflag.FlagSet) *Flags {
 	fs.StringVar(&f.ttlFrom, "ttl-from", d.TTLFrom, "TTL clock: first_use or allocation")
 	fs.StringVar(&f.onViolation, "on-violation", d.OnViolation, "action on a violation: observe, deny, freeze or kill")
 	fs.Float64Var(&f.anomalyZ, "anomaly-z", d.AnomalyZ, "z-score that flags a sanitize duration or size anomaly")
+	fs.BoolVar(&f.trustClaims, "trust-tenant-claims", d.TrustTenantClaims, "honour a process's own KVH_TENANT where it has no pod or container identity (bare-metal hosts)")
 	return f
 }
 
@@ -331,6 +355,7 @@ func (f *Flags) Load(lookup func(string) (string, bool)) (Config, error) {
 	set("ttl-from", func() { c.TTLFrom = f.ttlFrom })
 	set("on-violation", func() { c.OnViolation = f.onViolation })
 	set("anomaly-z", func() { c.AnomalyZ = f.anomalyZ })
+	set("trust-tenant-claims", func() { c.TrustTenantClaims = f.trustClaims })
 	return c, c.Validate()
 }
 

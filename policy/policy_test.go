@@ -99,3 +99,30 @@ func TestSeedTTLSemantics(t *testing.T) {
 		t.Fatal("seed boolean spelling")
 	}
 }
+
+func TestHardeningKeys(t *testing.T) {
+	env := map[string]string{"KVH_TTL_SEC": "0"}
+	c := Default()
+	if err := c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "ttl_allow_immediate") {
+		t.Fatalf("KVH_TTL_SEC=0 accepted without being allowed: %v", err)
+	}
+	env["KVH_TTL_ALLOW_IMMEDIATE"] = "1"
+	c = Default()
+	c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err := c.Validate(); err != nil {
+		t.Fatalf("allowed immediate TTL refused: %v", err)
+	}
+	for _, bad := range []func(*Config){
+		func(c *Config) { c.MaxLiveBuffers = 0 },
+		func(c *Config) { c.MaxEventRate = -1 },
+	} {
+		c := Default()
+		bad(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("invalid caps accepted: %+v", c)
+		}
+	}
+}

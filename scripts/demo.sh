@@ -30,10 +30,13 @@ for way in runtime driver vmm; do
 done
 
 say "3. Start kvh-agent (socket and metrics on loopback, trail under $DEMO_DIR)"
+# --trust-tenant-claims: this host runs no pods or containers, so the engine's
+# own KVH_TENANT may name its tenant (on Kubernetes the pod does, whatever it says).
 $BIN/kvh-agent --socket "$SOCK" --listen 127.0.0.1:0 --trail-dir "$DEMO_DIR/trail" \
   --signing-key "$DEMO_DIR/kvh.key" --metrics-json "$DEMO_DIR/metrics.json" \
   --metrics-textfile "$DEMO_DIR/metrics.prom" --export-interval 1s --append-only=false \
   --witness auto --witness-lib "$PWD/$FAKE/libcuda.so.1" --attest-window 1s \
+  --trust-tenant-claims \
   >"$DEMO_DIR/agent.log" 2>&1 &
 AGENT=$!
 trap 'kill $AGENT 2>/dev/null || true' EXIT

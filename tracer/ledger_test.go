@@ -87,7 +87,12 @@ func TestSeedBehaviours(t *testing.T) {
 		}
 	})
 	t.Run("ttl 0 quarantines on first use", func(t *testing.T) {
-		l, _ := newLedger(t, func(p *policy.Config) { p.TTLSec = fp(0) })
+		p := policy.Default()
+		p.TTLSec = fp(0)
+		if _, err := New(Options{Trail: &memTrail{}, Policy: p}); err == nil || !strings.Contains(err.Error(), "ttl_allow_immediate") {
+			t.Fatalf("ttl 0 without ttl_allow_immediate: %v (the seed took it silently)", err)
+		}
+		l, _ := newLedger(t, func(p *policy.Config) { p.TTLSec = fp(0); p.TTLAllowImmediate = true })
 		h, _ := l.Allocate(Tags{}, 8, AllocOptions{})
 		if err := l.MarkInUse(h); !errors.Is(err, ErrPolicyViolation) {
 			t.Fatalf("mark_in_use: %v", err)

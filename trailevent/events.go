@@ -19,6 +19,7 @@ const (
 	EvViolationsOverflow  = "violations_overflow"
 	EvAction              = "action"
 	EvAnomaly             = "anomaly"
+	EvFloodSummary        = "flood_summary"
 )
 
 // Buffer transition event names (the ledger's state machine).
@@ -80,14 +81,15 @@ type Posture struct {
 // from SO_PEERCRED, the rest from /proc/<pid>. Nothing comes from what the
 // process claims on the wire.
 type Identity struct {
-	PID          int    `json:"pid" doc:"process id (SO_PEERCRED)"`
-	UID          uint32 `json:"uid" doc:"user id (SO_PEERCRED)"`
-	Comm         string `json:"comm,omitempty" doc:"/proc/<pid>/comm"`
-	Cgroup       string `json:"cgroup,omitempty" doc:"the process's cgroup v2 path"`
-	ContainerID  string `json:"container_id,omitempty" doc:"container id parsed from the cgroup"`
-	PodUID       string `json:"pod_uid,omitempty" doc:"Kubernetes pod UID parsed from the cgroup"`
-	Tenant       string `json:"tenant" doc:"the tenant the agent judges the process as"`
-	TenantSource string `json:"tenant_source" doc:"where the tenant came from: env, pod, container, uid or exited"`
+	PID           int    `json:"pid" doc:"process id (SO_PEERCRED)"`
+	UID           uint32 `json:"uid" doc:"user id (SO_PEERCRED)"`
+	Comm          string `json:"comm,omitempty" doc:"/proc/<pid>/comm"`
+	Cgroup        string `json:"cgroup,omitempty" doc:"the process's cgroup v2 path"`
+	ContainerID   string `json:"container_id,omitempty" doc:"container id parsed from the cgroup"`
+	PodUID        string `json:"pod_uid,omitempty" doc:"Kubernetes pod UID parsed from the cgroup"`
+	Tenant        string `json:"tenant" doc:"the tenant the agent judges the process as"`
+	TenantSource  string `json:"tenant_source" doc:"where the tenant came from, in this order: pod (pod UID from the cgroup), container (container id from the cgroup), claim (the process's own KVH_TENANT, only where the policy's trust_tenant_claims is on), uid, or exited (gone before /proc was read)"`
+	ClaimedTenant string `json:"claimed_tenant,omitempty" doc:"the process's own KVH_TENANT (a claim: honoured only as tenant_source says)"`
 }
 
 // ProcessConnected records an interposer's hello.
@@ -105,6 +107,7 @@ type ProcessDisconnected struct {
 	PID    int    `json:"pid" doc:"process id"`
 	Tenant string `json:"tenant,omitempty" doc:"tenant"`
 	Open   int    `json:"open_buffers,omitempty" doc:"buffers still allocated when it went (retired: the memory went back with the process)"`
+	Reason string `json:"reason,omitempty" doc:"why the agent ended it (a client that does not read, repeated malformed packets); empty when the client closed it"`
 }
 
 // InterposerDrops records events an interposer could not deliver.
@@ -139,8 +142,27 @@ type Action struct {
 	Action string `json:"action" doc:"deny, freeze or kill"`
 	PID    int    `json:"pid" doc:"the process acted on"`
 	Tenant string `json:"tenant,omitempty" doc:"its tenant"`
-	Kind   string `json:"kind" doc:"the violation kind that caused it"`
+	Kind   string `json:"kind" doc:"the violation kind that caused it (empty for an inherited deny)"`
 	Result string `json:"result" doc:"what happened, or error: ... (timed out: the action did not finish in time)"`
+	Reason string `json:"reason,omitempty" doc:"why, when not a violation of this process: a deny inherited from a denied parent"`
+}
+
+// FloodSummary counts, exactly, what a process sent past one of its caps
+// in one window, instead of one record per event.
+type FloodSummary struct {
+	Ev         string `json:"ev" doc:"flood_summary"`
+	PID        int    `json:"pid" doc:"the process"`
+	Tenant     string `json:"tenant,omitempty" doc:"its tenant"`
+	Cap        string `json:"cap" doc:"the cap it went past: max_event_rate or max_live_buffers"`
+	FromNS     int64  `json:"from_ns" doc:"window start, Unix nanoseconds"`
+	ToNS       int64  `json:"to_ns" doc:"window end, Unix nanoseconds"`
+	Events     uint64 `json:"events" doc:"records in the window not ingested one by one"`
+	Allocs     uint64 `json:"allocs" doc:"allocations among them"`
+	AllocBytes uint64 `json:"alloc_bytes" doc:"bytes those allocations claimed"`
+	Frees      uint64 `json:"frees" doc:"frees and quarantines among them"`
+	FreeBytes  uint64 `json:"free_bytes" doc:"bytes those frees released"`
+	Unverified uint64 `json:"unverified_frees" doc:"frees among them whose zeroize was not verified"`
+	Other      uint64 `json:"other" doc:"other records (hello, drops)"`
 }
 
 // Anomaly records a sanitize duration or buffer size far from the tenant's mean.

@@ -15,6 +15,8 @@ package violation
 
 import (
 	"context"
+
+	"github.com/kvhygiene/kvh/internal/proc"
 	"sync"
 	"time"
 )
@@ -34,6 +36,10 @@ const (
 	DroppedEvents        Kind = "dropped_events"
 	UnattestedFree       Kind = "unattested_free"
 	UncoveredProcess     Kind = "uncovered_process"
+	ConnectionLimit      Kind = "connection_limit"
+	LiveBufferLimit      Kind = "live_buffer_limit"
+	EventRateLimit       Kind = "event_rate_limit"
+	VerifyBelowFloor     Kind = "verify_below_floor"
 )
 
 var docs = map[Kind]string{
@@ -45,11 +51,16 @@ var docs = map[Kind]string{
 	DroppedEvents:        "an interposer lost more events than --drop-threshold (the agent could not see them)",
 	UnattestedFree:       "the eBPF witness saw a free in the driver with no zeroize attestation from the interposer",
 	UncoveredProcess:     "a process uses the GPU or the CUDA driver without the interposer",
+	ConnectionLimit:      "a process (or its uid) opened more interposer connections than the agent allows",
+	LiveBufferLimit:      "a process holds more live buffers than max_live_buffers; the excess is summarised, not recorded one by one",
+	EventRateLimit:       "a process sends more events than max_event_rate; the excess is summarised, not ingested one by one",
+	VerifyBelowFloor:     "an interposer zeroized with weaker verification than the agent's floor (verify mode, samples, double pass)",
 }
 
 // Kinds returns every kind, in a fixed order.
 func Kinds() []Kind {
-	return []Kind{QuarantinedBuffer, FreeWithoutSanitize, ReuseWithoutSanitize, ReuseLimit, TTLExpired, DroppedEvents, UnattestedFree, UncoveredProcess}
+	return []Kind{QuarantinedBuffer, FreeWithoutSanitize, ReuseWithoutSanitize, ReuseLimit, TTLExpired, DroppedEvents, UnattestedFree, UncoveredProcess,
+		ConnectionLimit, LiveBufferLimit, EventRateLimit, VerifyBelowFloor}
 }
 
 // Doc says in one line what the kind means.
@@ -66,6 +77,10 @@ type Violation struct {
 	Detail string
 	Source string // the detector: ledger, ingest, witness, gpu
 	At     time.Time
+	// Process is the violator held by a pidfd, when the detector has it
+	// (ingest does, for a connection); otherwise the enforcer resolves PID,
+	// refusing a process that started after At.
+	Process *proc.Handle
 }
 
 // Sink takes violations. Emit must never block.

@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/user"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,7 +68,11 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	if err != nil {
 		return nil, fmt.Errorf("hmac key: %w", err)
 	}
-	sock, err := ingest.Listen(cfg.Socket, 0o660)
+	gid, err := lookupGroup(cfg.SocketGroup)
+	if err != nil {
+		return nil, err
+	}
+	sock, err := ingest.Listen(cfg.Socket, os.FileMode(cfg.SocketMode), gid)
 	if err != nil {
 		return nil, err
 	}
@@ -75,9 +83,18 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	}
 	undo = append(undo, func() { httpLn.Close() })
 
-	trail, err := forensic.Open(cfg.TrailDir, forensic.Options{Signer: signer, MACKey: macKey, Origin: cfg.Origin, AppendOnly: cfg.AppendOnly})
+	trail, err := forensic.Open(cfg.TrailDir, forensic.Options{Signer: signer, MACKey: macKey, Origin: cfg.Origin, AppendOnly: cfg.AppendOnly,
+		AcceptTampered: cfg.AcceptTamperedTrail})
 	if err != nil {
+		if te := (*forensic.TamperError)(nil); errors.As(err, &te) {
+			log.Error("the trail has been tampered with: refusing to start; investigate, then --accept-tampered-trail keeps its files as evidence and starts a new log",
+				"dir", cfg.TrailDir, "file", te.File, "line", te.Line, "seq", te.Seq, "found", te.Found)
+		}
 		return nil, fmt.Errorf("opening trail %s: %w", cfg.TrailDir, err)
+	}
+	if tb := trail.Stats().Tamper; tb != nil {
+		log.Warn("the trail had been tampered with (--accept-tampered-trail): its files are kept untouched as evidence, and a new log opens with a tamper_detected record",
+			"file", tb.File, "line", tb.Line, "seq", tb.Seq, "found", tb.Found, "evidence", filepath.Join(cfg.TrailDir, tb.Evidence))
 	}
 	undo = append(undo, func() { trail.Close() })
 	st := trail.Stats()
@@ -129,13 +146,17 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		attested = corr.Attested
 	}
 	server, err := ingest.New(sock, ingest.Config{Ledger: ledger, Trail: trail, Violations: queue, Peers: peers, Metrics: ingest.NewMetrics(reg),
-		Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Attested: attested})
+		Policy: ledger.Policy, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Attested: attested,
+		MaxConns: cfg.MaxConns, MaxConnsPerUID: cfg.MaxConnsPerUID, MaxConnsPerProcess: cfg.MaxConnsPerProc})
 	if err != nil {
 		return nil, err
 	}
 	enf, err := action.New(action.Config{Trail: trail, Policy: ledger.Policy, Log: log.Named("action"), Denier: server,
-		Identify: func(pid int) string { return ingest.Identify(cfg.ProcRoot, pid, 0).Tenant },
-		ProcRoot: cfg.ProcRoot, CgroupRoot: cfg.CgroupRoot, ActionTimeout: cfg.ActionTimeout,
+		Identify: func(pid int) string {
+			return ingest.Identify(cfg.ProcRoot, pid, 0, ledger.Policy().TrustTenantClaims).Tenant
+		},
+		Connected: peers.Process,
+		ProcRoot:  cfg.ProcRoot, CgroupRoot: cfg.CgroupRoot, ActionTimeout: cfg.ActionTimeout,
 		Metrics: action.NewMetrics(reg, func() float64 { return float64(queue.Len()) })})
 	if err != nil {
 		return nil, err
@@ -172,6 +193,22 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	}
 	a.ready.Store(true)
 	return a, nil
+}
+
+// lookupGroup resolves --socket-group (a name or a gid); "" is -1 (keep the
+// agent's own group).
+func lookupGroup(g string) (int, error) {
+	if g == "" {
+		return -1, nil
+	}
+	if n, err := strconv.Atoi(g); err == nil && n >= 0 {
+		return n, nil
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, fmt.Errorf("--socket-group: %w", err)
+	}
+	return strconv.Atoi(grp.Gid)
 }
 
 func (a *agent) exportEvery(ctx context.Context) {

@@ -33,13 +33,27 @@ func TestMain(m *testing.M) {
 	}
 	dir, _ := os.MkdirTemp("", "kvh-agent-test")
 	agentBin = filepath.Join(dir, "kvh-agent")
-	if out, err := exec.Command("go", "build", "-race", "-o", agentBin, ".").CombinedOutput(); err != nil {
+	build := []string{"build", "-race", "-o", agentBin}
+	if cov := os.Getenv("KVH_COVERDIR"); cov != "" {
+		build = append(build, coverFlags(cov)...)
+	}
+	if out, err := exec.Command("go", append(build, ".")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building kvh-agent: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// coverFlags are the go build flags for an agent that counts toward make
+// cover (KVH_COVERDIR set): coverage of every kvh package it links, written
+// under cov on exit (GOCOVERDIR, which the agents inherit from this process),
+// so what these end-to-end runs reach counts alongside the unit tests. An
+// agent a test ends with SIGKILL writes nothing.
+func coverFlags(cov string) []string {
+	os.Setenv("GOCOVERDIR", cov)
+	return []string{"-cover", "-coverpkg=github.com/kvhygiene/kvh/..."}
 }
 
 type testAgent struct {
@@ -206,11 +220,13 @@ func num(v any) int {
 }
 
 func (a *testAgent) client(way string, env ...string) libkvhtest.Run {
-	return libkvhtest.Exec(way, libkvhtest.Lib(), append(env, "KVH_SOCKET="+a.sock, "CLIENT_LINGER_MS=300"))
+	// Defaults first: for a duplicate key the last value wins, so env may override them.
+	return libkvhtest.Exec(way, libkvhtest.Lib(), append([]string{"KVH_SOCKET=" + a.sock, "CLIENT_LINGER_MS=300"}, env...))
 }
 
 func TestAttestationsReachTheTrail(t *testing.T) {
-	a := newAgent(t)
+	a := newAgent(t, "--trust-tenant-claims") // bare metal: no pod or container identity
+
 	run := a.client("driver", "KVH_TENANT=acme")
 	if run.Err != nil || run.Value("RESIDUE") != 0 {
 		t.Fatalf("%v %s", run.Err, run.Stdout)
@@ -269,7 +285,7 @@ func grepMetrics(s string) string {
 func TestActions(t *testing.T) {
 	faulty := []string{"FAKECUDA_MEMSET_PARTIAL=100", "KVH_VERIFY=full", "KVH_TENANT=mallory"}
 	t.Run("observe", func(t *testing.T) {
-		a := newAgent(t, "--on-violation", "observe")
+		a := newAgent(t, "--on-violation", "observe", "--trust-tenant-claims")
 		run := a.client("driver", faulty...)
 		if run.Err != nil || run.Value("REUSED") != 0 {
 			t.Fatalf("%v %s", run.Err, run.Stdout)
@@ -360,6 +376,9 @@ func TestHostileClients(t *testing.T) {
 	}
 	for _, f := range flood {
 		f.Close()
+	}
+	if m, ok := a.waitMetrics("kvh_connected_processes 0"); !ok { // the per-process cap must not refuse the next one
+		t.Fatalf("flood connections not released:\n%s", grepMetrics(m))
 	}
 	// a client lying about its pid and tenant
 	liar := dial()

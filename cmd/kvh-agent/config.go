@@ -12,6 +12,11 @@ import (
 // Config is everything the agent is told, validated once.
 type Config struct {
 	Socket          string
+	SocketMode      uint32
+	SocketGroup     string
+	MaxConns        int
+	MaxConnsPerUID  int
+	MaxConnsPerProc int
 	Listen          string
 	TrailDir        string
 	SigningKey      string
@@ -36,13 +41,22 @@ type Config struct {
 	ModprobeDir     string
 	Version         bool
 	policyFlags     *policy.Flags
+
+	// AcceptTamperedTrail starts on a trail that fails recovery's checks,
+	// keeping its files as evidence (forensic.Options.AcceptTampered).
+	AcceptTamperedTrail bool
 }
 
 func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	c := &Config{}
 	fs := pflag.NewFlagSet("kvh-agent", pflag.ContinueOnError)
 	fs.SortFlags = false
-	fs.StringVar(&c.Socket, "socket", "/run/kvh/kvh.sock", "interposer socket (SOCK_SEQPACKET, mode 0660)")
+	fs.StringVar(&c.Socket, "socket", "/run/kvh/kvh.sock", "interposer socket (SOCK_SEQPACKET)")
+	fs.Uint32Var(&c.SocketMode, "socket-mode", 0o660, "the socket's mode (octal, e.g. 0660; 0666 lets any local process connect: identity comes from the kernel and the caps below hold either way)")
+	fs.StringVar(&c.SocketGroup, "socket-group", "", "the socket's group, by name or gid (default: the agent's), so that non-root serving processes can connect")
+	fs.IntVar(&c.MaxConns, "max-conns", 4096, "interposer connections the agent accepts in all")
+	fs.IntVar(&c.MaxConnsPerUID, "max-conns-per-uid", 1024, "interposer connections one uid may hold")
+	fs.IntVar(&c.MaxConnsPerProc, "max-conns-per-process", 8, "interposer connections one process may hold (more is a connection_limit violation)")
 	fs.StringVar(&c.Listen, "listen", ":9478", "HTTP address for /metrics, /healthz and /readyz")
 	fs.StringVar(&c.TrailDir, "trail-dir", "/var/lib/kvh/trail", "the tamper-evident trail's directory")
 	fs.StringVar(&c.SigningKey, "signing-key", "/etc/kvh/kvh.key", "checkpoint signing key (from kvh-verify keygen; mode 0600)")
@@ -56,6 +70,7 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&c.AppendOnly, "append-only", true, "set the append-only attribute on trail files when permitted")
+	fs.BoolVar(&c.AcceptTamperedTrail, "accept-tampered-trail", false, "start even when the trail has been tampered with (by default the agent refuses, naming the file, line and seq): its files are kept untouched as evidence in <trail-dir>/evidence-<time>/ and a new log starts with a signed tamper_detected record saying what was found")
 	fs.StringVar(&c.Witness, "witness", "auto", "eBPF witness: auto (on when possible), on (required) or off")
 	fs.StringArrayVar(&c.WitnessLibs, "witness-lib", nil, "a CUDA driver or runtime library to probe (repeatable; default: the node's libcuda.so.1, plus every copy processes map)")
 	fs.DurationVar(&c.AttestWindow, "attest-window", 2*time.Second, "how long a witnessed free waits for its interposer attestation")
@@ -88,6 +103,14 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	case "auto", "on", "off":
 	default:
 		return nil, fs, fmt.Errorf("--witness %q is not auto, on or off", c.Witness)
+	}
+	if c.SocketMode&^0o777 != 0 || c.SocketMode&0o600 != 0o600 {
+		return nil, fs, fmt.Errorf("--socket-mode %#o must be a permission mode that lets the agent read and write (0600 to 0777)", c.SocketMode)
+	}
+	for name, v := range map[string]int{"max-conns": c.MaxConns, "max-conns-per-uid": c.MaxConnsPerUID, "max-conns-per-process": c.MaxConnsPerProc} {
+		if v < 1 {
+			return nil, fs, fmt.Errorf("--%s must be at least 1", name)
+		}
 	}
 	for _, d := range []struct {
 		name string

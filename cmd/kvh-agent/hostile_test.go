@@ -1,0 +1,416 @@
+package main
+
+// Attacks by a tenant on the node, each against the real agent binary.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvhygiene/kvh/forensic"
+	"github.com/kvhygiene/kvh/internal/libkvhtest"
+	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/wire"
+)
+
+// The test binary doubles as a hostile client: KVH_TEST_HELPER selects the
+// role before any test runs.
+func init() {
+	switch os.Getenv("KVH_TEST_HELPER") {
+	case "forker":
+		forker()
+	case "child":
+		forkedChild()
+	}
+}
+
+// forker connects to the agent, says hello, hands its socket to a child it
+// starts (KVH_TEST_SOCKET_FD=3), prints both pids and exits: the classic
+// way to leave the agent acting on a pid that is about to be reused.
+func forker() {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: os.Getenv("KVH_TEST_SOCKET"), Net: "unixpacket"})
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	c.Write(wire.Record{Type: wire.Hello}.Encode())
+	f, _ := c.File()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "KVH_TEST_HELPER=child")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stdout = os.Stdout
+	if err := cmd.Start(); err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	fmt.Println("PARENT", os.Getpid())
+	fmt.Println("CHILD", cmd.Process.Pid)
+	os.Exit(0)
+}
+
+// forkedChild waits for KVH_TEST_GO to exist, then sends a quarantine on
+// the inherited socket (a violation charged to the connection's process),
+// and, with KVH_TEST_DIAL set, also dials the agent itself and reports
+// whether it is denied.
+func forkedChild() {
+	go_ := os.Getenv("KVH_TEST_GO")
+	for i := 0; i < 600; i++ {
+		if _, err := os.Stat(go_); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sock := os.NewFile(3, "sock")
+	sock.Write(append(wire.Record{Type: wire.Alloc, Ptr: 0x9000, Bytes: 4096, MemKind: wire.MemDevice}.Encode(),
+		wire.Record{Type: wire.Quarantine, Ptr: 0x9000, Bytes: 4096, Result: wire.ResVerifyFailed, Fn: 4}.Encode()...))
+	time.Sleep(3 * time.Second)
+	os.Exit(0)
+}
+
+func (a *testAgent) typedEvents(t *testing.T) []any {
+	t.Helper()
+	var out []any
+	if err := trailevent.Read(filepath.Join(a.dir, "trail"), func(_ uint64, _ string, ev any) error {
+		out = append(out, ev)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (a *testAgent) dial(t *testing.T) *net.UnixConn {
+	t.Helper()
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: a.sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func sleeperWithPID(t *testing.T, pid int) *exec.Cmd {
+	t.Helper()
+	for i := 0; i < 30; i++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Fatalf("steering the next pid: %v", err)
+		}
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if c.Process.Pid == pid {
+			t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+			return c
+		}
+		c.Process.Kill()
+		c.Wait()
+	}
+	t.Fatalf("could not reuse pid %d", pid)
+	return nil
+}
+
+// 1. A violator forks a child holding its socket and exits; an unrelated
+// process takes its pid; the child then misbehaves on the old connection.
+// The agent must not kill the unrelated process.
+func TestPIDReuseAttack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
+	}
+	a := newAgent(t, "--on-violation", "kill")
+	goFile := filepath.Join(t.TempDir(), "go")
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "KVH_TEST_HELPER=forker", "KVH_TEST_SOCKET="+a.sock, "KVH_TEST_GO="+goFile)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("forker: %v %s", err, out)
+	}
+	var parent, child int
+	for _, l := range strings.Split(string(out), "\n") {
+		fmt.Sscanf(l, "PARENT %d", &parent)
+		fmt.Sscanf(l, "CHILD %d", &child)
+	}
+	if parent == 0 || child == 0 {
+		t.Fatalf("forker said %q", out)
+	}
+	childProc, _ := os.FindProcess(child)
+	defer childProc.Kill()
+	// The parent has exited (and was reaped by exec): someone else gets its pid.
+	victim := sleeperWithPID(t, parent)
+	os.WriteFile(goFile, nil, 0o600)
+	if _, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "action" && num(e["pid"]) == parent
+	}); !ok {
+		t.Fatalf("no action recorded for the violation\n%s", a.log)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := victim.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the agent killed pid %d, which an unrelated process had reused\n%s", parent, a.log)
+	}
+	for _, ev := range a.typedEvents(t) {
+		if act, ok := ev.(*trailevent.Action); ok && act.PID == parent && !strings.Contains(act.Result, "gone") {
+			t.Fatalf("action %+v: want the process reported gone", act)
+		}
+	}
+}
+
+// 2. A denied process's children are denied when they connect.
+func TestDenyInheritedByChildren(t *testing.T) {
+	a := newAgent(t, "--on-violation", "deny")
+	// The test process is the parent: it violates and is denied.
+	p := a.dial(t)
+	p.Write(append(wire.Record{Type: wire.Alloc, Ptr: 0x1000, Bytes: 4096}.Encode(),
+		wire.Record{Type: wire.Quarantine, Ptr: 0x1000, Bytes: 4096, Result: wire.ResVerifyFailed, Fn: 4}.Encode()...))
+	p.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	if n, err := p.Read(buf); err != nil || n != wire.ControlSize {
+		t.Fatalf("parent not denied: %d %v\n%s", n, err, a.log)
+	}
+	// Its child connects on its own (libkvh reconnects after fork or exec).
+	run := a.client("driver", "CLIENT_LINGER_MS=1000")
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "action" && num(e["pid"]) == run.PID && strings.Contains(fmt.Sprint(e["reason"]), "inherited")
+	}); !ok {
+		t.Fatalf("the child of a denied process was not denied: %v\n%s", a.events(), a.log)
+	}
+}
+
+// 3. A process's own KVH_TENANT does not choose its tenant: it is recorded
+// as a claim.
+func TestTenantClaimIsNotIdentity(t *testing.T) {
+	a := newAgent(t)
+	run := a.client("driver", "KVH_TENANT=someone-else")
+	if run.Err != nil {
+		t.Fatal(run.Err)
+	}
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "process_connected" })
+	if !ok {
+		t.Fatal("no process_connected")
+	}
+	id, _ := ev["identity"].(map[string]any)
+	if id["tenant"] == "someone-else" || id["claimed_tenant"] != "someone-else" || id["tenant_source"] != "uid" {
+		t.Fatalf("a process chose its own tenant: %v", id)
+	}
+}
+
+// 4. One process holding thousands of connections neither locks out other
+// tenants nor goes unreported.
+func TestConnectionFlood(t *testing.T) {
+	a := newAgent(t)
+	var flood []*net.UnixConn
+	for i := 0; i < 4096; i++ {
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: a.sock, Net: "unixpacket"})
+		if err != nil {
+			break // the backlog is full: the flood is being refused
+		}
+		flood = append(flood, c)
+	}
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	// Another tenant: libkvh retries its connection every 200 ms while it
+	// lives, so it gets in once the refusals have drained the backlog.
+	run := a.client("driver", "CLIENT_LINGER_MS=3000")
+	if run.Err != nil {
+		t.Fatal(run.Err)
+	}
+	if _, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool {
+		id, _ := e["identity"].(map[string]any)
+		return e["ev"] == "process_connected" && num(id["pid"]) == run.PID
+	}); !ok {
+		t.Fatalf("another tenant was locked out by a connection flood\n%s", a.log)
+	}
+	if _, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "violation" && e["kind"] == "connection_limit" && num(e["pid"]) == os.Getpid()
+	}); !ok {
+		t.Fatal("the flooding process was not reported")
+	}
+	if m, ok := a.waitMetrics("kvh_connected_processes 8"); !ok {
+		t.Fatalf("connections held beyond the per-process cap:\n%s", grepMetrics(m))
+	}
+}
+
+func rssMiB(pid int) int {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.Fields(v)[0])
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+// 5. An allocation flood (never freed) is capped, reported, and summarised
+// exactly: every allocation is either in the ledger or in a flood_summary.
+func TestAllocationFlood(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(pol, []byte("max_live_buffers: 2000\nmax_event_rate: 20000\n"), 0o600)
+	a := newAgent(t, "--policy", pol)
+	before := rssMiB(a.cmd.Process.Pid)
+	c := a.dial(t)
+	const n = 100000
+	batch := make([]byte, 0, wire.RecordSize*wire.MaxBatch)
+	for i := 0; i < n; i++ {
+		batch = append(batch, wire.Record{Type: wire.Alloc, Ptr: uint64(0x10000 + i*4096), Bytes: 4096, MemKind: wire.MemDevice}.Encode()...)
+		if len(batch) == cap(batch) || i == n-1 {
+			if _, err := c.Write(batch); err != nil {
+				t.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	c.Close()
+	if _, ok := a.waitEvent(20*time.Second, func(e map[string]any) bool { return e["ev"] == "process_disconnected" && num(e["pid"]) == os.Getpid() }); !ok {
+		t.Fatal("flood not drained")
+	}
+	after := rssMiB(a.cmd.Process.Pid)
+	a.stop()
+	var ingested, summarised uint64
+	kinds := map[string]bool{}
+	for _, ev := range a.typedEvents(t) {
+		switch ev := ev.(type) {
+		case *trailevent.Buffer:
+			if ev.Ev == trailevent.EvAllocate && ev.PID == os.Getpid() {
+				ingested++
+			}
+		case *trailevent.FloodSummary:
+			summarised += ev.Allocs
+			if ev.Events != ev.Allocs || ev.AllocBytes != ev.Allocs*4096 || ev.ToNS < ev.FromNS {
+				t.Errorf("flood summary does not add up: %+v", ev)
+			}
+		case *trailevent.Violation:
+			kinds[ev.Kind] = true
+		}
+	}
+	if ingested+summarised != n {
+		t.Fatalf("%d allocations ingested + %d summarised != %d sent: events lost silently", ingested, summarised, n)
+	}
+	if ingested > 2000 || !kinds["live_buffer_limit"] && !kinds["event_rate_limit"] {
+		t.Fatalf("caps not applied: %d ingested, violations %v", ingested, kinds)
+	}
+	t.Logf("agent RSS %d MiB before, %d MiB after %d allocations (%d ingested, %d summarised)", before, after, n, ingested, summarised)
+	if after > 256 {
+		t.Fatalf("agent RSS %d MiB after an allocation flood", after)
+	}
+}
+
+// 6. A client that never reads is disconnected and recorded; it cannot
+// stall the agent.
+func TestClientThatNeverReads(t *testing.T) {
+	a := newAgent(t, "--on-violation", "deny")
+	c := a.dial(t)
+	batch := []byte{}
+	for i := 0; i < 2000; i++ { // each quarantine is a violation, each a deny the client never reads
+		p := uint64(0x100000 + i*4096)
+		batch = append(batch, wire.Record{Type: wire.Alloc, Ptr: p, Bytes: 64}.Encode()...)
+		batch = append(batch, wire.Record{Type: wire.Quarantine, Ptr: p, Bytes: 64, Result: wire.ResVerifyFailed, Fn: 4}.Encode()...)
+		if len(batch) >= wire.RecordSize*wire.MaxBatch {
+			if _, err := c.Write(batch); err != nil {
+				break // disconnected by the agent
+			}
+			batch = batch[:0]
+		}
+	}
+	ev, ok := a.waitEvent(60*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "process_disconnected" && num(e["pid"]) == os.Getpid()
+	})
+	if !ok || !strings.Contains(fmt.Sprint(ev["reason"]), "did not read") {
+		t.Fatalf("a client that never reads was not disconnected with a reason: %v\n%s", ev, a.log)
+	}
+	// The agent still serves others (run through sh, so the client is not
+	// a child of the denied test process and does not inherit its deny).
+	c2 := exec.Command("sh", "-c", `LD_PRELOAD="$KVHLIB" "$0"; true`, libkvhtest.Client("driver"))
+	c2.Env = append(os.Environ(), "LD_LIBRARY_PATH="+libkvhtest.FakeDir(), "KVHLIB="+libkvhtest.Lib(), "KVH_SOCKET="+a.sock, "CLIENT_LINGER_MS=300")
+	if out, err := c2.CombinedOutput(); err != nil || !strings.Contains(string(out), "RESIDUE 0") {
+		t.Fatalf("another tenant after a slow reader: %v %s", err, out)
+	}
+	if code, _ := a.get("/healthz"); code != 200 {
+		t.Fatal("agent unhealthy")
+	}
+}
+
+// 7. Absurd values are refused as malformed and counted, never fed into
+// histograms or totals.
+func TestAbsurdValues(t *testing.T) {
+	a := newAgent(t)
+	c := a.dial(t)
+	for _, r := range []wire.Record{
+		{Type: wire.Alloc, Ptr: 0x1000, Bytes: ^uint64(4095)}, // -4096 as uint64
+		{Type: wire.Drops, Count: ^uint64(0)},
+		{Type: wire.Alloc, Ptr: 0x2000, Bytes: 4096},
+		{Type: wire.Free, Ptr: 0x2000, Bytes: 4096, Zeroed: 4096, Flags: wire.FlagVerified, DurNanos: 1 << 63},
+	} {
+		c.Write(r.Encode())
+	}
+	if m, ok := a.waitMetrics(`kvh_ingest_errors_total{reason="absurd_value"} 3`); !ok {
+		t.Fatalf("absurd values not refused:\n%s", grepMetrics(m))
+	}
+	m, _ := a.waitMetrics()
+	for _, want := range []string{"kvh_interposer_dropped_events_total 0", "kvh_ledger_sanitize_duration_seconds_sum 0"} {
+		if !strings.Contains(m, want+"\n") {
+			t.Errorf("an absurd value reached a total: want %q in\n%s", want, grepMetrics(m))
+		}
+	}
+}
+
+// 13. The socket's group and mode are the operator's to set, so non-root
+// serving processes can reach the agent.
+func TestSocketGroupAndMode(t *testing.T) {
+	a := newAgent(t, "--socket-group", "65534", "--socket-mode", "0660")
+	st, err := os.Stat(a.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if os.Geteuid() == 0 && sys.Gid != 65534 || st.Mode().Perm() != 0o660 {
+		t.Fatalf("socket gid %d mode %v", sys.Gid, st.Mode().Perm())
+	}
+	out, err := exec.Command(agentBin, "--socket-mode", "0007").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--socket-mode") {
+		t.Fatalf("a socket mode the agent cannot use was accepted: %s", out)
+	}
+}
+
+// 12. The full effective policy is recorded at start, tenant overrides
+// included, and a start that fails writes no records.
+func TestPolicyRecordAndFailedStart(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(pol, []byte("tenants:\n  acme: { coverage_threshold: 100, on_violation: kill }\n"), 0o600)
+	a := newAgent(t, "--policy", pol)
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" && e["reason"] == "start" })
+	if !ok {
+		t.Fatal("no policy record")
+	}
+	b, _ := json.Marshal(ev["policy"])
+	if !strings.Contains(string(b), `"acme":{"coverage_threshold":100`) || !strings.Contains(string(b), `"max_live_buffers":65536`) {
+		t.Fatalf("policy record lacks keys: %s", b)
+	}
+	// A start that fails (its HTTP address is taken) fails before it opens
+	// the trail: no trail is created, no record written.
+	fresh := filepath.Join(t.TempDir(), "trail")
+	out, err := exec.Command(agentBin, "--socket", filepath.Join(t.TempDir(), "s.sock"), "--listen", a.addr, "--trail-dir", fresh,
+		"--signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--append-only=false").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--listen") {
+		t.Fatalf("second agent: %v %s", err, out)
+	}
+	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+		t.Fatalf("a failed start created or wrote the trail (%v):\n%s", err, out)
+	}
+}

@@ -1,0 +1,254 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kvhygiene/kvh/tracer"
+	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/violation"
+	"github.com/kvhygiene/kvh/wire"
+)
+
+// conn is one interposer connection; its state is owned by its goroutine
+// except kickMu/kicked.
+type conn struct {
+	c       *net.UnixConn
+	p       *process
+	id      Identity
+	opened  time.Time
+	handles map[uint64]tracer.Handle
+	dropped uint64
+
+	kickMu sync.Mutex
+	kicked string // why the agent ended the connection
+}
+
+// kick ends the connection from the agent's side, for reason.
+func (c *conn) kick(reason string) {
+	c.kickMu.Lock()
+	if c.kicked == "" {
+		c.kicked = reason
+	}
+	c.kickMu.Unlock()
+	c.c.Close()
+}
+
+func (c *conn) reason() string {
+	c.kickMu.Lock()
+	defer c.kickMu.Unlock()
+	return c.kicked
+}
+
+func (s *Server) handle(c *conn) {
+	defer s.wg.Done()
+	log := s.cfg.Log.With("pid", c.id.PID, "tenant", c.id.Tenant)
+	buf := make([]byte, wire.RecordSize*wire.MaxBatch+1)
+	errs := 0
+	for {
+		n, err := c.c.Read(buf)
+		if err != nil || n == 0 {
+			break
+		}
+		recs, err := wire.Decode(buf[:n])
+		if err != nil {
+			errs++
+			s.cfg.Metrics.IngestErrors.WithLabelValues("malformed").Inc()
+			if errs <= 3 {
+				log.Warn("malformed packet", "bytes", n, "error", err)
+			}
+			if errs >= s.cfg.MaxErrors {
+				c.kick(fmt.Sprintf("%d malformed packets", errs))
+				break
+			}
+			continue
+		}
+		now := time.Now()
+		pol := s.cfg.Policy()
+		for i := range recs {
+			r := &recs[i]
+			s.cfg.Metrics.Events.Inc()
+			if err := validate(r); err != nil {
+				errs++
+				s.cfg.Metrics.IngestErrors.WithLabelValues("absurd_value").Inc()
+				if errs <= 3 {
+					log.Warn("record refused", "type", r.Type, "error", err)
+				}
+				continue
+			}
+			if !c.p.admit(now, pol.MaxEventRate) {
+				s.flood(c, r, violation.EventRateLimit, "max_event_rate", fmt.Sprintf("more than %g events/s", pol.MaxEventRate), now)
+				continue
+			}
+			if r.Type == wire.Alloc && r.Flags&wire.FlagImporter == 0 && c.p.live.Load() >= int64(pol.MaxLiveBuffers) {
+				if _, replaces := c.handles[r.Ptr]; !replaces {
+					s.flood(c, r, violation.LiveBufferLimit, "max_live_buffers", fmt.Sprintf("more than %d live buffers", pol.MaxLiveBuffers), now)
+					continue
+				}
+			}
+			if f := c.p.endFlood(); f != nil {
+				s.recordFlood(f)
+			}
+			if err := s.record(c, r); err != nil {
+				log.Error("handling record", "type", r.Type, "error", err)
+			}
+		}
+		if errs >= s.cfg.MaxErrors {
+			c.kick(fmt.Sprintf("%d malformed packets or records", errs))
+			break
+		}
+	}
+	c.c.Close()
+	s.disconnect(c, log)
+}
+
+// flood counts a record the process sent past a cap, records each closed
+// window, and reports the process (at most once per reflag).
+func (s *Server) flood(c *conn, r *wire.Record, kind violation.Kind, capName, detail string, now time.Time) {
+	s.cfg.Metrics.Flooded.WithLabelValues(capName).Inc()
+	if f := c.p.count(r, capName, now); f != nil {
+		s.recordFlood(f)
+	}
+	if c.p.shouldFlag(kind, now) {
+		s.cfg.Violations.Emit(violation.Violation{Kind: kind, PID: c.id.PID, Tenant: c.id.Tenant, Source: "ingest", Process: c.p.h,
+			Detail: detail + "; the excess is summarised in flood_summary records"})
+	}
+}
+
+func (s *Server) recordFlood(f *trailevent.FloodSummary) {
+	if _, err := s.cfg.Trail.Append(*f); err != nil {
+		s.cfg.Log.Error("recording a flood summary", "error", err)
+	}
+}
+
+func (s *Server) disconnect(c *conn, log interface{ Error(string, ...any) }) {
+	if f := c.p.endFlood(); f != nil {
+		s.recordFlood(f)
+	}
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.perUID[c.id.UID]--
+	if s.perUID[c.id.UID] <= 0 {
+		delete(s.perUID, c.id.UID)
+	}
+	if s.perPID[c.p.h.PID]--; s.perPID[c.p.h.PID] <= 0 {
+		delete(s.perPID, c.p.h.PID)
+	}
+	if c.p.conns--; c.p.conns <= 0 {
+		delete(s.procs, c.p.key)
+	}
+	s.mu.Unlock()
+	s.cfg.Peers.remove(c.p.h)
+	s.cfg.Metrics.Connected.Dec()
+	// The process is gone (or gave up its connection): its remaining device
+	// memory went back to the driver with it.
+	for _, h := range c.handles {
+		c.p.live.Add(-1)
+		if err := s.cfg.Ledger.Retire(h, "process exited with the buffer allocated"); err != nil {
+			log.Error("retiring buffer", "handle", h, "error", err)
+		}
+	}
+	if _, err := s.cfg.Trail.Append(trailevent.ProcessDisconnected{Ev: trailevent.EvProcessDisconnected, PID: c.id.PID, Tenant: c.id.Tenant, Open: len(c.handles), Reason: c.reason()}); err != nil {
+		log.Error("recording disconnect", "error", err)
+	}
+}
+
+func (s *Server) violation(c *conn, k violation.Kind, detail string) {
+	s.cfg.Violations.Emit(violation.Violation{Kind: k, PID: c.id.PID, Tenant: c.id.Tenant, Detail: detail, Source: "ingest", Process: c.p.h})
+}
+
+func (s *Server) record(c *conn, r *wire.Record) error {
+	led := s.cfg.Ledger
+	switch r.Type {
+	case wire.Hello:
+		mode := []string{"enforce", "observe", "off"}[min(int(r.Result), 2)]
+		_, err := s.cfg.Trail.Append(trailevent.ProcessConnected{Ev: trailevent.EvProcessConnected, Identity: c.id, Claimed: claim(r.Tenant, c.id.Tenant), Mode: mode, Verify: wire.VerifyName(r.Verify)})
+		return err
+	case wire.Drops:
+		c.dropped += r.Count
+		s.cfg.Metrics.Dropped.Add(float64(r.Count))
+		if _, err := s.cfg.Trail.Append(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
+			return err
+		}
+		if c.dropped >= s.cfg.DropThreshold && c.dropped-r.Count < s.cfg.DropThreshold {
+			s.violation(c, violation.DroppedEvents, strconv.FormatUint(c.dropped, 10)+" events lost")
+		}
+		return nil
+	case wire.Alloc:
+		if r.Flags&wire.FlagImporter != 0 {
+			return nil // memory another process owns
+		}
+		if old, ok := c.handles[r.Ptr]; ok {
+			delete(c.handles, r.Ptr)
+			c.p.live.Add(-1)
+			if err := led.Retire(old, "address reallocated before its free was reported"); err != nil {
+				return err
+			}
+		}
+		h, err := led.RegisterRemote(c.tags(r), int64(r.Bytes), tracer.AllocOptions{})
+		if err != nil {
+			return err
+		}
+		c.handles[r.Ptr] = h
+		c.p.live.Add(1)
+		return nil
+	case wire.Free, wire.Quarantine:
+		h, known := c.handles[r.Ptr]
+		if r.Result == wire.ResPassthrough || !known {
+			s.cfg.Metrics.Frees.WithLabelValues("passthrough").Inc()
+			return nil
+		}
+		delete(c.handles, r.Ptr)
+		c.p.live.Add(-1)
+		if s.cfg.Attested != nil {
+			s.cfg.Attested(c.id.PID, r.Ptr, time.Now())
+		}
+		verified := r.Flags&wire.FlagVerified != 0
+		method := fmt.Sprintf("%s+%s", wire.FnName(r.Fn), wire.VerifyName(r.Verify))
+		if err := led.Attest(h, tracer.Attestation{Bytes: int64(r.Bytes), Zeroed: int64(r.Zeroed), Verified: verified, Method: method, Seed: r.Seed, Duration: time.Duration(r.DurNanos)}); err != nil {
+			return err
+		}
+		if r.Type == wire.Quarantine {
+			reason := "interposer: zeroize failed"
+			if r.Result == wire.ResVerifyFailed {
+				reason = "interposer: verify failed"
+			}
+			if err := led.Quarantine(h, reason); err != nil {
+				return err
+			}
+			s.cfg.Metrics.Frees.WithLabelValues("quarantined").Inc()
+			s.cfg.Metrics.Quarantined.Inc()
+			s.violation(c, violation.QuarantinedBuffer, fmt.Sprintf("%s of %d bytes at %s", reason, r.Bytes, wire.FnName(r.Fn)))
+			return nil
+		}
+		if err := led.Free(h); err != nil {
+			if errors.Is(err, tracer.ErrFreeWithoutSanitize) {
+				// The ledger reported the violation; count what happened.
+				s.cfg.Metrics.Frees.WithLabelValues("failed").Inc()
+				return nil
+			}
+			return err
+		}
+		s.cfg.Metrics.Frees.WithLabelValues("ok").Inc()
+		s.cfg.Metrics.ZeroizedBytes.Add(float64(r.Zeroed))
+		return nil
+	}
+	return nil
+}
+
+func (c *conn) tags(r *wire.Record) tracer.Tags {
+	return tracer.Tags{Tenant: c.id.Tenant, Request: r.Request, PID: c.id.PID, Device: strconv.Itoa(int(r.Device)), Framework: wire.KindName(r.MemKind), Claimed: claim(r.Tenant, c.id.Tenant)}
+}
+
+// claim returns the client's claimed tenant when it differs from the
+// kernel-derived one.
+func claim(claimed, actual string) string {
+	if claimed == actual {
+		return ""
+	}
+	return claimed
+}

@@ -1,0 +1,111 @@
+package ingest
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvhygiene/kvh/internal/proc"
+	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/violation"
+	"github.com/kvhygiene/kvh/wire"
+)
+
+// process is what the server keeps per connected process (by pidfd key),
+// shared by its connections: the caps are per process, not per socket.
+type process struct {
+	h   *proc.Handle
+	key string
+	id  Identity
+
+	conns  int  // open connections; guarded by Server.mu
+	denied bool // a deny was sent; guarded by Server.mu
+
+	live atomic.Int64 // live buffers registered in the ledger
+
+	mu      sync.Mutex
+	tokens  float64 // event-rate token bucket
+	last    time.Time
+	flood   *trailevent.FloodSummary // the open window of events past a cap
+	flagged map[violation.Kind]time.Time
+}
+
+// floodWindow is how long one flood_summary record spans at most.
+const floodWindow = time.Second
+
+// reflag is how often one process is reported again for the same cap.
+const reflag = 10 * time.Second
+
+// admit takes one token for an event at now; false means the process is
+// over max_event_rate (a burst of one second's worth is allowed).
+func (p *process) admit(now time.Time, rate float64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last.IsZero() {
+		p.tokens = rate
+	} else {
+		p.tokens = min(rate, p.tokens+now.Sub(p.last).Seconds()*rate)
+	}
+	p.last = now
+	if p.tokens >= 1 {
+		p.tokens--
+		return true
+	}
+	return false
+}
+
+// count adds r to the open flood window for capName, and returns a closed
+// window to record when the open one is full (older than floodWindow).
+func (p *process) count(r *wire.Record, capName string, now time.Time) (closed *trailevent.FloodSummary) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.flood != nil && (p.flood.Cap != capName || now.Sub(time.Unix(0, p.flood.FromNS)) >= floodWindow) {
+		closed = p.flood
+		p.flood = nil
+	}
+	if p.flood == nil {
+		p.flood = &trailevent.FloodSummary{Ev: trailevent.EvFloodSummary, PID: p.id.PID, Tenant: p.id.Tenant, Cap: capName, FromNS: now.UnixNano()}
+	}
+	f := p.flood
+	f.ToNS = now.UnixNano()
+	f.Events++
+	switch r.Type {
+	case wire.Alloc:
+		f.Allocs++
+		f.AllocBytes += r.Bytes
+	case wire.Free, wire.Quarantine:
+		f.Frees++
+		f.FreeBytes += r.Bytes
+		if r.Flags&wire.FlagVerified == 0 {
+			f.Unverified++
+		}
+	default:
+		f.Other++
+	}
+	return closed
+}
+
+// endFlood returns the open window, if any, to record (the flood is over or
+// the connection ends).
+func (p *process) endFlood() *trailevent.FloodSummary {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f := p.flood
+	p.flood = nil
+	return f
+}
+
+// shouldFlag reports whether a violation of kind is due (at most one per
+// reflag per process and kind).
+func (p *process) shouldFlag(kind violation.Kind, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.flagged == nil {
+		p.flagged = map[violation.Kind]time.Time{}
+	}
+	if last, ok := p.flagged[kind]; ok && now.Sub(last) < reflag {
+		return false
+	}
+	p.flagged[kind] = now
+	return true
+}
