@@ -42,7 +42,7 @@ func editLines(t testing.TB, path string, f func([][]byte) [][]byte) {
 // a recomputed seq/prev chain and frontiers, no MACs, after mutate.
 func rewriteChain(t testing.TB, dir string, mutate func(seq uint64, body []byte) []byte) {
 	t.Helper()
-	segs, _, err := listSegments(dir)
+	segs, _, err := listDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestAttacks(t *testing.T) {
 		{"forged checkpoint", testMAC, func(t *testing.T, dir string) {
 			l, _ := Open(t.TempDir(), Options{Signer: other.signer, Origin: "kvh/test/0001"})
 			l.Close()
-			ck := readLines(t, filepath.Join(l.dir, CheckpointFile))
+			ck := readLines(t, filepath.Join(l.Dir(), CheckpointFile))
 			editLines(t, filepath.Join(dir, CheckpointFile), func(x [][]byte) [][]byte { return append(x, ck[0]) })
 		}, "signature does not verify"},
 		{"truncated tail", testMAC, func(t *testing.T, dir string) {
@@ -159,6 +159,11 @@ func TestAttacks(t *testing.T) {
 			lines[0] = bytes.Replace(lines[0], []byte(`"segment":1`), []byte(`"segment":2`), 1)
 			writeLines(t, segPath(dir, 2), lines)
 		}, "seg-000002.jsonl line 1"},
+		{"checkpoints.jsonl symlinked elsewhere", testMAC, func(t *testing.T, dir string) {
+			elsewhere := filepath.Join(t.TempDir(), CheckpointFile)
+			os.Rename(filepath.Join(dir, CheckpointFile), elsewhere)
+			os.Symlink(elsewhere, filepath.Join(dir, CheckpointFile))
+		}, "checkpoints.jsonl: "},
 		{"dropped one checkpoint (harmless)", testMAC, func(t *testing.T, dir string) {
 			editLines(t, filepath.Join(dir, CheckpointFile), func(x [][]byte) [][]byte {
 				return append(x[:1], x[2:]...)
@@ -191,7 +196,7 @@ func TestAttacks(t *testing.T) {
 }
 
 func lastSeg(t testing.TB, dir string) string {
-	segs, _, err := listSegments(dir)
+	segs, _, err := listDir(dir)
 	if err != nil || len(segs) == 0 {
 		t.Fatal(err)
 	}
@@ -224,7 +229,7 @@ func TestTruncationNeedsExternalCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The attacker drops the newest segment and every checkpoint that covers it.
-	segs, _, _ := listSegments(dir)
+	segs, _, _ := listDir(dir)
 	last := segs[len(segs)-1]
 	os.Remove(last.path)
 	// Keep only checkpoints that attest no more than what is left; the

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -49,13 +48,9 @@ func (l *Log) syncCheckpoints() error {
 	return unix.Fdatasync(int(l.ckpt.Fd()))
 }
 
-// readCheckpointLines parses checkpoints.jsonl without verifying signatures;
-// unparseable lines are skipped (Verify reports them).
-func readCheckpointLines(path string) ([]checkpointLine, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
+// parseCheckpointLines parses checkpoints.jsonl without verifying
+// signatures; unparseable lines are skipped (Verify reports them).
+func parseCheckpointLines(data []byte) []checkpointLine {
 	var out []checkpointLine
 	for _, line := range bytes.Split(data, []byte("\n")) {
 		var c checkpointLine
@@ -63,7 +58,7 @@ func readCheckpointLines(path string) ([]checkpointLine, error) {
 			out = append(out, c)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // latestCheckpoint returns the unverified checkpoint with the largest size.

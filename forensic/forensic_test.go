@@ -266,7 +266,7 @@ func TestAppendOnlyFlag(t *testing.T) {
 	l.Append(map[string]int{"a": 1})
 	l.Close()
 	path := segPath(dir, 0)
-	t.Cleanup(func() { clearAppendOnly(path); clearAppendOnly(filepath.Join(dir, CheckpointFile)) })
+	t.Cleanup(func() { clearAppendOnlyIn(dir, segmentName(0)); clearAppendOnlyIn(dir, CheckpointFile) })
 	f, _ := os.Open(path)
 	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
 	f.Close()

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"hash"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,7 +62,7 @@ type Stats struct {
 
 // Log is an open trail. Its methods are safe for concurrent use.
 type Log struct {
-	dir  string
+	d    *trailDir
 	opts Options
 
 	mu     sync.RWMutex // guards closed against Append's send
@@ -101,6 +100,10 @@ type Log struct {
 }
 
 // Open opens (or creates) the trail in dir, recovers it and starts the writer.
+//
+// It refuses a directory that another user owns or that group or others may
+// write, and any trail file that is not a regular file (a symbolic link is
+// never followed).
 func Open(dir string, opts Options) (*Log, error) {
 	if opts.Signer == nil {
 		return nil, errors.New("forensic: a checkpoint signer is required")
@@ -117,8 +120,13 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating trail directory: %w", err)
 	}
-	l := &Log{dir: dir, opts: opts, mac: newMAC(opts.MACKey)}
+	d, err := openTrailDir(dir, true)
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{d: d, opts: opts, mac: newMAC(opts.MACKey)}
 	if err := l.takeLock(); err != nil {
+		d.close()
 		return nil, err
 	}
 	if err := l.recover(); err != nil {
@@ -133,8 +141,8 @@ func Open(dir string, opts Options) (*Log, error) {
 }
 
 func (l *Log) takeLock() error {
-	path := filepath.Join(l.dir, LockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	path := l.d.join(LockFile)
+	f, err := l.d.open(LockFile, os.O_RDWR|os.O_CREATE, 0o600, true)
 	if err != nil {
 		return fmt.Errorf("opening lock file: %w", err)
 	}
@@ -143,7 +151,7 @@ func (l *Log) takeLock() error {
 		n, _ := f.ReadAt(b, 0)
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("%w: %s is held by pid %s", ErrLocked, l.dir, strings.TrimSpace(string(b[:n])))
+			return fmt.Errorf("%w: %s is held by pid %s", ErrLocked, l.d.path, strings.TrimSpace(string(b[:n])))
 		}
 		return fmt.Errorf("locking %s: %w", path, err)
 	}
@@ -157,15 +165,26 @@ func (l *Log) takeLock() error {
 // against the latest checkpoint and opens the next segment, declaring any torn
 // tail. Nothing is ever truncated.
 func (l *Log) recover() error {
-	segs, _, err := listSegments(l.dir)
+	bad, err := l.d.irregular()
 	if err != nil {
 		return err
 	}
-	ckpts, _ := readCheckpointLines(filepath.Join(l.dir, CheckpointFile))
+	if len(bad) > 0 {
+		return describeIrregular(l.d.path, bad)
+	}
+	segs, _, err := listSegments(l.d)
+	if err != nil {
+		return err
+	}
+	data, err := l.d.readFile(CheckpointFile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	ckpts := parseCheckpointLines(data)
 	var head SegmentBody
 	if len(segs) == 0 {
 		if len(ckpts) > 0 {
-			return fmt.Errorf("%w: %s holds checkpoints but no segments (deleted?)", ErrTampered, l.dir)
+			return fmt.Errorf("%w: %s holds checkpoints but no segments (deleted?)", ErrTampered, l.d.path)
 		}
 		l.origin = l.opts.Origin
 		if l.origin == "" {
@@ -195,7 +214,7 @@ func (l *Log) recover() error {
 			return fmt.Errorf("unknown mac_alg %q", last.head.MACAlg)
 		}
 		l.origin = last.head.Origin
-		data, err := os.ReadFile(last.path)
+		data, err := l.d.readFile(last.name)
 		if err != nil {
 			return err
 		}
@@ -244,9 +263,8 @@ func (l *Log) recover() error {
 			l.stats.Recovered = head.Torn
 		}
 	}
-	var err2 error
-	if l.ckpt, err2 = os.OpenFile(filepath.Join(l.dir, CheckpointFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err2 != nil {
-		return err2
+	if l.ckpt, err = l.d.open(CheckpointFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600, true); err != nil {
+		return err
 	}
 	l.setAppendOnly(l.ckpt)
 	if err := l.startSegment(head); err != nil {
@@ -322,7 +340,7 @@ func (l *Log) Stats() Stats {
 func (l *Log) Origin() string { return l.origin }
 
 // Dir is the trail directory.
-func (l *Log) Dir() string { return l.dir }
+func (l *Log) Dir() string { return l.d.path }
 
 // Err returns the sticky write error, if the trail has stopped accepting records.
 func (l *Log) Err() error {
@@ -352,4 +370,5 @@ func (l *Log) closeFiles() {
 			f.Close()
 		}
 	}
+	l.d.close()
 }

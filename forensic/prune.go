@@ -57,7 +57,12 @@ func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
 		rep.Refused = "the trail does not verify; nothing was removed: " + before.Problem.String()
 		return rep, nil
 	}
-	segs, _, err := listSegments(dir)
+	d, err := openTrailDir(dir, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.close()
+	segs, _, err := listSegments(d)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +112,7 @@ func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
 		rep.Archived = opts.ArchiveDir
 	}
 	for _, s := range segs[:n] {
-		clearAppendOnly(s.path)
+		clearAppendOnly(d, s.name)
 		if opts.ArchiveDir != "" {
 			err = archive(s.path, filepath.Join(opts.ArchiveDir, s.name))
 		} else {
@@ -146,8 +151,9 @@ func lastTimestamp(path string) (time.Time, error) {
 	return time.Parse(time.RFC3339Nano, string(p.ts))
 }
 
-func clearAppendOnly(path string) {
-	f, err := os.Open(path)
+// clearAppendOnly clears FS_APPEND_FL on a segment, never through a link.
+func clearAppendOnly(d *trailDir, name string) {
+	f, err := d.open(name, os.O_RDONLY, 0, false)
 	if err != nil {
 		return
 	}

@@ -82,7 +82,7 @@ func TestTornTailDeclaredNotTruncated(t *testing.T) {
 func TestPrune(t *testing.T) {
 	k := newKeys(t, "kvh-test")
 	dir := buildTrail(t, k, testMAC, 300, 6<<10)
-	segs, _, _ := listSegments(dir)
+	segs, _, _ := listDir(dir)
 	archive := filepath.Join(t.TempDir(), "archive")
 	rep, err := Prune(dir, PruneOptions{Signer: k.signer, Verifier: k.verifier, MACKey: testMAC, RetentionDays: -1, MaxRotated: 3, ArchiveDir: archive})
 	if err != nil {
@@ -103,7 +103,7 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("after: %+v", rep.After)
 	}
 	// Deleting one more than authorised is caught.
-	segs, _, _ = listSegments(dir)
+	segs, _, _ = listDir(dir)
 	os.Remove(segs[0].path)
 	v := verify(t, dir, k, testMAC)
 	if v.OK || !strings.Contains(v.Problem.String(), "pruned beyond the authorised point") {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -30,19 +29,22 @@ func segmentName(index uint64) string { return fmt.Sprintf("seg-%06d.jsonl", ind
 // listSegments reads the first record of every candidate file and returns the
 // segments ordered by their internal index (never by name), plus notes on
 // files that are not segments.
-func listSegments(dir string) ([]segFile, []string, error) {
-	ents, err := os.ReadDir(dir)
+func listSegments(d *trailDir) ([]segFile, []string, error) {
+	ents, err := d.entries()
 	if err != nil {
 		return nil, nil, err
 	}
 	var segs []segFile
 	var notes []string
 	for _, e := range ents {
-		if !e.Type().IsRegular() || !isSegmentName(e.Name()) {
+		if !isSegmentName(e.Name()) {
 			continue
 		}
-		path := filepath.Join(dir, e.Name())
-		sf, err := readHead(path)
+		if !e.Type().IsRegular() {
+			notes = append(notes, fmt.Sprintf("%s: a %s, not a regular file", e.Name(), dirEntryType(e.Type())))
+			continue
+		}
+		sf, err := readHead(d, e.Name())
 		if err != nil {
 			notes = append(notes, fmt.Sprintf("%s: %v", e.Name(), err))
 			continue
@@ -54,8 +56,8 @@ func listSegments(dir string) ([]segFile, []string, error) {
 	return segs, notes, nil
 }
 
-func readHead(path string) (segFile, error) {
-	f, err := os.Open(path)
+func readHead(d *trailDir, name string) (segFile, error) {
+	f, err := d.open(name, os.O_RDONLY, 0, false)
 	if err != nil {
 		return segFile{}, err
 	}
@@ -68,7 +70,7 @@ func readHead(path string) (segFile, error) {
 		}
 		return segFile{}, err
 	}
-	sf := segFile{path: path}
+	sf := segFile{path: d.join(name)}
 	if err := parseLine(line, &sf.first); err != nil {
 		return segFile{}, fmt.Errorf("first line is not a record: %v", err)
 	}

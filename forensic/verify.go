@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -84,6 +83,7 @@ type Report struct {
 }
 
 type verifier struct {
+	d      *trailDir
 	opts   VerifyOptions
 	rep    *Report
 	roots  map[uint64][]byte // size -> root from local checkpoints
@@ -121,11 +121,13 @@ func Verify(dir string, opts VerifyOptions) (*Report, error) {
 	if opts.Verifier == nil && !opts.NoSignatures {
 		return nil, errors.New("a verification key is required (or explicitly skip signatures)")
 	}
-	if _, err := os.Stat(dir); err != nil {
+	d, err := openTrailDir(dir, false)
+	if err != nil {
 		return nil, err
 	}
-	v := &verifier{opts: opts, rep: &Report{}, roots: map[uint64][]byte{}, ext: map[uint64][]byte{}}
-	err := v.run(dir)
+	defer d.close()
+	v := &verifier{d: d, opts: opts, rep: &Report{}, roots: map[uint64][]byte{}, ext: map[uint64][]byte{}}
+	err = v.run(dir)
 	var ve *verifyErr
 	switch {
 	case errors.As(err, &ve):
@@ -144,7 +146,7 @@ func (v *verifier) run(dir string) error {
 	if v.opts.NoSignatures {
 		rep.Signatures = "NOT CHECKED"
 	}
-	segs, notes, err := listSegments(dir)
+	segs, notes, err := listSegments(v.d)
 	if err != nil {
 		return err
 	}
@@ -172,7 +174,7 @@ func (v *verifier) run(dir string) error {
 			v.total += st.Size()
 		}
 	}
-	if err := v.loadCheckpoints(dir); err != nil {
+	if err := v.loadCheckpoints(); err != nil {
 		return err
 	}
 	first := segs[0]
@@ -343,7 +345,7 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 			}
 		}
 	}
-	f, err := os.Open(s.path)
+	f, err := v.d.open(s.name, os.O_RDONLY, 0, false)
 	if err != nil {
 		return nil, err
 	}
@@ -458,8 +460,11 @@ func (v *verifier) progress(n int64) {
 
 // loadCheckpoints reads checkpoints.jsonl and the external checkpoints,
 // checking every signature.
-func (v *verifier) loadCheckpoints(dir string) error {
-	data, err := os.ReadFile(filepath.Join(dir, CheckpointFile))
+func (v *verifier) loadCheckpoints() error {
+	data, err := v.d.readFile(CheckpointFile)
+	if errors.Is(err, errNotRegular) {
+		return fail(CheckpointFile, 0, nil, "%v", err)
+	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -562,12 +567,17 @@ func ParseExternalCheckpoint(data []byte) ([]byte, error) {
 // Events calls fn with the seq and body of every event record in the trail,
 // in order. It does not verify anything: run Verify first.
 func Events(dir string, fn func(seq uint64, body []byte) error) error {
-	segs, _, err := listSegments(dir)
+	d, err := openTrailDir(dir, false)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	segs, _, err := listSegments(d)
 	if err != nil {
 		return err
 	}
 	for _, s := range segs {
-		f, err := os.Open(s.path)
+		f, err := d.open(s.name, os.O_RDONLY, 0, false)
 		if err != nil {
 			return err
 		}

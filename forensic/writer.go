@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -273,10 +272,9 @@ func (l *Log) startSegment(head SegmentBody) error {
 		head.Frontier = [][]byte{}
 	}
 	name := segmentName(head.Segment)
-	path := filepath.Join(l.dir, name)
-	tmp := filepath.Join(l.dir, "."+name+".tmp")
-	os.Remove(tmp) // left by a crash between create and rename
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp := "." + name + ".tmp"
+	unix.Unlinkat(l.d.fd, tmp, 0) // left by a crash between create and rename
+	f, err := l.d.open(tmp, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600, true)
 	if err != nil {
 		return fmt.Errorf("creating segment: %w", err)
 	}
@@ -291,22 +289,19 @@ func (l *Log) startSegment(head SegmentBody) error {
 		err = unix.Fdatasync(int(f.Fd()))
 	}
 	if err == nil {
-		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+		err = unix.Renameat2(l.d.fd, tmp, l.d.fd, name, unix.RENAME_NOREPLACE)
 		if errors.Is(err, unix.EEXIST) {
 			err = fmt.Errorf("%s already exists but is not a segment this trail recognises; move it aside", name)
 		}
 	}
 	if err != nil {
 		f.Close()
-		os.Remove(tmp)
+		unix.Unlinkat(l.d.fd, tmp, 0)
 		l.seg, l.segName = prevSeg, prevName
 		return fmt.Errorf("creating segment %s: %w", name, err)
 	}
 	l.setAppendOnly(f)
-	if d, err := os.Open(l.dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
+	l.d.sync()
 	l.statsMu.Lock()
 	l.stats.Segment = head.Segment
 	l.statsMu.Unlock()
