@@ -6,19 +6,23 @@
 
 /* ---- common paths ------------------------------------------------------- */
 
-static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CUstream s, uint64_t aux) {
-  if (!p) return;
-  struct slot v = {.key = p, .size = n, .stream = (uint64_t)(uintptr_t)s, .aux = aux, .kind = (uint8_t)kind, .owner = (uint8_t)owner};
-  table_put(&ptrs, &v);
+static void emit_alloc(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CUstream s) {
   struct kvh_record r = {0};
   r.type = KVH_REC_ALLOC;
   r.fn = (uint16_t)fn;
   r.ptr = p;
   r.bytes = n;
   r.mem_kind = (uint8_t)kind;
-  r.stream = v.stream;
+  r.stream = (uint64_t)(uintptr_t)s;
   if (owner == OWN_IMPORTER) r.flags |= KVH_F_IMPORTER;
   emit(&r);
+}
+
+static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CUstream s, uint64_t aux) {
+  if (!p) return;
+  struct slot v = {.key = p, .size = n, .stream = (uint64_t)(uintptr_t)s, .aux = aux, .kind = (uint8_t)kind, .owner = (uint8_t)owner};
+  table_put(&ptrs, &v);
+  emit_alloc(fn, p, n, kind, owner, s);
 }
 
 /* release runs the free path for p: zeroize and verify what this process
@@ -121,7 +125,6 @@ static CUresult call_free(void *c) { struct free_ctx *x = c; return ((cuMemFree_
 static CUresult call_free_async(void *c) { struct free_ctx *x = c; return ((cuMemFreeAsync_fn)x->fn)(x->p, x->s); }
 static CUresult call_free_host(void *c) { struct free_ctx *x = c; return ((cuMemFreeHost_fn)x->fn)((void *)(uintptr_t)x->p); }
 static CUresult call_unregister(void *c) { struct free_ctx *x = c; return ((cuMemHostUnregister_fn)x->fn)((void *)(uintptr_t)x->p); }
-static CUresult call_unmap(void *c) { struct free_ctx *x = c; return ((cuMemUnmap_fn)x->fn)(x->p, x->n); }
 static CUresult call_ipc_close(void *c) { struct free_ctx *x = c; return ((cuIpcCloseMemHandle_fn)x->fn)(x->p); }
 
 EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
@@ -233,15 +236,23 @@ EXPORT CUresult cuMemHostUnregister(void *p) {
   return release(HOOK_cuMemHostUnregister, c.p, 0, 0, NULL, 0, call_unregister, &c);
 }
 
-/* ---- virtual memory management (vLLM sleep mode, expandable segments) ----- */
+/* ---- virtual memory management (vLLM sleep mode, expandable segments) -----
+ *
+ * Physical memory (a handle) reaches the driver's free list when it is
+ * released and its last mapping is gone. kvh zeroizes it exactly once, while
+ * it is still mapped: when its last mapping goes away (a handle released
+ * while mapped is zeroized at that last unmap), never while another mapping
+ * of it is live, and through every mapping a multi-mapping cuMemUnmap
+ * covers. Mappings live in the vmaps array, the handles' live-mapping counts
+ * in the handles table (aux); both change only under vmm_mu (table.c). */
 
 EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop, unsigned long long flags) {
   NEED_REAL(cuMemCreate);
   CUresult gate_rc = refused();
   if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuMemCreate(h, n, prop, flags);
-  if (rc == CUDA_SUCCESS && h) {
-    struct slot v = {.key = *h, .size = n, .owner = OWN_CREATOR, .kind = KVH_MEM_VMM};
+  if (rc == CUDA_SUCCESS && h && cfg.mode != MODE_OFF) {
+    struct slot v = {.key = hkey(*h), .size = n, .owner = OWN_CREATOR, .kind = KVH_MEM_VMM};
     table_put(&handles, &v);
   }
   return rc;
@@ -250,8 +261,8 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUm
 EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *h, void *os, CUmemAllocationHandleType t) {
   NEED_REAL(cuMemImportFromShareableHandle);
   CUresult rc = real_cuMemImportFromShareableHandle(h, os, t);
-  if (rc == CUDA_SUCCESS && h) {
-    struct slot v = {.key = *h, .owner = OWN_IMPORTER, .kind = KVH_MEM_VMM};
+  if (rc == CUDA_SUCCESS && h && cfg.mode != MODE_OFF) {
+    struct slot v = {.key = hkey(*h), .owner = OWN_IMPORTER, .kind = KVH_MEM_VMM};
     table_put(&handles, &v);
   }
   return rc;
@@ -259,34 +270,178 @@ EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *h, 
 
 EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
   NEED_REAL(cuMemRelease);
+  if (cfg.mode == MODE_OFF) return real_cuMemRelease(h);
+  pthread_mutex_lock(&vmm_mu);
   CUresult rc = real_cuMemRelease(h);
   if (rc == CUDA_SUCCESS) {
     struct stripe *st;
-    struct slot *e = table_find(&handles, h, &st);
-    if (e) e->key = TOMB;
+    struct slot *e = table_find(&handles, hkey(h), &st);
+    if (e && e->aux) e->state = ST_RELEASED; /* its last unmap frees (and zeroizes) it */
+    else if (e) e->key = TOMB;
     pthread_mutex_unlock(&st->mu);
   }
+  pthread_mutex_unlock(&vmm_mu);
   return rc;
+}
+
+/* handle_add adjusts h's live-mapping count by d (vmm_mu held) and returns
+ * its slot's owner (OWN_IMPORTER for a handle kvh did not see created). */
+static int handle_add(uint64_t h, int d) {
+  struct stripe *st;
+  struct slot *e = table_find(&handles, hkey(h), &st);
+  int owner = OWN_IMPORTER;
+  if (e) {
+    owner = e->owner;
+    if (d > 0 || e->aux >= (uint64_t)-d) e->aux += (uint64_t)(int64_t)d;
+    e->stream = 0;
+  }
+  pthread_mutex_unlock(&st->mu);
+  return owner;
 }
 
 EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t n, size_t off, CUmemGenericAllocationHandle h, unsigned long long flags) {
   NEED_REAL(cuMemMap);
+  if (cfg.mode == MODE_OFF) return real_cuMemMap(ptr, n, off, h, flags);
+  pthread_mutex_lock(&vmm_mu);
   CUresult rc = real_cuMemMap(ptr, n, off, h, flags);
+  int owner = OWN_IMPORTER;
   if (rc == CUDA_SUCCESS) {
-    struct stripe *st;
-    struct slot *e = table_find(&handles, h, &st);
-    int owner = e ? e->owner : OWN_IMPORTER; /* a handle we did not see created is not ours to clear */
-    pthread_mutex_unlock(&st->mu);
-    track(HOOK_cuMemMap, ptr, n, KVH_MEM_VMM, owner, NULL, h);
+    owner = handle_add(h, 1);
+    struct vmap m = {.va = ptr, .size = n, .off = off, .handle = h, .owner = (uint8_t)owner};
+    if (!vmap_insert(&m)) { /* no memory to track it: never zeroize it as the last mapping of anything */
+      handle_add(h, -1);
+      atomic_fetch_add(&untracked, 1);
+      owner = OWN_IMPORTER;
+    }
   }
+  pthread_mutex_unlock(&vmm_mu);
+  if (rc == CUDA_SUCCESS) emit_alloc(HOOK_cuMemMap, ptr, n, KVH_MEM_VMM, owner, NULL);
   return rc;
 }
 
-/* The mapping is zeroized while it is still mapped, before the real unmap. */
+/* zeroized_alias finds, among vmaps[i0, i), a mapping of vmaps[i]'s handle
+ * from offset 0 through which this unmap zeroized at least as much. */
+static const struct vmap *zeroized_alias(size_t i0, size_t i) {
+  for (size_t j = i0; j < i; j++) {
+    const struct vmap *z = &vmaps[j];
+    if (z->zeroized && z->handle == vmaps[i].handle && z->off == 0 && z->size >= vmaps[i].size) return z;
+  }
+  return NULL;
+}
+
+/* unmap_locked is cuMemUnmap with vmm_mu held. */
+static CUresult unmap_locked(cuMemUnmap_fn real_unmap, CUdeviceptr ptr, size_t n) {
+  uint64_t end = ptr + n;
+  if (!n || end < ptr) return real_unmap(ptr, n);
+  size_t i0 = vmap_lower(ptr), i1;
+  if (i0 > 0 && vmaps[i0 - 1].va + vmaps[i0 - 1].size > ptr) i0--;
+  for (i1 = i0; i1 < nvmaps && vmaps[i1].va < end; i1++)
+    if (vmaps[i1].va < ptr || vmaps[i1].va + vmaps[i1].size > end) return real_unmap(ptr, n); /* part of a mapping: the driver refuses */
+  if (i0 == i1) { /* nothing kvh mapped: the driver decides */
+    CUresult rc = real_unmap(ptr, n);
+    struct kvh_record r = {0};
+    r.type = KVH_REC_FREE;
+    r.fn = HOOK_cuMemUnmap;
+    r.ptr = ptr;
+    r.result = KVH_RES_PASSTHROUGH;
+    emit(&r);
+    return rc;
+  }
+  /* Take every covered live mapping off its handle's count first: a handle
+   * whose count reaches 0 loses its last mapping in this call. */
+  size_t live = 0;
+  for (size_t i = i0; i < i1; i++) {
+    vmaps[i].zeroized = 0;
+    if (vmaps[i].state == ST_QUARANTINED) continue; /* kept from the driver already */
+    live++;
+    handle_add(vmaps[i].handle, -1);
+  }
+  if (!live) return CUDA_SUCCESS;
+  int quarantined = 0;
+  for (size_t i = i0; i < i1; i++) {
+    struct vmap *m = &vmaps[i];
+    if (m->state == ST_QUARANTINED) continue;
+    const struct vmap *z;
+    struct kvh_record r = {0};
+    r.type = KVH_REC_FREE;
+    r.fn = HOOK_cuMemUnmap;
+    r.ptr = m->va;
+    r.bytes = m->size;
+    r.mem_kind = KVH_MEM_VMM;
+    struct stripe *st;
+    struct slot *e = table_find(&handles, hkey(m->handle), &st);
+    uint64_t left = e ? e->aux : 1, done = e ? e->stream : 0;
+    pthread_mutex_unlock(&st->mu);
+    if (m->owner == OWN_IMPORTER || !e) {
+      r.flags |= KVH_F_IMPORTER;
+      r.result = KVH_RES_PASSTHROUGH;
+    } else if (left) {
+      r.result = KVH_RES_PASSTHROUGH; /* still mapped elsewhere: the memory lives on */
+    } else if (m->off == 0 && m->size <= done && (z = zeroized_alias(i0, i))) {
+      /* An alias in this same unmap already zeroized this memory: its
+       * attestation is this mapping's too. */
+      r.verify = z->verify;
+      r.flags = z->flags;
+      r.result = z->result;
+      r.seed = z->seed;
+      r.zeroed = m->size;
+    } else {
+      int failed = zeroize(m->va, m->size, 1, NULL, 0, &r) != 0;
+      m->zeroized = !failed;
+      m->verify = r.verify, m->flags = r.flags, m->result = r.result, m->seed = r.seed;
+      if (!failed && m->off == 0) {
+        e = table_find(&handles, hkey(m->handle), &st);
+        if (e && m->size > e->stream) e->stream = m->size;
+        pthread_mutex_unlock(&st->mu);
+      }
+      if (failed && cfg.mode == MODE_ENFORCE) { /* kept mapped, never handed back */
+        m->state = ST_QUARANTINED;
+        handle_add(m->handle, 1);
+        r.type = KVH_REC_QUARANTINE;
+        quarantined = 1;
+      }
+    }
+    emit(&r);
+  }
+  CUresult rc = CUDA_SUCCESS;
+  for (size_t i = i0; i < i1; i++) vmaps[i].mapped = vmaps[i].state == ST_QUARANTINED;
+  if (!quarantined) {
+    rc = real_unmap(ptr, n);
+    for (size_t i = i0; i < i1 && rc != CUDA_SUCCESS; i++) vmaps[i].mapped = 1; /* all still mapped */
+  } else { /* unmap the others one by one; the quarantined stay mapped */
+    for (size_t i = i0; i < i1; i++) {
+      if (vmaps[i].mapped) continue;
+      CUresult r1 = real_unmap(vmaps[i].va, vmaps[i].size);
+      if (r1 != CUDA_SUCCESS) rc = r1, vmaps[i].mapped = 1;
+    }
+  }
+  /* Forget the mappings that are gone, and handles released with them. */
+  size_t w = i0;
+  for (size_t i = i0; i < i1; i++) {
+    if (vmaps[i].mapped) {
+      if (vmaps[i].state != ST_QUARANTINED) handle_add(vmaps[i].handle, 1);
+      vmaps[w++] = vmaps[i];
+      continue;
+    }
+    struct stripe *st;
+    struct slot *e = table_find(&handles, hkey(vmaps[i].handle), &st);
+    if (e && !e->aux && e->state == ST_RELEASED) e->key = TOMB;
+    pthread_mutex_unlock(&st->mu);
+  }
+  memmove(&vmaps[w], &vmaps[i1], (nvmaps - i1) * sizeof *vmaps);
+  nvmaps -= i1 - w;
+  return rc; /* a quarantined mapping is gone from the caller's point of view */
+}
+
+/* One cuMemUnmap may cover several mappings; the memory behind each is
+ * zeroized while still mapped if this is its last mapping. */
 EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t n) {
   NEED_REAL(cuMemUnmap);
-  struct free_ctx c = {(void *)real_cuMemUnmap, ptr, NULL, n};
-  return release(HOOK_cuMemUnmap, ptr, 1, 0, NULL, n, call_unmap, &c);
+  if (!ptr || cfg.mode == MODE_OFF) return real_cuMemUnmap(ptr, n);
+  pthread_mutex_lock(&vmm_mu);
+  CUresult rc = unmap_locked(real_cuMemUnmap, ptr, n);
+  pthread_mutex_unlock(&vmm_mu);
+  return rc;
 }
 
 EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t n) {

@@ -177,13 +177,18 @@ static inline void ensure_init(void) { pthread_once(&init_once, init); }
 /* OWN_IMPORTER: memory this process did not get from the driver (an import,
  * registered host memory): kvh never writes to it. */
 enum owner { OWN_CREATOR = 1, OWN_IMPORTER = 2 };
-enum slot_state { ST_LIVE = 0, ST_QUARANTINED = 1 };
+/* ST_RELEASED: a VMM handle released while still mapped (its memory lives
+ * until the last unmap). */
+enum slot_state { ST_LIVE = 0, ST_QUARANTINED = 1, ST_RELEASED = 2 };
 
+/* A slot of ptrs (key: the address) or of handles (key: hkey(handle); size,
+ * owner, state, and aux = the handle's live mappings, stream = bytes from
+ * offset 0 zeroized by the cuMemUnmap in progress). */
 struct slot {
   uint64_t key; /* 0 empty, 1 deleted */
   uint64_t size;
   uint64_t stream;
-  uint64_t aux; /* VMM: the generic allocation handle */
+  uint64_t aux;
   uint8_t kind, owner, state, pad;
   int32_t device;
 };
@@ -210,6 +215,33 @@ struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp);
 int table_put(struct table *t, const struct slot *v);
 void lock_all(void);
 void unlock_all(void);
+
+/* VMM mappings, sorted by address, under vmm_mu. Every VMM hook that changes
+ * mappings (cuMemMap, cuMemUnmap, cuMemRelease) holds vmm_mu across its real
+ * call, so "the last mapping of this memory" is exact: these are rare
+ * page-table operations, never the alloc/free hot path. Lock order: vmm_mu,
+ * then a stripe. */
+struct vmap {
+  uint64_t va, size, off, handle;
+  uint8_t owner, state; /* enum owner; ST_LIVE or ST_QUARANTINED */
+  /* scratch for the cuMemUnmap in progress: */
+  uint8_t mapped;                /* still mapped after it */
+  uint8_t zeroized;              /* it zeroized the memory through this mapping, */
+  uint8_t verify, flags, result; /* with this attestation (for aliases it covers) */
+  uint64_t seed;
+};
+
+extern pthread_mutex_t vmm_mu;
+extern struct vmap *vmaps;
+extern size_t nvmaps;
+
+/* vmap_lower is the index of the first mapping at or above va. */
+size_t vmap_lower(uint64_t va);
+/* vmap_insert adds m in order; 0 when there is no memory to hold it. */
+int vmap_insert(const struct vmap *m);
+
+/* hkey is a VMM handle's key in handles: 0 and 1 are the table's markers. */
+static inline uint64_t hkey(uint64_t h) { return h + 2; }
 
 static inline uint64_t mix(uint64_t x) {
   x ^= x >> 33;

@@ -53,12 +53,51 @@ int table_put(struct table *t, const struct slot *v) {
   return free_slot != NULL;
 }
 
-/* lock_all takes every stripe of both tables (fork); unlock_all gives them back. */
+/* lock_all takes the VMM lock and every stripe of both tables (fork);
+ * unlock_all gives them back. */
 void lock_all(void) {
+  pthread_mutex_lock(&vmm_mu);
   for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&ptrs.s[i].mu);
   for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&handles.s[i].mu);
 }
 void unlock_all(void) {
   for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&handles.s[i].mu);
   for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&ptrs.s[i].mu);
+  pthread_mutex_unlock(&vmm_mu);
+}
+
+/* ---- VMM mappings: a sorted array (mmap, not malloc), under vmm_mu ------- */
+
+pthread_mutex_t vmm_mu = PTHREAD_MUTEX_INITIALIZER;
+struct vmap *vmaps;
+size_t nvmaps;
+static size_t vmaps_cap;
+
+size_t vmap_lower(uint64_t va) {
+  size_t lo = 0, hi = nvmaps;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (vmaps[mid].va < va) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+int vmap_insert(const struct vmap *m) {
+  if (nvmaps == vmaps_cap) {
+    size_t cap = vmaps_cap ? 2 * vmaps_cap : 256;
+    void *p = mmap(NULL, cap * sizeof *vmaps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 0;
+    if (vmaps) {
+      memcpy(p, vmaps, nvmaps * sizeof *vmaps);
+      munmap(vmaps, vmaps_cap * sizeof *vmaps);
+    }
+    vmaps = p;
+    vmaps_cap = cap;
+  }
+  size_t i = vmap_lower(m->va);
+  memmove(&vmaps[i + 1], &vmaps[i], (nvmaps - i) * sizeof *vmaps);
+  vmaps[i] = *m;
+  nvmaps++;
+  return 1;
 }

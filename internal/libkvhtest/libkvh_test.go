@@ -274,7 +274,7 @@ func TestSanitizers(t *testing.T) {
 	}
 	l := listen(t)
 	env := []string{"KVH_SOCKET=" + l.Path, "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"}
-	for _, way := range []string{"runtime", "driver", "dlopen", "entry", "vmm", "async", "host", "ipc", "fork", "edge"} {
+	for _, way := range []string{"runtime", "driver", "dlopen", "entry", "vmm", "async", "host", "ipc", "fork", "edge", "vmmalias", "register", "failclosed"} {
 		run := Exec(way, preload, env)
 		if run.Err != nil || strings.Contains(run.Stderr, "Sanitizer") || strings.Contains(run.Stderr, "runtime error") || !strings.Contains(run.Stdout, "RESIDUE 0") {
 			t.Errorf("%s under ASan/UBSan: %v\n%s%s", way, run.Err, run.Stdout, run.Stderr)
@@ -598,5 +598,49 @@ func TestVerifyFloor(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// VMM memory is zeroized exactly when its last mapping goes away: every
+// mapping a multi-mapping cuMemUnmap covers, never an alias whose handle is
+// still mapped elsewhere, and a handle released while mapped at its unmap.
+func TestVMMLastMappingIsZeroized(t *testing.T) {
+	bare := Exec("vmmalias", "", nil)
+	if bare.Err != nil || bare.Value("MULTI_RESIDUE") != 3*blockSize || bare.Value("ALIAS_INTACT") != 1 || bare.Value("ALIAS_RESIDUE") != blockSize ||
+		bare.Value("BOTH_RESIDUE") != blockSize || bare.Value("RELEASED_INTACT") != 1 || bare.Value("RELEASED_RESIDUE") != blockSize {
+		t.Fatalf("without libkvh every residue should show:\n%v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
+	}
+	l := listen(t)
+	run := Exec("vmmalias", Lib(), []string{"KVH_SOCKET=" + l.Path, "KVH_VERIFY=full"})
+	if run.Err != nil {
+		t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+	}
+	for key, want := range map[string]int{"MULTI_RESIDUE": 0, "ALIAS_INTACT": 1, "ALIAS_RESIDUE": 0, "BOTH_RESIDUE": 0, "RELEASED_INTACT": 1, "RELEASED_RESIDUE": 0} {
+		if got := run.Value(key); got != want {
+			t.Errorf("%s %d, want %d", key, got, want)
+		}
+	}
+	// Every mapping's unmap is reported: zeroized and verified when it was
+	// the last, passed through when an alias still held the memory.
+	const mappings = 3 + 3 + 2 + 1 + 2 + 1 + 1 + 1 // as the client maps them
+	recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool { return len(frees(r, run.PID)) >= mappings })
+	if !ok {
+		t.Fatalf("%d unmaps reported, want %d: %+v", len(frees(recs, run.PID)), mappings, frees(recs, run.PID))
+	}
+	clean, through := 0, 0
+	for _, f := range frees(recs, run.PID) {
+		switch {
+		case f.Type == wire.Free && f.Result == wire.ResOK && f.Zeroed == blockSize && f.Flags&wire.FlagVerified != 0:
+			clean++
+		case f.Type == wire.Free && f.Result == wire.ResPassthrough && f.Zeroed == 0:
+			through++
+		default:
+			t.Errorf("unmap reported as %+v", f.Record)
+		}
+	}
+	// One alias in 2. passes through; in "both", one alias is zeroized and
+	// the other shares its attestation.
+	if through != 1 || clean != mappings-1 {
+		t.Errorf("%d zeroized and %d passed through, want %d and 1", clean, through, mappings-1)
 	}
 }

@@ -18,6 +18,9 @@
  *   failclosed  calls every allocation hook once and prints each result;
  *             with "hold", first holds a filled buffer until allocations are
  *             refused, then frees it
+ *   vmmalias  VMM beyond one mapping per unmap: one cuMemUnmap over three
+ *             mappings, a handle mapped at two addresses, a handle released
+ *             while still mapped
  *   register  registers and unregisters memory the application owns: a heap
  *             buffer, a MAP_SHARED file mapping, a read-only mapping
  *
@@ -398,6 +401,86 @@ int main(int argc, char **argv) {
   TRY("cuMemAllocHost_v2", cuMemAllocHost_v2(&h, 256), cuMemFreeHost(h));
   TRY("cuMemCreate", cuMemCreate(&vh, 4096, &prop, 0), cuMemRelease(vh));
 #undef TRY
+  printf("RESIDUE 0\n");
+#elif defined(WAY_vmmalias)
+  extern CUresult cuMemCreate(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+  extern CUresult cuMemRelease(CUmemGenericAllocationHandle);
+  extern CUresult cuMemAddressReserve(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+  extern CUresult cuMemAddressFree(CUdeviceptr, size_t);
+  extern CUresult cuMemMap(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+  extern CUresult cuMemUnmap(CUdeviceptr, size_t);
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  CUmemGenericAllocationHandle h[3], g[3];
+  CUdeviceptr va, vb, v2;
+  int res;
+  /* 1. One cuMemUnmap over three mappings: each one's memory is zeroized
+   * before the driver can hand it out again. */
+  CHECK(cuMemAddressReserve(&va, 3 * N, 0, 0, 0));
+  for (int i = 0; i < 3; i++) {
+    CHECK(cuMemCreate(&h[i], N, &prop, 0));
+    CHECK(cuMemMap(va + (CUdeviceptr)i * N, N, 0, h[i], 0));
+    CHECK(cuMemcpyHtoD_v2(va + (CUdeviceptr)i * N, buf, N));
+  }
+  CHECK(cuMemUnmap(va, 3 * N));
+  for (int i = 0; i < 3; i++) CHECK(cuMemRelease(h[i]));
+  res = 0;
+  for (int i = 0; i < 3; i++) { /* the next tenant gets the same three memfds back */
+    CHECK(cuMemCreate(&g[i], N, &prop, 0));
+    CHECK(cuMemMap(va + (CUdeviceptr)i * N, N, 0, g[i], 0));
+    res += residue_device(va + (CUdeviceptr)i * N, N);
+  }
+  printf("MULTI_RESIDUE %d\n", res);
+  CHECK(cuMemUnmap(va, 3 * N));
+  for (int i = 0; i < 3; i++) CHECK(cuMemRelease(g[i]));
+  CHECK(cuMemAddressFree(va, 3 * N));
+  /* 2. A handle mapped at two addresses: unmapping one alias leaves the data
+   * at the other; unmapping the last clears it. */
+  CHECK(cuMemCreate(&h[0], N, &prop, 0));
+  CHECK(cuMemAddressReserve(&va, N, 0, 0, 0));
+  CHECK(cuMemAddressReserve(&vb, N, 0, 0, 0));
+  CHECK(cuMemMap(va, N, 0, h[0], 0));
+  CHECK(cuMemMap(vb, N, 0, h[0], 0));
+  CHECK(cuMemcpyHtoD_v2(va, buf, N));
+  CHECK(cuMemUnmap(vb, N));
+  printf("ALIAS_INTACT %d\n", residue_device(va, N) == N);
+  CHECK(cuMemUnmap(va, N));
+  CHECK(cuMemRelease(h[0]));
+  CHECK(cuMemCreate(&g[0], N, &prop, 0));
+  CHECK(cuMemMap(va, N, 0, g[0], 0));
+  printf("ALIAS_RESIDUE %d\n", residue_device(va, N));
+  /* ... and both aliases in one unmap: cleared once, no residue. */
+  CHECK(cuMemAddressReserve(&v2, 2 * N, 0, 0, 0));
+  CHECK(cuMemUnmap(va, N));
+  CHECK(cuMemMap(v2, N, 0, g[0], 0));
+  CHECK(cuMemMap(v2 + N, N, 0, g[0], 0));
+  CHECK(cuMemcpyHtoD_v2(v2, buf, N));
+  CHECK(cuMemUnmap(v2, 2 * N));
+  CHECK(cuMemRelease(g[0]));
+  CHECK(cuMemCreate(&h[0], N, &prop, 0));
+  CHECK(cuMemMap(va, N, 0, h[0], 0));
+  printf("BOTH_RESIDUE %d\n", residue_device(va, N));
+  CHECK(cuMemUnmap(va, N));
+  CHECK(cuMemRelease(h[0]));
+  /* 3. Released while still mapped: the memory lives until the last unmap,
+   * which clears it. */
+  CHECK(cuMemCreate(&h[1], N, &prop, 0));
+  CHECK(cuMemMap(vb, N, 0, h[1], 0));
+  CHECK(cuMemcpyHtoD_v2(vb, buf, N));
+  CHECK(cuMemRelease(h[1]));
+  printf("RELEASED_INTACT %d\n", residue_device(vb, N) == N);
+  CHECK(cuMemUnmap(vb, N));
+  CHECK(cuMemCreate(&g[1], N, &prop, 0));
+  CHECK(cuMemMap(vb, N, 0, g[1], 0));
+  printf("RELEASED_RESIDUE %d\n", residue_device(vb, N));
+  CHECK(cuMemUnmap(vb, N));
+  CHECK(cuMemRelease(g[1]));
+  CHECK(cuMemAddressFree(va, N));
+  CHECK(cuMemAddressFree(vb, N));
+  CHECK(cuMemAddressFree(v2, 2 * N));
+  free(buf);
   printf("RESIDUE 0\n");
 #elif defined(WAY_register)
   /* cuMemHostRegister pins memory the application owns; unregistering it

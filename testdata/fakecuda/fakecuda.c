@@ -179,16 +179,29 @@ EXPORT CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int f) { (void)
 EXPORT CUresult cuMemHostUnregister(void *p) { return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
 
 /* VMM: a physical allocation is a memfd; cuMemAddressReserve reserves
- * PROT_NONE address space and cuMemMap maps the memfd there. Released memfds
- * are reused LIFO by the next cuMemCreate that fits, contents and all, so a
- * new mapping shows the previous owner's bytes when nothing zeroizes. */
-struct phys { unsigned long long h; int fd; size_t size; int used; };
+ * PROT_NONE address space and cuMemMap maps the memfd there. As on the real
+ * driver, physical memory is freed only when its handle is released and its
+ * last mapping is gone; freed memfds are reused LIFO by the next cuMemCreate
+ * that fits, contents and all, so a new mapping shows the previous owner's
+ * bytes when nothing zeroizes. cuMemUnmap must cover whole mappings. */
+struct phys { unsigned long long h; int fd; size_t size; int used, maps; }; /* used: the handle is live */
 static struct phys phys[4096];
 static int nphys;
+struct fmap { CUdeviceptr va; size_t n; unsigned long long h; };
+static struct fmap fmaps[4096];
+static int nfmaps;
 
 static struct phys *by_handle(unsigned long long h) {
   for (int i = 0; i < nphys; i++) if (phys[i].used && phys[i].h == h) return &phys[i];
   return NULL;
+}
+/* maybe_free moves a physical allocation nothing holds any more to the top of
+ * the reuse stack (mu held). */
+static void maybe_free(int i) {
+  if (phys[i].used || phys[i].maps) return;
+  struct phys p = phys[i];
+  memmove(&phys[i], &phys[i + 1], (size_t)(nphys - i - 1) * sizeof p);
+  phys[nphys - 1] = p;
 }
 EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop, unsigned long long f) {
   (void)prop; (void)f;
@@ -196,7 +209,7 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUm
   pthread_mutex_lock(&mu);
   unsigned long long id = next_handle++;
   for (int i = nphys - 1; i >= 0; i--) {
-    if (!phys[i].used && phys[i].size >= n) {
+    if (!phys[i].used && !phys[i].maps && phys[i].size >= n) {
       struct phys p = phys[i];
       memmove(&phys[i], &phys[i + 1], (size_t)(nphys - i - 1) * sizeof p);
       p.used = 1;
@@ -213,7 +226,7 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUm
     pthread_mutex_unlock(&mu);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  phys[nphys++] = (struct phys){ id, fd, n, 1 };
+  phys[nphys++] = (struct phys){ id, fd, n, 1, 0 };
   pthread_mutex_unlock(&mu);
   *h = id;
   return CUDA_SUCCESS;
@@ -223,10 +236,8 @@ EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
   CUresult r = CUDA_ERROR_INVALID_VALUE;
   for (int i = 0; i < nphys; i++) {
     if (phys[i].used && phys[i].h == h) {
-      struct phys p = phys[i];
-      memmove(&phys[i], &phys[i + 1], (size_t)(nphys - i - 1) * sizeof p);
-      p.used = 0;
-      phys[nphys - 1] = p;
+      phys[i].used = 0;
+      maybe_free(i);
       r = CUDA_SUCCESS;
       break;
     }
@@ -246,16 +257,49 @@ EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t n, size_t off, CUmemGenericAllo
   (void)f;
   pthread_mutex_lock(&mu);
   struct phys *p = by_handle(h);
-  int fd = p ? p->fd : -1;
+  if (!p || !ptr || !n || off + n > p->size || nfmaps == 4096) {
+    pthread_mutex_unlock(&mu);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  void *m = mmap((void *)(uintptr_t)ptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, p->fd, (off_t)off);
+  if (m != MAP_FAILED) {
+    p->maps++;
+    fmaps[nfmaps++] = (struct fmap){ptr, n, h};
+  }
   pthread_mutex_unlock(&mu);
-  if (fd < 0) return CUDA_ERROR_INVALID_VALUE;
-  void *m = mmap((void *)(uintptr_t)ptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)off);
   return m == MAP_FAILED ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t n) {
   if (!ptr || !n) return CUDA_ERROR_INVALID_VALUE;
+  pthread_mutex_lock(&mu);
+  for (int i = 0; i < nfmaps; i++) { /* a sub-range of a mapping is an error */
+    struct fmap *x = &fmaps[i];
+    if (x->va < ptr + n && ptr < x->va + x->n && (x->va < ptr || x->va + x->n > ptr + n)) {
+      pthread_mutex_unlock(&mu);
+      return CUDA_ERROR_INVALID_VALUE;
+    }
+  }
   void *m = mmap((void *)(uintptr_t)ptr, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-  return m == MAP_FAILED ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+  if (m == MAP_FAILED) {
+    pthread_mutex_unlock(&mu);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  for (int i = 0; i < nfmaps;) {
+    if (fmaps[i].va >= ptr && fmaps[i].va < ptr + n) {
+      for (int j = 0; j < nphys; j++) {
+        if (phys[j].h == fmaps[i].h && phys[j].maps) {
+          phys[j].maps--;
+          maybe_free(j);
+          break;
+        }
+      }
+      fmaps[i] = fmaps[--nfmaps];
+    } else {
+      i++;
+    }
+  }
+  pthread_mutex_unlock(&mu);
+  return CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t n, const void *desc, size_t count) { (void)ptr; (void)n; (void)desc; (void)count; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemExportToShareableHandle(void *sh, CUmemGenericAllocationHandle h, CUmemAllocationHandleType t, unsigned long long f) {
