@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
@@ -23,6 +24,10 @@ type conn struct {
 	opened  time.Time
 	handles map[uint64]tracer.Handle
 	dropped uint64
+	floor   floor // what the agent asked of the interposer at accept
+	acked   bool  // the interposer answered the floor
+	ackSeq  uint64
+	ackAt   time.Time
 
 	kickMu sync.Mutex
 	kicked string // why the agent ended the connection
@@ -168,6 +173,13 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		mode := []string{"enforce", "observe", "off"}[min(int(r.Result), 2)]
 		_, err := s.cfg.Trail.Append(trailevent.ProcessConnected{Ev: trailevent.EvProcessConnected, Identity: c.id, Claimed: claim(r.Tenant, c.id.Tenant), Mode: mode, Verify: wire.VerifyName(r.Verify)})
 		return err
+	case wire.FloorAck:
+		got := floor{verify: r.Verify, doublePass: r.Flags&wire.FlagDoublePass != 0, samples: uint16(min(r.Count, 65535))}
+		c.acked, c.ackSeq, c.ackAt = true, r.Seq, time.Now()
+		if !got.meets(c.floor) {
+			s.violation(c, violation.VerifyBelowFloor, fmt.Sprintf("the interposer applied %v, below the floor %v", got, c.floor))
+		}
+		return nil
 	case wire.Drops:
 		c.dropped += r.Count
 		s.cfg.Metrics.Dropped.Add(float64(r.Count))
@@ -208,8 +220,9 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			s.cfg.Attested(c.id.PID, r.Ptr, time.Now())
 		}
 		verified := r.Flags&wire.FlagVerified != 0
+		zeroed := s.judgeFloor(c, r, verified)
 		method := fmt.Sprintf("%s+%s", wire.FnName(r.Fn), wire.VerifyName(r.Verify))
-		if err := led.Attest(h, tracer.Attestation{Bytes: int64(r.Bytes), Zeroed: int64(r.Zeroed), Verified: verified, Method: method, Seed: r.Seed, Duration: time.Duration(r.DurNanos)}); err != nil {
+		if err := led.Attest(h, tracer.Attestation{Bytes: int64(r.Bytes), Zeroed: zeroed, Verified: verified, Method: method, Seed: r.Seed, Duration: time.Duration(r.DurNanos)}); err != nil {
 			return err
 		}
 		if r.Type == wire.Quarantine {
@@ -234,7 +247,7 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			return err
 		}
 		s.cfg.Metrics.Frees.WithLabelValues("ok").Inc()
-		s.cfg.Metrics.ZeroizedBytes.Add(float64(r.Zeroed))
+		s.cfg.Metrics.ZeroizedBytes.Add(float64(zeroed))
 		return nil
 	}
 	return nil
@@ -251,4 +264,70 @@ func claim(claimed, actual string) string {
 		return ""
 	}
 	return claimed
+}
+
+// The floor reaches an interposer asynchronously. A free is judged by the
+// interposer's own settings when it was emitted before the acknowledgement
+// (its seq), or within floorSettle after it (a free that read the old
+// setting before the floor was applied may be emitted just after), or, with
+// no acknowledgement, within floorGrace of connecting.
+const (
+	floorGrace  = 2 * time.Second
+	floorSettle = 100 * time.Millisecond
+)
+
+// judgeFloor returns the bytes of a free that count as covered: only
+// verified bytes, once the floor applies (unless the floor is verify off).
+// A free below the floor after the interposer acknowledged it, or after
+// the grace, is a verify_below_floor violation (once per process and
+// reflag).
+func (s *Server) judgeFloor(c *conn, r *wire.Record, verified bool) int64 {
+	applies := !c.acked && time.Since(c.opened) > floorGrace ||
+		c.acked && r.Seq > c.ackSeq && time.Since(c.ackAt) > floorSettle
+	got := floor{verify: r.Verify, doublePass: r.Flags&wire.FlagDoublePass != 0, samples: c.floor.samples}
+	if applies && !got.meets(c.floor) && c.p.shouldFlag(violation.VerifyBelowFloor, time.Now()) {
+		s.violation(c, violation.VerifyBelowFloor, fmt.Sprintf("%s zeroized with %v, below the floor %v", wire.FnName(r.Fn), got, c.floor))
+	}
+	if verified || c.floor.verify == wire.VerifyOff || !applies {
+		return int64(r.Zeroed)
+	}
+	return 0
+}
+
+// floor is a verification strength: mode, double pass, samples (which
+// matter only in sample mode).
+type floor struct {
+	verify     uint8
+	doublePass bool
+	samples    uint16
+}
+
+func floorOf(p policy.Config) floor {
+	f := floor{doublePass: p.DoublePass, samples: uint16(min(max(p.VerifySamples, 0), 65535))}
+	switch p.VerifyMode {
+	case "sample":
+		f.verify = wire.VerifySample
+	case "full":
+		f.verify = wire.VerifyFull
+	}
+	return f
+}
+
+// meets reports whether f is at least as strict as want.
+func (f floor) meets(want floor) bool {
+	if f.verify < want.verify || want.doublePass && !f.doublePass {
+		return false
+	}
+	return !(want.verify == wire.VerifySample && f.verify == wire.VerifySample && f.samples < want.samples)
+}
+
+func (f floor) String() string {
+	s := wire.VerifyName(f.verify)
+	if f.verify == wire.VerifySample {
+		s += fmt.Sprintf("(%d samples)", f.samples)
+	}
+	if f.doublePass {
+		s += "+double-pass"
+	}
+	return s
 }

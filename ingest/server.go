@@ -215,7 +215,7 @@ func (s *Server) accept(c *net.UnixConn) {
 		if !p.denied && parentKey != "" && s.denied[parentKey] {
 			p.denied, s.denied[p.key], inherit = true, true, true
 		}
-		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]tracer.Handle{}, opened: now}
+		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]tracer.Handle{}, opened: now, floor: floorOf(pol)}
 		s.conns[cn] = struct{}{}
 	}
 	s.mu.Unlock()
@@ -225,6 +225,9 @@ func (s *Server) accept(c *net.UnixConn) {
 	}
 	s.cfg.Peers.add(h)
 	s.cfg.Metrics.Connected.Inc()
+	// The floor first: the interposer verifies at least as strictly as the
+	// policy asks, whatever it was started with.
+	s.write(cn, wire.Floor(cn.floor.verify, cn.floor.doublePass, cn.floor.samples))
 	if inherit {
 		s.inheritDeny(cn, parentKey)
 	}

@@ -56,7 +56,7 @@ func rssKiB(pid int) float64 {
 func BenchmarkAgentIngest(b *testing.B) {
 	benchAgent(b)
 	t := &testing.T{}
-	a := newAgent(t)
+	a := newAgent(t, "--verify", "off") // the floor the clients run at: this measures the agent, not verification
 	defer a.kill()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -91,7 +91,7 @@ func BenchmarkAgentIngest(b *testing.B) {
 func BenchmarkAgentRSS(b *testing.B) {
 	benchAgent(b)
 	t := &testing.T{}
-	a := newAgent(t)
+	a := newAgent(t, "--verify", "off") // the floor the clients run at: this measures the agent, not verification
 	defer a.kill()
 	pid := a.cmd.Process.Pid
 	before := rssKiB(pid)

@@ -414,3 +414,45 @@ func TestPolicyRecordAndFailedStart(t *testing.T) {
 		t.Fatalf("a failed start created or wrote the trail (%v):\n%s", err, out)
 	}
 }
+
+// 11. The agent's verify floor reaches every interposer: one started with
+// KVH_VERIFY=off verifies fully anyway, and one that does not (a modified
+// interposer) is a violation whose unverified bytes count for nothing.
+func TestVerifyFloor(t *testing.T) {
+	a := newAgent(t, "--verify", "full", "--witness", "off") // the witness's view of drops is another test's
+	// A churning client (about half a second of frees), started with
+	// verification off: once the floor reaches it, it verifies fully, and
+	// nothing it did is a violation (frees before the floor arrived are
+	// judged by its own setting).
+	run := libkvhtest.Exec("churn", libkvhtest.Lib(), []string{"KVH_SOCKET=" + a.sock, "KVH_VERIFY=off"}, "3000", "100", "10")
+	if run.Err != nil {
+		t.Fatalf("%v %s", run.Err, run.Stderr)
+	}
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "attest" && num(e["pid"]) == run.PID && e["verified"] == true && strings.HasSuffix(fmt.Sprint(e["method"]), "+full")
+	}); !ok {
+		t.Fatalf("an interposer started with KVH_VERIFY=off did not verify at the floor\n%s", a.log)
+	}
+	a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "process_disconnected" && num(e["pid"]) == run.PID })
+	for _, e := range a.events() {
+		if e["ev"] == "violation" && num(e["pid"]) == run.PID {
+			t.Fatalf("an honest interposer raised to the floor was reported: %v", e)
+		}
+	}
+	// A hostile interposer acknowledges a weaker setting, then frees unverified.
+	c := a.dial(t)
+	c.Write(wire.Record{Type: wire.FloorAck, Seq: 1, Verify: wire.VerifyOff}.Encode())
+	time.Sleep(300 * time.Millisecond)
+	c.Write(append(wire.Record{Type: wire.Alloc, Ptr: 0x5000, Bytes: 4096}.Encode(),
+		wire.Record{Type: wire.Free, Seq: 3, Ptr: 0x5000, Bytes: 4096, Zeroed: 4096, Verify: wire.VerifyOff, Fn: 4}.Encode()...))
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "violation" && e["kind"] == "verify_below_floor" && num(e["pid"]) == os.Getpid()
+	}); !ok {
+		t.Fatalf("an interposer below the floor was not reported: %v", a.events())
+	}
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "violation" && e["kind"] == "free_without_sanitize" && num(e["pid"]) == os.Getpid()
+	}); !ok {
+		t.Fatalf("unverified bytes were counted as coverage: %v", a.events())
+	}
+}
