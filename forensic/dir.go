@@ -1,12 +1,14 @@
 package forensic
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -181,4 +183,61 @@ func dirEntryType(m os.FileMode) string {
 func describeIrregular(dir string, found []string) error {
 	return fmt.Errorf("trail directory %s: %s (%w): the writer opens only regular files and never follows a link; move them aside",
 		dir, strings.Join(found, ", "), errNotRegular)
+}
+
+// mkdirEvidence creates a new directory evidence-<UTC time> (with a suffix
+// if that exists) and returns its name and a descriptor for it.
+func (d *trailDir) mkdirEvidence(now time.Time) (string, int, error) {
+	base := "evidence-" + now.UTC().Format("20060102T150405Z")
+	for i := 0; i < 100; i++ {
+		name := base
+		if i > 0 {
+			name = fmt.Sprintf("%s-%d", base, i)
+		}
+		err := unix.Mkdirat(d.fd, name, 0o700)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return "", -1, &os.PathError{Op: "mkdir", Path: d.join(name), Err: err}
+		}
+		fd, err := unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", -1, &os.PathError{Op: "open", Path: d.join(name), Err: err}
+		}
+		return name, fd, nil
+	}
+	return "", -1, fmt.Errorf("%s: too many evidence directories named %s*", d.path, base)
+}
+
+// moveTo hashes a regular file and renames it, keeping its name, into the
+// directory dst. An append-only file cannot be renamed: its flag is cleared
+// for the rename and set again after it (the bytes are never opened for
+// writing), which needs CAP_LINUX_IMMUTABLE like setting it did.
+func (d *trailDir) moveTo(name string, dst int) (EvidenceFile, error) {
+	f, err := d.open(name, unix.O_RDONLY, 0, false)
+	if err != nil {
+		return EvidenceFile{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err != nil {
+		return EvidenceFile{}, err
+	}
+	err = unix.Renameat2(d.fd, name, dst, name, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EPERM) {
+		flags, ferr := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+		if ferr == nil && flags&fsAppendFL != 0 {
+			if ferr = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags&^fsAppendFL)); ferr != nil {
+				return EvidenceFile{}, fmt.Errorf("it is append-only and this process may not clear the flag (%v): move it aside by hand", ferr)
+			}
+			err = unix.Renameat2(d.fd, name, dst, name, unix.RENAME_NOREPLACE)
+			unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags))
+		}
+	}
+	if err != nil {
+		return EvidenceFile{}, err
+	}
+	return EvidenceFile{Name: name, Size: size, SHA256: h.Sum(nil)}, nil
 }

@@ -85,7 +85,7 @@ func TestOpenRefusesUnsafeDirectory(t *testing.T) {
 			}
 			done := make(chan error, 1)
 			go func() {
-				l, err := Open(dir, Options{Signer: k.signer, AppendOnly: true})
+				l, err := Open(dir, Options{Signer: k.signer, AppendOnly: true, AcceptTampered: true})
 				if err == nil {
 					l.Close()
 				}

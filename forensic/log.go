@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/sys/unix"
 )
@@ -49,6 +50,14 @@ type Options struct {
 	// AppendOnly sets FS_APPEND_FL on trail files when the process may
 	// (CAP_LINUX_IMMUTABLE); it is skipped quietly otherwise.
 	AppendOnly bool
+	// AcceptTampered makes Open start on a trail it finds tampered with
+	// instead of refusing it with a *TamperError: every trail file but LOCK
+	// is moved, untouched, into a new evidence-<time> directory beside the
+	// segments, and a new log (same origin) starts whose first record after
+	// the genesis is a signed tamper_detected record naming the file, line
+	// and seq, what was found, and each moved file's SHA-256. Nothing is
+	// deleted or rewritten, and nothing that failed is ever sealed.
+	AcceptTampered bool
 }
 
 // Stats is a snapshot of the writer's progress.
@@ -58,6 +67,33 @@ type Stats struct {
 	Segment        uint64 // index of the active segment
 	Commits        uint64 // group commits since Open
 	Recovered      *Torn  // how the previous run ended, when it did not close cleanly
+	// Tamper is set when Open found tampering, accepted it (AcceptTampered)
+	// and started a new log: the body of its tamper_detected record.
+	Tamper *TamperBody
+}
+
+// TamperError is the ErrTampered that Open returns: the first thing in the
+// trail that a crash cannot explain. errors.Is(err, ErrTampered) holds.
+type TamperError struct {
+	File  string // a file in the trail directory
+	Line  int    // 1-based line in File; 0 when the finding is not about one line
+	Seq   uint64 // the seq the record there has, or should have had
+	Found string // what was found
+}
+
+func (e *TamperError) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc += fmt.Sprintf(" line %d", e.Line)
+	}
+	return fmt.Sprintf("%v: %s: seq %d: %s", ErrTampered, loc, e.Seq, e.Found)
+}
+
+// Unwrap makes a TamperError an ErrTampered.
+func (e *TamperError) Unwrap() error { return ErrTampered }
+
+func tampered(file string, line int, seq uint64, format string, args ...any) *TamperError {
+	return &TamperError{File: file, Line: line, Seq: seq, Found: fmt.Sprintf(format, args...)}
 }
 
 // Log is an open trail. Its methods are safe for concurrent use.
@@ -87,6 +123,7 @@ type Log struct {
 	ckptSync  time.Time
 	lastWrite time.Time
 	origin    string
+	tamper    *TamperBody // written after the genesis of a log started over tampering
 	c         *chain
 	mac       hash.Hash
 	buf       []byte
@@ -103,7 +140,10 @@ type Log struct {
 //
 // It refuses a directory that another user owns or that group or others may
 // write, and any trail file that is not a regular file (a symbolic link is
-// never followed).
+// never followed). It refuses, with a *TamperError, a trail whose last segment
+// does not end the way a crash can leave it (only an incomplete final line
+// of an open segment is a torn write), or that its checkpoints contradict;
+// with opts.AcceptTampered it keeps the evidence and starts a new log.
 func Open(dir string, opts Options) (*Log, error) {
 	if opts.Signer == nil {
 		return nil, errors.New("forensic: a checkpoint signer is required")
@@ -161,9 +201,9 @@ func (l *Log) takeLock() error {
 	return nil
 }
 
-// recover finds the last segment, replays it to rebuild the chain, checks it
-// against the latest checkpoint and opens the next segment, declaring any torn
-// tail. Nothing is ever truncated.
+// recover checks the directory, finds the last segment, replays it to
+// rebuild the chain, checks it against the latest checkpoint and opens the
+// next segment, declaring any torn tail. Nothing is ever truncated.
 func (l *Log) recover() error {
 	bad, err := l.d.irregular()
 	if err != nil {
@@ -180,88 +220,14 @@ func (l *Log) recover() error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	ckpts := parseCheckpointLines(data)
-	var head SegmentBody
-	if len(segs) == 0 {
-		if len(ckpts) > 0 {
-			return fmt.Errorf("%w: %s holds checkpoints but no segments (deleted?)", ErrTampered, l.d.path)
-		}
-		l.origin = l.opts.Origin
-		if l.origin == "" {
-			l.origin = defaultOrigin()
-		}
-		alg := MACAlgNone
-		if l.mac != nil {
-			alg = MACAlgHMACSHA256
-		}
-		l.c, _ = newChain(0, nil)
-		l.c.macAlg = alg
-		head = SegmentBody{Origin: l.origin, Segment: 0, Frontier: [][]byte{}, MACAlg: alg}
-	} else {
-		last := segs[len(segs)-1]
-		if len(segs) > 1 && segs[len(segs)-2].index == last.index {
-			return fmt.Errorf("%w: segment %d appears twice", ErrTampered, last.index)
-		}
-		if l.opts.Origin != "" && l.opts.Origin != last.head.Origin {
-			return fmt.Errorf("trail origin is %q, not %q", last.head.Origin, l.opts.Origin)
-		}
-		switch {
-		case last.head.MACAlg == MACAlgHMACSHA256 && l.mac == nil:
-			return errors.New("the trail declares hmac-sha256: its HMAC key is required to append")
-		case last.head.MACAlg == MACAlgNone && l.mac != nil:
-			return errors.New("the trail was created without a MAC; refusing to mix in a key")
-		case last.head.MACAlg != MACAlgNone && last.head.MACAlg != MACAlgHMACSHA256:
-			return fmt.Errorf("unknown mac_alg %q", last.head.MACAlg)
-		}
-		l.origin = last.head.Origin
-		data, err := l.d.readFile(last.name)
-		if err != nil {
-			return err
-		}
-		c, err := newChain(last.head.Size, last.head.Frontier)
-		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrTampered, last.name, err)
-		}
-		c.mac, c.macAlg = l.mac, last.head.MACAlg
-		c.prev = last.first.prev
-		want := latestCheckpoint(ckpts)
-		var rootAt []byte
-		validLen, lastKind := 0, ""
-		var p parsed
-		for off := 0; off < len(data); {
-			nl := bytes.IndexByte(data[off:], '\n')
-			if nl < 0 {
-				break
-			}
-			line := data[off : off+nl]
-			if parseLine(line, &p) != nil || c.accept(line, &p, false) != nil {
-				break
-			}
-			off += nl + 1
-			validLen, lastKind = off, string(p.kind)
-			if want != nil && c.size() == want.Size {
-				rootAt = c.root()
-			}
-		}
-		if validLen == 0 {
-			return fmt.Errorf("%w: %s: its segment record does not verify", ErrTampered, last.name)
-		}
-		if want != nil {
-			if want.Size > c.size() {
-				return fmt.Errorf("%w: latest checkpoint attests %d records but only %d are present; run kvh-verify log", ErrTampered, want.Size, c.size())
-			}
-			if rootAt != nil && !bytes.Equal(rootAt, want.Hash) {
-				return fmt.Errorf("%w: root at size %d does not match the latest checkpoint", ErrTampered, want.Size)
-			}
-		}
-		l.c = c
-		head = SegmentBody{Origin: l.origin, Segment: last.index + 1, PrevFile: last.name, MACAlg: last.head.MACAlg}
-		if lastKind != KindClose || validLen != len(data) {
-			torn := data[validLen:]
-			sum := sha256.Sum256(torn)
-			head.Torn = &Torn{File: last.name, ValidLen: int64(validLen), TornLen: int64(len(torn)), TornSHA256: sum[:]}
-			l.stats.Recovered = head.Torn
-		}
+	latest := latestCheckpoint(parseCheckpointLines(data))
+	head, err := l.replay(segs, latest)
+	var te *TamperError
+	if errors.As(err, &te) && l.opts.AcceptTampered {
+		head, err = l.keepEvidence(te, latest)
+	}
+	if err != nil {
+		return err
 	}
 	if l.ckpt, err = l.d.open(CheckpointFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600, true); err != nil {
 		return err
@@ -270,10 +236,205 @@ func (l *Log) recover() error {
 	if err := l.startSegment(head); err != nil {
 		return err
 	}
+	if l.tamper != nil {
+		body, _ := json.Marshal(l.tamper)
+		if err := l.encode(KindTamper, body); err != nil {
+			return err
+		}
+	}
 	if err := l.flushSync(); err != nil {
 		return err
 	}
 	return l.syncCheckpoints()
+}
+
+// replay rebuilds the chain from the last segment and returns the record
+// that opens the next one. Whatever a crash cannot explain is a
+// *TamperError: a complete line that does not verify (a torn write leaves
+// only an incomplete final line, so records after a bad line were cut off,
+// not torn), anything after a close record, or a checkpoint that attests
+// more, or other, records than are there.
+func (l *Log) replay(segs []segFile, want *log.Checkpoint) (SegmentBody, error) {
+	if len(segs) == 0 {
+		if want != nil {
+			l.origin = want.Origin
+			return SegmentBody{}, tampered(CheckpointFile, 0, 0, "holds checkpoints attesting %d records but %s has no segment (deleted?)", want.Size, l.d.path)
+		}
+		l.origin = l.opts.Origin
+		if l.origin == "" {
+			l.origin = defaultOrigin()
+		}
+		l.c = l.newLogChain()
+		return SegmentBody{Origin: l.origin, Segment: 0, Frontier: [][]byte{}, MACAlg: l.c.macAlg}, nil
+	}
+	last := segs[len(segs)-1]
+	if l.opts.Origin != "" && l.opts.Origin != last.head.Origin {
+		return SegmentBody{}, fmt.Errorf("trail origin is %q, not %q", last.head.Origin, l.opts.Origin)
+	}
+	l.origin = last.head.Origin
+	switch {
+	case last.head.MACAlg == MACAlgHMACSHA256 && l.mac == nil:
+		return SegmentBody{}, errors.New("the trail declares hmac-sha256: its HMAC key is required to append")
+	case last.head.MACAlg == MACAlgNone && l.mac != nil:
+		return SegmentBody{}, errors.New("the trail was created without a MAC; refusing to mix in a key")
+	case last.head.MACAlg != MACAlgNone && last.head.MACAlg != MACAlgHMACSHA256:
+		return SegmentBody{}, fmt.Errorf("unknown mac_alg %q", last.head.MACAlg)
+	}
+	if len(segs) > 1 && segs[len(segs)-2].index == last.index {
+		return SegmentBody{}, tampered(last.name, 1, last.first.seq, "segment %d appears twice (also %s)", last.index, segs[len(segs)-2].name)
+	}
+	data, err := l.d.readFile(last.name)
+	if err != nil {
+		return SegmentBody{}, err
+	}
+	c, err := newChain(last.head.Size, last.head.Frontier)
+	if err != nil {
+		return SegmentBody{}, tampered(last.name, 1, last.first.seq, "segment record: %v", err)
+	}
+	c.mac, c.macAlg = l.mac, last.head.MACAlg
+	c.prev = last.first.prev
+	var rootAt []byte
+	rootLine, lineNo, validLen, lastKind := 0, 0, 0, ""
+	var p parsed
+	for off := 0; off < len(data); {
+		nl := bytes.IndexByte(data[off:], '\n')
+		if nl < 0 {
+			break // an incomplete final line: judged below
+		}
+		lineNo++
+		line := data[off : off+nl]
+		if lastKind == KindClose {
+			return SegmentBody{}, tampered(last.name, lineNo, c.size(), "%s after the close record: a closed segment is never written again", describeRest(data[off:]))
+		}
+		err := parseLine(line, &p)
+		if err == nil {
+			err = c.accept(line, &p, false)
+		}
+		if err == nil && lineNo > 1 && string(p.kind) == KindSegment {
+			err = errors.New("segment record inside a segment")
+		}
+		if err != nil {
+			if lineNo == 1 {
+				return SegmentBody{}, tampered(last.name, 1, last.first.seq, "its segment record does not verify: %v", err)
+			}
+			return SegmentBody{}, tampered(last.name, lineNo, c.size(), "the line does not verify (%v) yet is complete: %s; only an incomplete final line can be a torn write", err, describeRest(data[off:]))
+		}
+		off += nl + 1
+		validLen, lastKind = off, string(p.kind)
+		if want != nil && c.size() == want.Size {
+			rootAt, rootLine = c.root(), lineNo
+		}
+	}
+	if validLen == 0 {
+		return SegmentBody{}, tampered(last.name, 1, last.first.seq, "its segment record is incomplete, which the writer never leaves (it renames a segment into place only once that record is durable)")
+	}
+	if lastKind == KindClose && validLen != len(data) {
+		return SegmentBody{}, tampered(last.name, lineNo+1, c.size(), "a %d-byte incomplete line after the close record: a closed segment is never written again", len(data)-validLen)
+	}
+	if want != nil {
+		if want.Size > c.size() {
+			return SegmentBody{}, tampered(last.name, 0, c.size(), "TRUNCATION: the latest checkpoint attests %d records but only %d are present; run kvh-verify log", want.Size, c.size())
+		}
+		if rootAt != nil && !bytes.Equal(rootAt, want.Hash) {
+			return SegmentBody{}, tampered(last.name, rootLine, want.Size-1, "the root at size %d does not match the latest checkpoint", want.Size)
+		}
+	}
+	l.c = c
+	head := SegmentBody{Origin: l.origin, Segment: last.index + 1, PrevFile: last.name, MACAlg: last.head.MACAlg}
+	if lastKind != KindClose || validLen != len(data) {
+		torn := data[validLen:]
+		sum := sha256.Sum256(torn)
+		head.Torn = &Torn{File: last.name, ValidLen: int64(validLen), TornLen: int64(len(torn)), TornSHA256: sum[:]}
+		l.stats.Recovered = head.Torn
+	}
+	return head, nil
+}
+
+// describeRest says what follows a line that does not verify, starting
+// with that line: how many complete lines and bytes, how many of them are
+// well-formed records, and whether the last is a close record.
+func describeRest(rest []byte) string {
+	complete, records, closed := 0, 0, false
+	var p parsed
+	for off := 0; ; {
+		nl := bytes.IndexByte(rest[off:], '\n')
+		if nl < 0 {
+			break
+		}
+		complete++
+		closed = false
+		if parseLine(rest[off:off+nl], &p) == nil {
+			records++
+			closed = string(p.kind) == KindClose
+		}
+		off += nl + 1
+	}
+	s := fmt.Sprintf("%d complete line(s), %d bytes, from here to the end of the segment, %d of them well-formed records", complete, len(rest), records)
+	if closed {
+		s += ", the last a close record"
+	}
+	return s
+}
+
+func (l *Log) newLogChain() *chain {
+	c, _ := newChain(0, nil)
+	c.macAlg = MACAlgNone
+	if l.mac != nil {
+		c.macAlg = MACAlgHMACSHA256
+	}
+	return c
+}
+
+// keepEvidence is Open's answer to tampering it was told to accept. Every
+// trail file but LOCK moves, untouched (rename(2): same inode, bytes and
+// times), into a new directory evidence-<UTC time> beside the segments, and
+// a new log starts in their place with the same origin. Its genesis is
+// followed by a tamper_detected record binding each moved file by size and
+// SHA-256. The new log never seals anything from the tampered one; the
+// evidence verifies on its own (and fails where the tampering is).
+func (l *Log) keepEvidence(te *TamperError, latest *log.Checkpoint) (SegmentBody, error) {
+	prevOrigin := l.origin
+	name, evfd, err := l.d.mkdirEvidence(time.Now())
+	if err != nil {
+		return SegmentBody{}, err
+	}
+	defer unix.Close(evfd)
+	ents, err := l.d.entries()
+	if err != nil {
+		return SegmentBody{}, err
+	}
+	body := &TamperBody{File: te.File, Line: te.Line, Seq: te.Seq, Found: te.Found, PrevOrigin: prevOrigin, Evidence: name, Files: []EvidenceFile{}}
+	if latest != nil {
+		body.PrevCheckpoint = latest.Size
+	}
+	for _, e := range ents {
+		if e.Name() == LockFile || !isTrailName(e.Name()) {
+			continue
+		}
+		ef, err := l.d.moveTo(e.Name(), evfd)
+		if err != nil {
+			return SegmentBody{}, fmt.Errorf("keeping %s as evidence in %s: %w", e.Name(), l.d.join(name), err)
+		}
+		body.Files = append(body.Files, ef)
+	}
+	if err := unix.Fsync(evfd); err != nil {
+		return SegmentBody{}, err
+	}
+	if err := l.d.sync(); err != nil {
+		return SegmentBody{}, err
+	}
+	l.origin = prevOrigin
+	if l.origin == "" {
+		l.origin = l.opts.Origin
+	}
+	if l.origin == "" {
+		l.origin = defaultOrigin()
+	}
+	l.c = l.newLogChain()
+	l.tamper = body
+	l.stats.Recovered = nil
+	l.stats.Tamper = body
+	return SegmentBody{Origin: l.origin, Segment: 0, Frontier: [][]byte{}, MACAlg: l.c.macAlg}, nil
 }
 
 func defaultOrigin() string {

@@ -20,6 +20,10 @@ const (
 	KindTick    = "tick"    // idle heartbeat, so silence is itself evidence
 	KindClose   = "close"   // last record of a cleanly closed segment
 	KindPrune   = "prune"   // authorises removal of older segments
+	// KindTamper opens a log that Open started after finding tampering it
+	// was told to accept (Options.AcceptTampered): what it found, and where
+	// the untouched evidence now is.
+	KindTamper = "tamper_detected"
 )
 
 // Version is the record format version written in every line's "v" field.
@@ -79,6 +83,30 @@ type PruneBody struct {
 	BeforeSeq     uint64   `json:"before_seq"`
 	Reason        string   `json:"reason"`
 	Files         []string `json:"files,omitempty"`
+}
+
+// TamperBody is the body of a tamper_detected record: where the previous
+// trail stopped verifying, what was found there, and the files moved,
+// untouched, into Evidence (a directory beside the segments), each bound by
+// its size and SHA-256 so that the evidence cannot change unnoticed either.
+type TamperBody struct {
+	File  string `json:"file"`
+	Line  int    `json:"line,omitempty"` // 1-based; absent when not about one line
+	Seq   uint64 `json:"seq"`            // the seq the first bad record has, or should have had
+	Found string `json:"found"`
+	// PrevOrigin is the moved trail's origin; PrevCheckpoint the largest size
+	// its checkpoints attest (signatures not checked by the writer).
+	PrevOrigin     string         `json:"prev_origin,omitempty"`
+	PrevCheckpoint uint64         `json:"prev_checkpoint_size"`
+	Evidence       string         `json:"evidence"`
+	Files          []EvidenceFile `json:"files"`
+}
+
+// EvidenceFile is one file moved aside by a tamper_detected record.
+type EvidenceFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 []byte `json:"sha256"`
 }
 
 // TickBody is the body of an idle heartbeat.

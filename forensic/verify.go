@@ -78,8 +78,12 @@ type Report struct {
 	MAC                 string      `json:"mac"`
 	Open                bool        `json:"last_segment_open"`
 	Prunes              []PruneBody `json:"prunes,omitempty"`
-	Warnings            []string    `json:"warnings,omitempty"`
-	Problem             *Problem    `json:"problem,omitempty"`
+	// Tamper lists the tamper_detected records: this log was started over a
+	// trail found tampered with, whose files are kept in the named evidence
+	// directory (verify that directory on its own to see the tampering).
+	Tamper   []TamperBody `json:"tamper_detected,omitempty"`
+	Warnings []string     `json:"warnings,omitempty"`
+	Problem  *Problem     `json:"problem,omitempty"`
 }
 
 type verifier struct {
@@ -361,21 +365,21 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 			if len(line) >= MaxLine {
 				rerr = fmt.Errorf("record line longer than %d bytes", MaxLine)
 			}
-			return v.tornOrFail(s, f, off, lineNo+1, last, rerr.Error())
+			return v.tornOrFail(s, f, off, lineNo+1, last, closed, rerr.Error())
 		}
 		if errors.Is(rerr, io.EOF) {
 			if len(line) == 0 {
 				break
 			}
 			// A final line with no newline: only a crash leaves that.
-			return v.tornOrFail(s, f, off, lineNo+1, last, "incomplete final line")
+			return v.tornOrFail(s, f, off, lineNo+1, last, closed, "incomplete final line")
 		}
 		lineNo++
 		if closed {
 			return nil, fail(s.name, lineNo, nil, "data after the close record")
 		}
 		if err := parseLine(line, &p); err != nil {
-			return v.tornOrFail(s, f, off, lineNo, last, err.Error())
+			return v.tornOrFail(s, f, off, lineNo, last, closed, err.Error())
 		}
 		switch kind := string(p.kind); {
 		case lineNo == 1:
@@ -402,6 +406,10 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 				}
 				v.prunes = append(v.prunes, prunedAt{p.seq, pb})
 				v.rep.Prunes = append(v.rep.Prunes, pb)
+			case KindTamper:
+				if err := v.tamper(s.name, lineNo, p.seq, p.body); err != nil {
+					return nil, err
+				}
 			case KindEvent, KindTick:
 			default:
 				return nil, fail(s.name, lineNo, seqp(p.seq), "unknown record kind %q", kind)
@@ -429,13 +437,30 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 // tornOrFail handles the first line that does not verify: in a segment that
 // a later one follows it may be a declared torn tail; anywhere else, and in
 // the last segment unless it is an incomplete final line, it is a failure.
-func (v *verifier) tornOrFail(s segFile, f *os.File, off int64, lineNo int, last bool, reason string) (*Torn, error) {
+// A torn write leaves only an incomplete final line: complete records in a
+// torn tail were cut off, not torn (a forgery laundered by a restart that
+// declared them torn), and nothing may follow a close record.
+func (v *verifier) tornOrFail(s segFile, f *os.File, off int64, lineNo int, last, closed bool, reason string) (*Torn, error) {
 	rest, err := io.ReadAll(io.NewSectionReader(f, off, 1<<62))
 	if err != nil {
 		return nil, err
 	}
 	v.rep.Bytes += off
 	v.progress(int64(len(rest)))
+	if closed {
+		return nil, fail(s.name, lineNo, nil, "data after the close record (%d bytes)", len(rest))
+	}
+	var p parsed
+	for i, o := 0, 0; ; i++ {
+		nl := bytes.IndexByte(rest[o:], '\n')
+		if nl < 0 {
+			break
+		}
+		if parseLine(rest[o:o+nl], &p) == nil {
+			return nil, fail(s.name, lineNo+i, seqp(p.seq), "a complete record in what is left as a torn tail (%d bytes from line %d; first bad line: %s): a torn write leaves only an incomplete final line, so these records were cut off from the chain, not torn", len(rest), lineNo, reason)
+		}
+		o += nl + 1
+	}
 	if last {
 		if bytes.IndexByte(rest, '\n') < 0 {
 			v.rep.Open = true
@@ -596,6 +621,47 @@ func Events(dir string, fn func(seq uint64, body []byte) error) error {
 			}
 		}
 		f.Close()
+	}
+	return nil
+}
+
+// tamper reads a tamper_detected record and checks the evidence it names
+// against the sizes and hashes it recorded, when that directory is beside
+// the segments (moved elsewhere, it is the auditor's to check).
+func (v *verifier) tamper(seg string, line int, seq uint64, body []byte) error {
+	var tb TamperBody
+	if err := strictUnmarshal(body, &tb); err != nil || tb.Evidence == "" || strings.ContainsAny(tb.Evidence, "/\x00") || tb.Evidence == "." || tb.Evidence == ".." {
+		return fail(seg, line, seqp(seq), "malformed tamper_detected record")
+	}
+	v.rep.Tamper = append(v.rep.Tamper, tb)
+	where := tb.File
+	if tb.Line > 0 {
+		where += fmt.Sprintf(" line %d", tb.Line)
+	}
+	v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("seq %d: the writer found the previous trail tampered with (%s: seq %d: %s) and started this log over it; the untouched evidence is in %s", seq, where, tb.Seq, tb.Found, tb.Evidence))
+	ev, err := openTrailDir(v.d.join(tb.Evidence), false)
+	if errors.Is(err, os.ErrNotExist) {
+		v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("evidence directory %s is not beside the trail: its files were not checked", tb.Evidence))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer ev.close()
+	for _, ef := range tb.Files {
+		f, err := ev.open(ef.Name, os.O_RDONLY, 0, false)
+		if err != nil {
+			return fail(seg, line, seqp(seq), "evidence %s/%s: %v", tb.Evidence, ef.Name, err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if n != ef.Size || !bytes.Equal(h.Sum(nil), ef.SHA256) {
+			return fail(seg, line, seqp(seq), "evidence %s/%s changed since it was recorded (%d bytes now, %d recorded)", tb.Evidence, ef.Name, n, ef.Size)
+		}
 	}
 	return nil
 }
