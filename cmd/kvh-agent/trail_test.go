@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvhygiene/kvh/forensic"
+)
+
+// The agent refuses to start on a tampered trail, naming the file, line
+// and seq, and exits non-zero; --accept-tampered-trail keeps the evidence
+// and starts a new log that records what was found.
+func TestAgentRefusesTamperedTrail(t *testing.T) {
+	a := newAgent(t)
+	a.stop()
+	trail := filepath.Join(a.dir, "trail")
+	seg := filepath.Join(trail, "seg-000000.jsonl")
+	data, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Garble line 2 (seq 1, agent_start) and drop the checkpoints that
+	// cover it: complete, chained records follow it, so this is no torn
+	// write, whatever the checkpoints say.
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	lines[1] = bytes.Replace(lines[1], []byte(`"kind":"event"`), []byte(`"kind":"ev#nt"`), 1)
+	if err := os.WriteFile(seg, bytes.Join(lines, nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ckpts := filepath.Join(trail, forensic.CheckpointFile)
+	cdata, err := os.ReadFile(ckpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []byte
+	for _, l := range bytes.SplitAfter(cdata, []byte("\n")) {
+		if bytes.HasPrefix(l, []byte(`{"size":1,`)) {
+			keep = append(keep, l...)
+		}
+	}
+	if err := os.WriteFile(ckpts, keep, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := trailFiles(t, trail)
+
+	code, out := a.runToExit()
+	if code == 0 {
+		t.Fatalf("the agent started on a tampered trail:\n%s", out)
+	}
+	t.Logf("exit %d:\n%s", code, out)
+	for _, want := range []string{"tampered", "file=seg-000000.jsonl", "line=2", "seq=1", "--accept-tampered-trail"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the agent's log does not say %q:\n%s", want, out)
+		}
+	}
+	if after := trailFiles(t, trail); after != before {
+		t.Fatalf("a refused start changed the trail:\nbefore %s\nafter  %s", before, after)
+	}
+
+	a.extra = []string{"--accept-tampered-trail"}
+	a.start()
+	if !strings.Contains(a.log.String(), "evidence=") {
+		t.Errorf("no warning naming the evidence:\n%s", a.log)
+	}
+	a.stop()
+	rep := a.verify()
+	if !rep.OK || len(rep.Tamper) != 1 {
+		t.Fatalf("new log: ok=%v %v tamper=%+v", rep.OK, rep.Problem, rep.Tamper)
+	}
+	tb := rep.Tamper[0]
+	if tb.File != "seg-000000.jsonl" || tb.Line != 2 || tb.Seq != 1 {
+		t.Fatalf("tamper_detected names %s line %d seq %d", tb.File, tb.Line, tb.Seq)
+	}
+	if got := trailFiles(t, filepath.Join(trail, tb.Evidence)); got != before {
+		t.Fatalf("evidence is not the trail as found:\nfound    %s\nevidence %s", before, got)
+	}
+	if len(a.events()) == 0 {
+		t.Error("the new log holds no events")
+	}
+}
+
+// runToExit runs the agent with start's flags and waits for it to exit.
+func (a *testAgent) runToExit() (int, string) {
+	a.t.Helper()
+	args := append([]string{"--socket", a.sock, "--listen", "127.0.0.1:0", "--trail-dir", filepath.Join(a.dir, "trail"),
+		"--signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--append-only=false"}, a.extra...)
+	cmd := exec.Command(agentBin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		a.t.Fatalf("the agent did not exit:\n%s", out.String())
+	}
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+// trailFiles summarises the trail's files but LOCK: name, size, SHA-256.
+func trailFiles(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir && d.IsDir() {
+			return fs.SkipDir
+		}
+		if d.IsDir() || d.Name() == forensic.LockFile {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		fmt.Fprintf(&b, "%s %d %x; ", d.Name(), len(data), sha256.Sum256(data))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
