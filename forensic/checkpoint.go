@@ -2,6 +2,8 @@ package forensic
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -61,9 +63,11 @@ func parseCheckpointLines(data []byte) []checkpointLine {
 	return out
 }
 
-// latestCheckpoint returns the unverified checkpoint with the largest size.
-func latestCheckpoint(lines []checkpointLine) *log.Checkpoint {
+// latestCheckpoint returns the unverified checkpoint with the largest size
+// (the last such line on a tie) and the note that carries it.
+func latestCheckpoint(lines []checkpointLine) (*log.Checkpoint, string) {
 	var best *log.Checkpoint
+	var note string
 	for _, cl := range lines {
 		text, ok := noteText(cl.Note)
 		if !ok {
@@ -73,11 +77,38 @@ func latestCheckpoint(lines []checkpointLine) *log.Checkpoint {
 		if _, err := cp.Unmarshal([]byte(text)); err != nil || cp.Size != cl.Size {
 			continue
 		}
-		if best == nil || cp.Size > best.Size {
-			best = cp
+		if best == nil || cp.Size >= best.Size {
+			best, note = cp, cl.Note
 		}
 	}
-	return best
+	return best, note
+}
+
+// keyID names a signing key the way its note verifier key begins:
+// <name>+<key hash as 8 hex digits>.
+func keyID(name string, hash uint32) string { return fmt.Sprintf("%s+%08x", name, hash) }
+
+// noteSigners lists the keys (keyID) whose signatures a signed note carries,
+// without checking the signatures.
+func noteSigners(n string) []string {
+	i := strings.LastIndex(n, "\n\n")
+	if i < 0 {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(n[i+2:], "\n") {
+		rest, ok := strings.CutPrefix(line, "\u2014 ")
+		if !ok {
+			continue
+		}
+		name, sig, ok := strings.Cut(rest, " ")
+		b, err := base64.StdEncoding.DecodeString(sig)
+		if !ok || err != nil || len(b) < 4 {
+			continue
+		}
+		out = append(out, keyID(name, binary.BigEndian.Uint32(b)))
+	}
+	return out
 }
 
 // noteText returns the text part of a signed note.

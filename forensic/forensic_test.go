@@ -311,3 +311,40 @@ func TestAppendAsyncThenSync(t *testing.T) {
 		t.Fatal(rep.Problem)
 	}
 }
+
+// Reopening a trail with another signing key would sign checkpoints that
+// its verification key rejects from then on: Open refuses, naming both keys.
+func TestReopenWithAnotherKeyRefused(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := buildTrail(t, k, nil, 10, 0)
+	before := snapshot(t, dir)
+	for _, other := range []keys{newKeys(t, "kvh-test"), newKeys(t, "kvh-other")} {
+		l, err := Open(dir, Options{Signer: other.signer})
+		if err == nil {
+			l.Close()
+			rep := verify(t, dir, k, nil)
+			t.Fatalf("reopened with %s; the trail's own key now says OK=%v %v", other.signer.Name(), rep.OK, rep.Problem)
+		}
+		t.Logf("refused: %v", err)
+		for _, want := range []string{
+			fmt.Sprintf("%s+%08x", k.signer.Name(), k.signer.KeyHash()),
+			fmt.Sprintf("%s+%08x", other.signer.Name(), other.signer.KeyHash()),
+		} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not name key %s", err, want)
+			}
+		}
+		if after := snapshot(t, dir); !equalSnapshots(before, after) {
+			t.Fatal("a refused Open changed the trail")
+		}
+	}
+	// The trail's own key still opens it.
+	l, err := Open(dir, Options{Signer: k.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if rep := verify(t, dir, k, nil); !rep.OK {
+		t.Fatal(rep.Problem)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,7 +141,8 @@ type Log struct {
 //
 // It refuses a directory that another user owns or that group or others may
 // write, and any trail file that is not a regular file (a symbolic link is
-// never followed). It refuses, with a *TamperError, a trail whose last segment
+// never followed). It refuses a trail signed with another key than
+// opts.Signer. It refuses, with a *TamperError, a trail whose last segment
 // does not end the way a crash can leave it (only an incomplete final line
 // of an open segment is a torn write), or that its checkpoints contradict;
 // with opts.AcceptTampered it keeps the evidence and starts a new log.
@@ -220,7 +222,10 @@ func (l *Log) recover() error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	latest := latestCheckpoint(parseCheckpointLines(data))
+	latest, latestNote := latestCheckpoint(parseCheckpointLines(data))
+	if err := l.checkKey(latestNote); err != nil {
+		return err
+	}
 	head, err := l.replay(segs, latest)
 	var te *TamperError
 	if errors.As(err, &te) && l.opts.AcceptTampered {
@@ -246,6 +251,25 @@ func (l *Log) recover() error {
 		return err
 	}
 	return l.syncCheckpoints()
+}
+
+// checkKey refuses to continue a trail whose latest checkpoint the given
+// signer did not sign: a checkpoint by another key would leave the trail
+// verifiable by neither key. Rotation needs its own record; there is none yet.
+func (l *Log) checkKey(latestNote string) error {
+	if latestNote == "" {
+		return nil // a new trail, or one that crashed before its first checkpoint
+	}
+	ours := keyID(l.opts.Signer.Name(), l.opts.Signer.KeyHash())
+	theirs := noteSigners(latestNote)
+	if slices.Contains(theirs, ours) {
+		return nil
+	}
+	trail := "no readable key"
+	if len(theirs) > 0 {
+		trail = "key " + strings.Join(theirs, ", ")
+	}
+	return fmt.Errorf("trail %s is signed with %s, not with the given signing key %s: a trail keeps one signing key (rotation is not supported); use the trail's key, or another trail directory", l.d.path, trail, ours)
 }
 
 // replay rebuilds the chain from the last segment and returns the record
