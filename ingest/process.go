@@ -21,7 +21,8 @@ type process struct {
 	conns  int  // open connections; guarded by Server.mu
 	denied bool // a deny was sent; guarded by Server.mu
 
-	live atomic.Int64 // live buffers registered in the ledger
+	live     atomic.Int64 // live buffers registered in the ledger
+	flooding atomic.Bool  // a flood window is open (lets the hot path skip mu)
 
 	mu      sync.Mutex
 	tokens  float64 // event-rate token bucket
@@ -61,9 +62,10 @@ func (p *process) count(r *wire.Record, capName string, now time.Time) (closed *
 	defer p.mu.Unlock()
 	if p.flood != nil && (p.flood.Cap != capName || now.Sub(time.Unix(0, p.flood.FromNS)) >= floodWindow) {
 		closed = p.flood
-		p.flood = nil
+		p.flood = nil // reopened below
 	}
 	if p.flood == nil {
+		p.flooding.Store(true)
 		p.flood = &trailevent.FloodSummary{Ev: trailevent.EvFloodSummary, PID: p.id.PID, Tenant: p.id.Tenant, Cap: capName, FromNS: now.UnixNano()}
 	}
 	f := p.flood
@@ -88,10 +90,14 @@ func (p *process) count(r *wire.Record, capName string, now time.Time) (closed *
 // endFlood returns the open window, if any, to record (the flood is over or
 // the connection ends).
 func (p *process) endFlood() *trailevent.FloodSummary {
+	if !p.flooding.Load() {
+		return nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f := p.flood
 	p.flood = nil
+	p.flooding.Store(false)
 	return f
 }
 
