@@ -11,6 +11,21 @@
 // checkpoint, and only then acknowledges: when Append returns nil the record is
 // durable. Close writes a final close record and checkpoint.
 //
+// What Open refuses, and why. A crash leaves at most an incomplete final line
+// in the last, open segment, so that is all a torn tail may be: a complete line
+// that does not verify (records after it were cut off, not torn), anything
+// after a close record, or checkpoints attesting records that are not there is
+// tampering, and Open returns a *TamperError (ErrTampered) naming the file,
+// line and seq instead of sealing over it. With Options.AcceptTampered it moves
+// every trail file, untouched, into evidence-<time>/ and starts a new log whose
+// first record after the genesis is a signed tamper_detected record binding
+// those files by SHA-256. Open also refuses a trail directory that another uid
+// owns or that group or others may write (they could swap the files the root
+// agent opens), any trail file that is not a regular file (files are opened
+// relative to the directory with O_NOFOLLOW), and a signing key other than the
+// one the trail's checkpoints carry (a second key would leave the trail
+// verifiable by neither).
+//
 // Locking: one writer goroutine owns the files; Append is safe for concurrent
 // use; a second Open of the same directory, in any process, fails with
 // ErrLocked. Verify and VerifySeed only read and need no lock.
