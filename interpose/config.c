@@ -97,6 +97,17 @@ void read_config(void) {
     strncpy(cfg.tenant, v, sizeof cfg.tenant - 1);
   }
   atomic_store(&policy_word, policy_pack((struct policy){cfg.verify, cfg.double_pass, cfg.samples}));
+  /* Test-only: a small first table and no growth reach its limits fast. */
+  cfg.table_slots = TABLE_SLOTS;
+  if ((v = env("KVH_TEST_TABLE_SLOTS", NULL, &which))) {
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 4 || n > TABLE_SLOTS || (n & (n - 1))) warn("%s=\"%.32s\" is not a power of two from 4 to %d: using %d", which, v, TABLE_SLOTS, TABLE_SLOTS);
+    else cfg.table_slots = (uint32_t)n;
+  }
+  cfg.table_fixed = 0;
+  if ((v = env("KVH_TEST_TABLE_FIXED", NULL, &which)) && strcmp(v, "1") != 0) warn("%s=\"%.32s\" is not 1: the table grows", which, v);
+  else if (v) cfg.table_fixed = 1;
   v = getenv("KVH_SOCKET");
   if (v && strlen(v) >= sizeof cfg.socket) {
     /* Not a path a Unix socket can have: nothing answers there. */

@@ -25,6 +25,22 @@ static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CU
   emit_alloc(fn, p, n, kind, owner, s);
 }
 
+/* untracked_range: a device free the table missed, while some allocation
+ * could not be tracked (the table could not grow), may be one of those. If
+ * the driver says p starts a live allocation, v describes it and the free
+ * zeroizes it like any other. Only the device frees: an IPC close or a host
+ * free must never write to memory it cannot prove is this process's. */
+static int untracked_range(enum hook_id fn, uint64_t p, struct slot *v) {
+  if (likely(!atomic_load_explicit(&untracked, memory_order_relaxed)) || cfg.mode == MODE_OFF) return 0;
+  if (fn != HOOK_cuMemFree_v2 && fn != HOOK_cuMemFreeAsync && fn != HOOK_cuMemFreeAsync_ptsz) return 0;
+  resolve_helpers();
+  CUdeviceptr base = 0;
+  size_t size = 0;
+  if (!p_range || p_range(&base, &size, p) != CUDA_SUCCESS || base != p || !size) return 0;
+  *v = (struct slot){.key = p, .size = size, .owner = OWN_CREATOR, .kind = fn == HOOK_cuMemFree_v2 ? KVH_MEM_DEVICE : KVH_MEM_ASYNC};
+  return 1;
+}
+
 /* release runs the free path for p: zeroize and verify what this process
  * created, then call do_free unless the buffer is quarantined. do_free
  * returns the real call's result. */
@@ -35,27 +51,30 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
    * marker: the driver answers it, unchanged. */
   if (unlikely(!p)) return do_free(ctx);
   struct stripe *st;
-  struct slot *e = table_find(&ptrs, p, &st);
-  if (!e) { /* unknown pointer or double free: the driver decides */
+  struct slot *e = table_find(&ptrs, p, &st), v;
+  if (likely(e)) {
+    v = *e;
+    if (v.state == ST_QUARANTINED) { /* already kept from the driver */
+      pthread_mutex_unlock(&st->mu);
+      return CUDA_SUCCESS;
+    }
+    /* Take the entry out before the driver can hand the address to anyone
+     * else: a concurrent allocation of the same address must not find it. */
+    table_del(st, e);
     pthread_mutex_unlock(&st->mu);
-    CUresult rc = do_free(ctx);
-    struct kvh_record r = {0};
-    r.type = KVH_REC_FREE;
-    r.fn = (uint16_t)fn;
-    r.ptr = p;
-    r.result = KVH_RES_PASSTHROUGH;
-    emit(&r);
-    return rc;
-  }
-  struct slot v = *e;
-  if (v.state == ST_QUARANTINED) { /* already kept from the driver */
+  } else {
     pthread_mutex_unlock(&st->mu);
-    return CUDA_SUCCESS;
+    if (!untracked_range(fn, p, &v)) { /* unknown pointer or double free: the driver decides */
+      CUresult rc = do_free(ctx);
+      struct kvh_record r = {0};
+      r.type = KVH_REC_FREE;
+      r.fn = (uint16_t)fn;
+      r.ptr = p;
+      r.result = KVH_RES_PASSTHROUGH;
+      emit(&r);
+      return rc;
+    }
   }
-  /* Take the entry out before the driver can hand the address to anyone
-   * else: a concurrent allocation of the same address must not find it. */
-  e->key = TOMB;
-  pthread_mutex_unlock(&st->mu);
   struct kvh_record r = {0};
   r.type = KVH_REC_FREE;
   r.fn = (uint16_t)fn;
@@ -277,7 +296,7 @@ EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
     struct stripe *st;
     struct slot *e = table_find(&handles, hkey(h), &st);
     if (e && e->aux) e->state = ST_RELEASED; /* its last unmap frees (and zeroizes) it */
-    else if (e) e->key = TOMB;
+    else if (e) table_del(st, e);
     pthread_mutex_unlock(&st->mu);
   }
   pthread_mutex_unlock(&vmm_mu);
@@ -425,7 +444,7 @@ static CUresult unmap_locked(cuMemUnmap_fn real_unmap, CUdeviceptr ptr, size_t n
     }
     struct stripe *st;
     struct slot *e = table_find(&handles, hkey(vmaps[i].handle), &st);
-    if (e && !e->aux && e->state == ST_RELEASED) e->key = TOMB;
+    if (e && !e->aux && e->state == ST_RELEASED) table_del(st, e);
     pthread_mutex_unlock(&st->mu);
   }
   memmove(&vmaps[w], &vmaps[i1], (nvmaps - i1) * sizeof *vmaps);

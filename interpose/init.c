@@ -22,7 +22,7 @@ static void atfork_child(void) {
 
 void init(void) {
   read_config();
-  table_init(&ptrs, 4096);
+  table_init(&ptrs, cfg.table_slots);
   table_init(&handles, 256);
   ring_reset();
   uint64_t s = 0;

@@ -96,6 +96,7 @@ extern CUresult (*p_memset)(CUdeviceptr, unsigned char, size_t);
 extern CUresult (*p_memset_async)(CUdeviceptr, unsigned char, size_t, CUstream);
 extern CUresult (*p_dtoh)(void *, CUdeviceptr, size_t);
 extern CUresult (*p_stream_sync)(CUstream);
+extern CUresult (*p_range)(CUdeviceptr *, size_t *, CUdeviceptr); /* cuMemGetAddressRange_v2 */
 
 /* ---- config.c: the configuration, read once ------------------------------ */
 
@@ -110,6 +111,8 @@ struct config {
   int double_pass;
   int require_agent;  /* KVH_REQUIRE_AGENT: no agent connection, no allocations */
   int socket_invalid; /* KVH_SOCKET was too long: never connect */
+  uint32_t table_slots; /* test-only KVH_TEST_TABLE_SLOTS: a ptrs stripe's first capacity */
+  int table_fixed;      /* test-only KVH_TEST_TABLE_FIXED: the table never grows */
   char tenant[24];
   char socket[108];
 };
@@ -174,6 +177,8 @@ static inline void ensure_init(void) { pthread_once(&init_once, init); }
 
 /* ---- table.c: the allocation table, lock-striped open addressing -------- */
 
+#define TABLE_SLOTS 4096 /* a ptrs stripe's first capacity: 1M entries in all, then it grows */
+
 /* OWN_IMPORTER: memory this process did not get from the driver (an import,
  * registered host memory): kvh never writes to it. */
 enum owner { OWN_CREATOR = 1, OWN_IMPORTER = 2 };
@@ -199,7 +204,9 @@ struct slot {
 struct stripe {
   pthread_mutex_t mu;
   struct slot *slots;
-  uint32_t cap;
+  uint32_t cap;  /* a power of two; grows (table.c) */
+  uint32_t live; /* entries */
+  uint32_t used; /* entries and tombstones */
 };
 
 struct table {
@@ -212,7 +219,11 @@ extern atomic_ulong untracked; /* allocations a full stripe could not hold */
 void table_init(struct table *t, uint32_t cap);
 /* table_find returns the live slot for key; the stripe is locked on return. */
 struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp);
+/* table_put inserts or replaces v, growing the stripe as needed; 0 when it
+ * could not (counted in untracked). */
 int table_put(struct table *t, const struct slot *v);
+/* table_del deletes e, a slot table_find returned (its stripe s locked). */
+void table_del(struct stripe *s, struct slot *e);
 void lock_all(void);
 void unlock_all(void);
 

@@ -21,6 +21,7 @@ CUresult (*p_memset)(CUdeviceptr, unsigned char, size_t);
 CUresult (*p_memset_async)(CUdeviceptr, unsigned char, size_t, CUstream);
 CUresult (*p_dtoh)(void *, CUdeviceptr, size_t);
 CUresult (*p_stream_sync)(CUstream);
+CUresult (*p_range)(CUdeviceptr *, size_t *, CUdeviceptr);
 
 /* ---- resolving the real functions -------------------------------------- */
 
@@ -60,6 +61,7 @@ void resolve_helpers(void) {
   *(void **)&p_memset_async = lookup("cuMemsetD8Async");
   *(void **)&p_dtoh = lookup("cuMemcpyDtoH_v2");
   *(void **)&p_stream_sync = lookup("cuStreamSynchronize");
+  *(void **)&p_range = lookup("cuMemGetAddressRange_v2");
 }
 
 /* ---- resolvers ------------------------------------------------------------- */

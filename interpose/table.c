@@ -1,19 +1,32 @@
 /* table.c — the allocation table: what this process allocated, keyed by
- * pointer (ptrs) or by VMM handle (handles). Lock-striped open addressing:
- * a call locks one stripe of 256, never the whole table. */
+ * pointer (ptrs) or by VMM handle (handles), and the VMM mappings.
+ *
+ * Lock-striped open addressing: a call locks one stripe of 256, never the
+ * whole table, for lookups as for changes. A stripe grows on its own, under
+ * its own lock, when live entries and tombstones would fill three quarters
+ * of it: into a new mapping twice the live entries' need, without the
+ * tombstones. So the table has no fixed capacity; only an mmap that fails
+ * leaves an allocation untracked (counted, said once on stderr), and its
+ * device free then asks the driver for its range (hooks.c). */
 #include "kvh_internal.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 struct table ptrs, handles;
 atomic_ulong untracked;
 
+static struct slot *slots_new(uint32_t cap) {
+  void *m = mmap(NULL, (size_t)cap * sizeof(struct slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return m == MAP_FAILED ? NULL : m;
+}
+
 void table_init(struct table *t, uint32_t cap) {
   for (int i = 0; i < STRIPES; i++) {
     pthread_mutex_init(&t->s[i].mu, NULL);
-    void *m = mmap(NULL, (size_t)cap * sizeof(struct slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    t->s[i].slots = m == MAP_FAILED ? NULL : m;
-    t->s[i].cap = m == MAP_FAILED ? 0 : cap;
+    t->s[i].slots = slots_new(cap);
+    t->s[i].cap = t->s[i].slots ? cap : 0;
+    t->s[i].live = t->s[i].used = 0;
   }
 }
 
@@ -36,18 +49,67 @@ struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp) {
   return NULL;
 }
 
+void table_del(struct stripe *s, struct slot *e) {
+  e->key = TOMB;
+  s->live--;
+}
+
+static void say_once(atomic_int *said, const char *msg, size_t n) {
+  if (!atomic_exchange(said, 1)) (void)!write(2, msg, n); /* no formatting on the hot path */
+}
+
+/* grow rehashes s into room for twice its live entries (s->mu held): 0 when
+ * it may not (KVH_TEST_TABLE_FIXED) or cannot (no memory). */
+static int grow(struct stripe *s) {
+  static atomic_int said;
+  static const char msg[] = "libkvh: the allocation table cannot grow (out of memory): device frees it missed are "
+                            "zeroized over the range cuMemGetAddressRange reports; other untracked frees pass through\n";
+  uint32_t cap = s->cap ? s->cap : 16;
+  while ((uint64_t)(s->live + 1) * 2 > cap && cap < (1u << 30)) cap *= 2;
+  struct slot *n = cfg.table_fixed ? NULL : slots_new(cap);
+  if (!n) {
+    say_once(&said, msg, sizeof msg - 1);
+    return 0;
+  }
+  for (uint32_t i = 0; i < s->cap; i++) {
+    const struct slot *x = &s->slots[i];
+    if (x->key <= TOMB) continue;
+    uint32_t j = (uint32_t)(mix(x->key) >> 8) & (cap - 1);
+    while (n[j].key) j = (j + 1) & (cap - 1);
+    n[j] = *x;
+  }
+  if (s->slots) munmap(s->slots, (size_t)s->cap * sizeof(struct slot));
+  s->slots = n;
+  s->cap = cap;
+  s->used = s->live;
+  return 1;
+}
+
 int table_put(struct table *t, const struct slot *v) {
   uint64_t h;
   struct stripe *s = stripe_of(t, v->key, &h);
   pthread_mutex_lock(&s->mu);
+  if (unlikely((uint64_t)(s->used + 1) * 4 > (uint64_t)s->cap * 3)) grow(s);
   struct slot *free_slot = NULL;
+  int fresh = 0; /* an empty slot, not a tombstone or the key's own */
   for (uint32_t i = 0, j = (uint32_t)(h >> 8) & (s->cap - 1); i < s->cap; i++, j = (j + 1) & (s->cap - 1)) {
     struct slot *x = &s->slots[j];
-    if (x->key == v->key) { free_slot = x; break; }
+    if (x->key == v->key) {
+      free_slot = x;
+      s->live--; /* counted again below */
+      break;
+    }
     if (x->key == TOMB && !free_slot) free_slot = x;
-    if (x->key == 0) { if (!free_slot) free_slot = x; break; }
+    if (x->key == 0) {
+      if (!free_slot) free_slot = x, fresh = 1;
+      break;
+    }
   }
-  if (free_slot) *free_slot = *v;
+  if (free_slot) {
+    *free_slot = *v;
+    s->live++;
+    s->used += (uint32_t)fresh;
+  }
   pthread_mutex_unlock(&s->mu);
   if (!free_slot) atomic_fetch_add(&untracked, 1);
   return free_slot != NULL;

@@ -644,3 +644,38 @@ func TestVMMLastMappingIsZeroized(t *testing.T) {
 		t.Errorf("%d zeroized and %d passed through, want %d and 1", clean, through, mappings-1)
 	}
 }
+
+// The allocation table grows: past its initial capacity (lowered here with
+// the test-only KVH_TEST_TABLE_SLOTS, and at the real one of 1M entries)
+// every freed buffer is still zeroized. Where it cannot grow
+// (KVH_TEST_TABLE_FIXED=1 stands for an mmap that fails), a device free the
+// table missed asks the driver for the allocation's range and zeroizes it.
+func TestTableBeyondCapacity(t *testing.T) {
+	bare := Exec("table", "", nil, "20000")
+	if bare.Err != nil || bare.Value("DIRTY") != 20000 {
+		t.Fatalf("without libkvh every freed buffer should keep its bytes: %v\n%s", bare.Err, bare.Stdout)
+	}
+	cases := []struct {
+		name, live string
+		env        []string
+		untracked  bool
+	}{
+		{"grows from 16 slots a stripe", "20000", []string{"KVH_TEST_TABLE_SLOTS=16"}, false},
+		{"cannot grow: the driver's range", "20000", []string{"KVH_TEST_TABLE_SLOTS=16", "KVH_TEST_TABLE_FIXED=1"}, true},
+		{"real capacity", "1100000", nil, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.live == "1100000" && testing.Short() {
+				t.Skip("1.1M live allocations")
+			}
+			run := Exec("table", Lib(), append(tc.env, "KVH_SOCKET=/nonexistent/kvh.sock"), tc.live)
+			if run.Err != nil || run.Value("DIRTY") != 0 || (run.Value("UNTRACKED") > 0) != tc.untracked {
+				t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+			}
+			if tc.untracked && strings.Count(run.Stderr, "cuMemGetAddressRange") != 1 {
+				t.Errorf("the fallback is not reported once on stderr:\n%s", run.Stderr)
+			}
+		})
+	}
+}

@@ -21,6 +21,8 @@
  *   vmmalias  VMM beyond one mapping per unmap: one cuMemUnmap over three
  *             mappings, a handle mapped at two addresses, a handle released
  *             while still mapped
+ *   table     keeps L (argv[1]) 256-byte buffers live, then frees them all,
+ *             counting the freed buffers that still hold their bytes (DIRTY)
  *   register  registers and unregisters memory the application owns: a heap
  *             buffer, a MAP_SHARED file mapping, a read-only mapping
  *
@@ -482,6 +484,31 @@ int main(int argc, char **argv) {
   CHECK(cuMemAddressFree(v2, 2 * N));
   free(buf);
   printf("RESIDUE 0\n");
+#elif defined(WAY_table)
+  long live = iters > 1 ? iters : 1100000, dirty = 0;
+  CUdeviceptr *ps = calloc((size_t)live, sizeof *ps);
+  unsigned char kv[256], chk[256];
+  fill(kv, sizeof kv);
+  for (long i = 0; i < live; i++) {
+    CHECK(cuMemAlloc_v2(&ps[i], sizeof kv));
+    CHECK(cuMemcpyHtoD_v2(ps[i], kv, sizeof kv));
+  }
+  for (long i = 0; i < live; i++) {
+    CHECK(cuMemFree_v2(ps[i]));
+    peek(chk, ps[i], sizeof chk); /* the freed block, as the next owner would get it */
+    dirty += residue_of(chk, sizeof chk) > 0;
+  }
+  printf("LIVE %ld\nDIRTY %ld\n", live, dirty);
+  void (*st)(unsigned long *, unsigned long *, int *);
+  *(void **)&st = dlsym(RTLD_DEFAULT, "kvh_stats");
+  if (st) {
+    unsigned long d, u;
+    int deny;
+    st(&d, &u, &deny);
+    printf("UNTRACKED %lu\n", u);
+  }
+  free(ps);
+  printf("RESIDUE %ld\n", dirty);
 #elif defined(WAY_register)
   /* cuMemHostRegister pins memory the application owns; unregistering it
    * must leave every byte where it was (and never write to it at all). */

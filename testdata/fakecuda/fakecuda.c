@@ -20,7 +20,7 @@
 #include "kvh_cuda.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define ARENA (256u << 20)
+#define ARENA (1ul << 30) /* room for over a million live 256-byte blocks */
 #define MAXB 65536
 
 /* Blocks are carved from the arena and never merged. Free blocks wait on a
@@ -29,7 +29,7 @@
  * hash table. Both are O(1), so benchmarks measure kvh, not the fake. */
 struct block { CUdeviceptr p; size_t size; int host; };
 #define CLASSES 64
-#define HASH (1u << 18)
+#define HASH (1u << 21)
 struct klass { size_t size; int host; int n, cap; struct block *stack; };
 static struct klass classes[CLASSES];
 static int nclasses;
@@ -60,9 +60,10 @@ static struct klass *klass_of(size_t n, int host) {
 
 static unsigned hslot(CUdeviceptr p) { return (unsigned)((p >> 8) * 0x9E3779B1u) & (HASH - 1); }
 
-static void live_put(struct block b) {
-  for (unsigned i = hslot(b.p);; i = (i + 1) & (HASH - 1))
-    if (live[i].p == 0 || live[i].size == 0) { live[i] = b; return; }
+static int live_put(struct block b) {
+  for (unsigned i = hslot(b.p), k = 0; k < HASH; i = (i + 1) & (HASH - 1), k++)
+    if (live[i].p == 0 || live[i].size == 0) { live[i] = b; return 1; }
+  return 0;
 }
 
 static int live_take(CUdeviceptr p, struct block *out) {
@@ -82,7 +83,7 @@ static CUdeviceptr take(size_t n, int host) {
   struct block b = {0, n, host};
   if (k && k->n) b = k->stack[--k->n];
   else if (top + n <= ARENA) { b.p = (CUdeviceptr)(uintptr_t)(arena + top); top += n; }
-  if (b.p) live_put(b);
+  if (b.p && !live_put(b)) b.p = 0; /* (leaks the block: the table is full) */
   pthread_mutex_unlock(&mu);
   return b.p;
 }
@@ -164,6 +165,24 @@ EXPORT CUresult cuMemcpyDtoH_v2(void *h, CUdeviceptr d, size_t n) { return dtoh(
 EXPORT CUresult cuMemcpyDtoH_v2_ptds(void *h, CUdeviceptr d, size_t n) { return dtoh(h, d, n); }
 EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *h, size_t n) { memcpy((void *)(uintptr_t)d, h, n); return CUDA_SUCCESS; }
 EXPORT CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr d, const void *h, size_t n) { memcpy((void *)(uintptr_t)d, h, n); return CUDA_SUCCESS; }
+
+/* cuMemGetAddressRange_v2: the base and size of the live allocation that
+ * starts at d (the real driver also answers for interior pointers). */
+EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr d) {
+  pthread_mutex_lock(&mu);
+  CUresult r = CUDA_ERROR_NOT_FOUND;
+  for (unsigned i = hslot(d), k = 0; d && k < HASH; i = (i + 1) & (HASH - 1), k++) {
+    if (live[i].p == 0) break;
+    if (live[i].p == d && live[i].size && !live[i].host) {
+      if (base) *base = d;
+      if (size) *size = live[i].size;
+      r = CUDA_SUCCESS;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&mu);
+  return r;
+}
 
 /* Pinned host memory comes from the same arena (host=1 blocks). */
 EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int f) {
@@ -344,6 +363,7 @@ static const struct entry table[] = {
   E("cuMemsetD8", 3020, 0, cuMemsetD8_v2), E("cuMemsetD8", 7000, 1, cuMemsetD8_v2_ptds),
   E("cuMemsetD8Async", 3020, 0, cuMemsetD8Async), E("cuMemsetD8Async", 7000, 1, cuMemsetD8Async_ptsz),
   E("cuMemcpyDtoH", 3020, 0, cuMemcpyDtoH_v2), E("cuMemcpyDtoH", 7000, 1, cuMemcpyDtoH_v2_ptds),
+  E("cuMemGetAddressRange", 3020, 0, cuMemGetAddressRange_v2),
   E("cuMemcpyHtoD", 3020, 0, cuMemcpyHtoD_v2), E("cuMemcpyHtoD", 7000, 1, cuMemcpyHtoD_v2_ptds),
   E("cuMemHostAlloc", 2020, 0, cuMemHostAlloc), E("cuMemAllocHost", 3020, 0, cuMemAllocHost_v2),
   E("cuMemFreeHost", 2000, 0, cuMemFreeHost), E("cuMemHostRegister", 6050, 0, cuMemHostRegister_v2),
