@@ -26,7 +26,7 @@ FAKE := $(BUILD)/fakecuda
 WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn register failclosed vmmalias table
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
 
-.PHONY: help build test test-short fuzz bench lint demo clean interpose fakecuda gpu-check generate check-generate
+.PHONY: help build test cover test-short fuzz bench lint demo clean interpose fakecuda gpu-check generate check-generate
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -111,6 +111,13 @@ test: ## run every test with -race, then a short run of every fuzz target
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME)
+
+# One go test run with -coverpkg (unit tests count every kvh package they
+# link) while the end-to-end tests run a kvh-agent built with -cover, and the
+# libkvh.so tests run its gcov twin: scripts/cover.sh says how. Fails when a
+# test fails.
+cover: $(BUILD)/gcov/libkvh.so ## every test once with coverage: one table per package (unit and end-to-end merged) and libkvh.so's lines, in build/cover
+	GO=$(GO) bash scripts/cover.sh
 
 test-short: ## quick tests (no crash loop, no fuzzing)
 	$(GO) test -short -count=1 ./...
