@@ -1,6 +1,7 @@
 // Command kvh-verify is the auditor's tool: it verifies a node's trail with
-// the node's public key, gates CI on exported hygiene metrics, prunes a trail
-// with proof, and makes keys.
+// the node's public key, draws an evidence report over a verified trail,
+// gates CI on exported hygiene metrics, prunes a trail with proof, and makes
+// keys.
 //
 // Exit codes: 0 verified or passed; 2 the evidence shows tampering or fails
 // the gate; 1 anything else (usage, I/O, permissions, a key that is not the
@@ -28,6 +29,7 @@ const (
 var synopses = []struct{ name, line string }{
 	{"log", "log [flags] TRAIL_DIR"},
 	{"log", "log --format seed [flags] SEED_LOG"},
+	{"report", "report --pubkey KEY [--controls FILE] [--format html|json|markdown] [--out FILE] [flags] TRAIL_DIR"},
 	{"gate", "gate [flags] METRICS_JSON"},
 	{"prune", "prune [flags] TRAIL_DIR"},
 	{"keygen", "keygen --out DIR [flags]"},
@@ -50,6 +52,7 @@ func main() {
 
 var commands = map[string]func([]string, io.Writer, io.Writer) int{
 	"log":    cmdLog,
+	"report": cmdReport,
 	"gate":   cmdGate,
 	"prune":  cmdPrune,
 	"keygen": cmdKeygen,
