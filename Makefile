@@ -147,6 +147,13 @@ lint: ## gofmt, go vet, staticcheck
 demo: build interpose fakecuda ## run kvh end to end on the fake driver: leak without kvh, zeros with it, a verified trail
 	@DEMO_DIR=$${DEMO_DIR:-./var/demo} bash scripts/demo.sh
 
+# NVIDIA's real driver, runtime and toolkit, without a GPU: the tests in
+# internal/realcudatest and the witness's tests hold kvh to them, and fail
+# (naming this target) when they are missing.
+.PHONY: real-cuda
+real-cuda: ## install NVIDIA's real libcuda, libcudart 11.8, nvcc and ptxas from Debian non-free (root; no GPU needed)
+	bash scripts/install-real-cuda.sh
+
 gpu-check: ## on a machine with an NVIDIA GPU and nvcc: libkvh against the real driver (results in build/gpu-check.txt)
 	bash scripts/gpu-check.sh
 
