@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type kvhCall struct {
+	_   structs.HostLayout
+	Id  uint64
+	Fn  uint32
+	Pad uint32
+}
+
 type kvhEvent struct {
 	_      structs.HostLayout
 	Tgid   uint32
@@ -28,49 +35,88 @@ type kvhEvent struct {
 
 type kvhPending struct {
 	_    structs.HostLayout
-	Out  uint64
+	Arg  uint64
 	Size uint64
-	Fn   uint16
-	_    [6]byte
+	Mode uint8
+	Kind uint8
+	Pad  [6]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	kvhMapEvents                    = "events"
-	kvhMapInflight                  = "inflight"
-	kvhMapLost                      = "lost"
-	kvhProgEnterCuMemAllocAsync     = "enter_cuMemAllocAsync"
-	kvhProgEnterCuMemAllocAsyncPtsz = "enter_cuMemAllocAsync_ptsz"
-	kvhProgEnterCuMemAllocHostV2    = "enter_cuMemAllocHost_v2"
-	kvhProgEnterCuMemAllocV2        = "enter_cuMemAlloc_v2"
-	kvhProgEnterCuMemCreate         = "enter_cuMemCreate"
-	kvhProgEnterCuMemFreeAsync      = "enter_cuMemFreeAsync"
-	kvhProgEnterCuMemFreeAsyncPtsz  = "enter_cuMemFreeAsync_ptsz"
-	kvhProgEnterCuMemFreeHost       = "enter_cuMemFreeHost"
-	kvhProgEnterCuMemFreeV2         = "enter_cuMemFree_v2"
-	kvhProgEnterCuMemHostAlloc      = "enter_cuMemHostAlloc"
-	kvhProgEnterCuMemHostUnregister = "enter_cuMemHostUnregister"
-	kvhProgEnterCuMemMap            = "enter_cuMemMap"
-	kvhProgEnterCuMemRelease        = "enter_cuMemRelease"
-	kvhProgEnterCuMemUnmap          = "enter_cuMemUnmap"
-	kvhProgEnterCudaFree            = "enter_cudaFree"
-	kvhProgEnterCudaFreeAsync       = "enter_cudaFreeAsync"
-	kvhProgEnterCudaFreeHost        = "enter_cudaFreeHost"
-	kvhProgEnterCudaMalloc          = "enter_cudaMalloc"
-	kvhProgEnterCudaMallocAsync     = "enter_cudaMallocAsync"
-	kvhProgEnterCudaMallocHost      = "enter_cudaMallocHost"
-	kvhProgExitCuMemAllocAsync      = "exit_cuMemAllocAsync"
-	kvhProgExitCuMemAllocAsyncPtsz  = "exit_cuMemAllocAsync_ptsz"
-	kvhProgExitCuMemAllocHostV2     = "exit_cuMemAllocHost_v2"
-	kvhProgExitCuMemAllocV2         = "exit_cuMemAlloc_v2"
-	kvhProgExitCuMemCreate          = "exit_cuMemCreate"
-	kvhProgExitCuMemHostAlloc       = "exit_cuMemHostAlloc"
-	kvhProgExitCudaMalloc           = "exit_cudaMalloc"
-	kvhProgExitCudaMallocAsync      = "exit_cudaMallocAsync"
-	kvhProgExitCudaMallocHost       = "exit_cudaMallocHost"
-	kvhVarUnusedEvent               = "unused_event"
+	kvhMapEvents                            = "events"
+	kvhMapFailed                            = "failed"
+	kvhMapInflight                          = "inflight"
+	kvhMapLost                              = "lost"
+	kvhProgEnterCuIpcCloseMemHandle         = "enter_cuIpcCloseMemHandle"
+	kvhProgEnterCuIpcOpenMemHandle          = "enter_cuIpcOpenMemHandle"
+	kvhProgEnterCuIpcOpenMemHandleV2        = "enter_cuIpcOpenMemHandle_v2"
+	kvhProgEnterCuMemAlloc                  = "enter_cuMemAlloc"
+	kvhProgEnterCuMemAllocAsync             = "enter_cuMemAllocAsync"
+	kvhProgEnterCuMemAllocAsyncPtsz         = "enter_cuMemAllocAsync_ptsz"
+	kvhProgEnterCuMemAllocFromPoolAsync     = "enter_cuMemAllocFromPoolAsync"
+	kvhProgEnterCuMemAllocFromPoolAsyncPtsz = "enter_cuMemAllocFromPoolAsync_ptsz"
+	kvhProgEnterCuMemAllocHost              = "enter_cuMemAllocHost"
+	kvhProgEnterCuMemAllocHostV2            = "enter_cuMemAllocHost_v2"
+	kvhProgEnterCuMemAllocManaged           = "enter_cuMemAllocManaged"
+	kvhProgEnterCuMemAllocPitch             = "enter_cuMemAllocPitch"
+	kvhProgEnterCuMemAllocPitchV2           = "enter_cuMemAllocPitch_v2"
+	kvhProgEnterCuMemAllocV2                = "enter_cuMemAlloc_v2"
+	kvhProgEnterCuMemCreate                 = "enter_cuMemCreate"
+	kvhProgEnterCuMemFree                   = "enter_cuMemFree"
+	kvhProgEnterCuMemFreeAsync              = "enter_cuMemFreeAsync"
+	kvhProgEnterCuMemFreeAsyncPtsz          = "enter_cuMemFreeAsync_ptsz"
+	kvhProgEnterCuMemFreeHost               = "enter_cuMemFreeHost"
+	kvhProgEnterCuMemFreeV2                 = "enter_cuMemFree_v2"
+	kvhProgEnterCuMemHostAlloc              = "enter_cuMemHostAlloc"
+	kvhProgEnterCuMemHostRegister           = "enter_cuMemHostRegister"
+	kvhProgEnterCuMemHostRegisterV2         = "enter_cuMemHostRegister_v2"
+	kvhProgEnterCuMemHostUnregister         = "enter_cuMemHostUnregister"
+	kvhProgEnterCuMemMap                    = "enter_cuMemMap"
+	kvhProgEnterCuMemRelease                = "enter_cuMemRelease"
+	kvhProgEnterCuMemUnmap                  = "enter_cuMemUnmap"
+	kvhProgEnterCudaFree                    = "enter_cudaFree"
+	kvhProgEnterCudaFreeAsync               = "enter_cudaFreeAsync"
+	kvhProgEnterCudaFreeHost                = "enter_cudaFreeHost"
+	kvhProgEnterCudaMalloc                  = "enter_cudaMalloc"
+	kvhProgEnterCudaMallocAsync             = "enter_cudaMallocAsync"
+	kvhProgEnterCudaMallocHost              = "enter_cudaMallocHost"
+	kvhProgExitCuIpcCloseMemHandle          = "exit_cuIpcCloseMemHandle"
+	kvhProgExitCuIpcOpenMemHandle           = "exit_cuIpcOpenMemHandle"
+	kvhProgExitCuIpcOpenMemHandleV2         = "exit_cuIpcOpenMemHandle_v2"
+	kvhProgExitCuMemAlloc                   = "exit_cuMemAlloc"
+	kvhProgExitCuMemAllocAsync              = "exit_cuMemAllocAsync"
+	kvhProgExitCuMemAllocAsyncPtsz          = "exit_cuMemAllocAsync_ptsz"
+	kvhProgExitCuMemAllocFromPoolAsync      = "exit_cuMemAllocFromPoolAsync"
+	kvhProgExitCuMemAllocFromPoolAsyncPtsz  = "exit_cuMemAllocFromPoolAsync_ptsz"
+	kvhProgExitCuMemAllocHost               = "exit_cuMemAllocHost"
+	kvhProgExitCuMemAllocHostV2             = "exit_cuMemAllocHost_v2"
+	kvhProgExitCuMemAllocManaged            = "exit_cuMemAllocManaged"
+	kvhProgExitCuMemAllocPitch              = "exit_cuMemAllocPitch"
+	kvhProgExitCuMemAllocPitchV2            = "exit_cuMemAllocPitch_v2"
+	kvhProgExitCuMemAllocV2                 = "exit_cuMemAlloc_v2"
+	kvhProgExitCuMemCreate                  = "exit_cuMemCreate"
+	kvhProgExitCuMemFree                    = "exit_cuMemFree"
+	kvhProgExitCuMemFreeAsync               = "exit_cuMemFreeAsync"
+	kvhProgExitCuMemFreeAsyncPtsz           = "exit_cuMemFreeAsync_ptsz"
+	kvhProgExitCuMemFreeHost                = "exit_cuMemFreeHost"
+	kvhProgExitCuMemFreeV2                  = "exit_cuMemFree_v2"
+	kvhProgExitCuMemHostAlloc               = "exit_cuMemHostAlloc"
+	kvhProgExitCuMemHostRegister            = "exit_cuMemHostRegister"
+	kvhProgExitCuMemHostRegisterV2          = "exit_cuMemHostRegister_v2"
+	kvhProgExitCuMemHostUnregister          = "exit_cuMemHostUnregister"
+	kvhProgExitCuMemMap                     = "exit_cuMemMap"
+	kvhProgExitCuMemRelease                 = "exit_cuMemRelease"
+	kvhProgExitCuMemUnmap                   = "exit_cuMemUnmap"
+	kvhProgExitCudaFree                     = "exit_cudaFree"
+	kvhProgExitCudaFreeAsync                = "exit_cudaFreeAsync"
+	kvhProgExitCudaFreeHost                 = "exit_cudaFreeHost"
+	kvhProgExitCudaMalloc                   = "exit_cudaMalloc"
+	kvhProgExitCudaMallocAsync              = "exit_cudaMallocAsync"
+	kvhProgExitCudaMallocHost               = "exit_cudaMallocHost"
+	kvhVarUnusedEvent                       = "unused_event"
 )
 
 // loadKvh returns the embedded CollectionSpec for kvh.
@@ -115,35 +161,72 @@ type kvhSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kvhProgramSpecs struct {
-	EnterCuMemAllocAsync     *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocAsync"`
-	EnterCuMemAllocAsyncPtsz *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocAsync_ptsz"`
-	EnterCuMemAllocHostV2    *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocHost_v2"`
-	EnterCuMemAllocV2        *ebpf.ProgramSpec `ebpf:"enter_cuMemAlloc_v2"`
-	EnterCuMemCreate         *ebpf.ProgramSpec `ebpf:"enter_cuMemCreate"`
-	EnterCuMemFreeAsync      *ebpf.ProgramSpec `ebpf:"enter_cuMemFreeAsync"`
-	EnterCuMemFreeAsyncPtsz  *ebpf.ProgramSpec `ebpf:"enter_cuMemFreeAsync_ptsz"`
-	EnterCuMemFreeHost       *ebpf.ProgramSpec `ebpf:"enter_cuMemFreeHost"`
-	EnterCuMemFreeV2         *ebpf.ProgramSpec `ebpf:"enter_cuMemFree_v2"`
-	EnterCuMemHostAlloc      *ebpf.ProgramSpec `ebpf:"enter_cuMemHostAlloc"`
-	EnterCuMemHostUnregister *ebpf.ProgramSpec `ebpf:"enter_cuMemHostUnregister"`
-	EnterCuMemMap            *ebpf.ProgramSpec `ebpf:"enter_cuMemMap"`
-	EnterCuMemRelease        *ebpf.ProgramSpec `ebpf:"enter_cuMemRelease"`
-	EnterCuMemUnmap          *ebpf.ProgramSpec `ebpf:"enter_cuMemUnmap"`
-	EnterCudaFree            *ebpf.ProgramSpec `ebpf:"enter_cudaFree"`
-	EnterCudaFreeAsync       *ebpf.ProgramSpec `ebpf:"enter_cudaFreeAsync"`
-	EnterCudaFreeHost        *ebpf.ProgramSpec `ebpf:"enter_cudaFreeHost"`
-	EnterCudaMalloc          *ebpf.ProgramSpec `ebpf:"enter_cudaMalloc"`
-	EnterCudaMallocAsync     *ebpf.ProgramSpec `ebpf:"enter_cudaMallocAsync"`
-	EnterCudaMallocHost      *ebpf.ProgramSpec `ebpf:"enter_cudaMallocHost"`
-	ExitCuMemAllocAsync      *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocAsync"`
-	ExitCuMemAllocAsyncPtsz  *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocAsync_ptsz"`
-	ExitCuMemAllocHostV2     *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocHost_v2"`
-	ExitCuMemAllocV2         *ebpf.ProgramSpec `ebpf:"exit_cuMemAlloc_v2"`
-	ExitCuMemCreate          *ebpf.ProgramSpec `ebpf:"exit_cuMemCreate"`
-	ExitCuMemHostAlloc       *ebpf.ProgramSpec `ebpf:"exit_cuMemHostAlloc"`
-	ExitCudaMalloc           *ebpf.ProgramSpec `ebpf:"exit_cudaMalloc"`
-	ExitCudaMallocAsync      *ebpf.ProgramSpec `ebpf:"exit_cudaMallocAsync"`
-	ExitCudaMallocHost       *ebpf.ProgramSpec `ebpf:"exit_cudaMallocHost"`
+	EnterCuIpcCloseMemHandle         *ebpf.ProgramSpec `ebpf:"enter_cuIpcCloseMemHandle"`
+	EnterCuIpcOpenMemHandle          *ebpf.ProgramSpec `ebpf:"enter_cuIpcOpenMemHandle"`
+	EnterCuIpcOpenMemHandleV2        *ebpf.ProgramSpec `ebpf:"enter_cuIpcOpenMemHandle_v2"`
+	EnterCuMemAlloc                  *ebpf.ProgramSpec `ebpf:"enter_cuMemAlloc"`
+	EnterCuMemAllocAsync             *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocAsync"`
+	EnterCuMemAllocAsyncPtsz         *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocAsync_ptsz"`
+	EnterCuMemAllocFromPoolAsync     *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocFromPoolAsync"`
+	EnterCuMemAllocFromPoolAsyncPtsz *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocFromPoolAsync_ptsz"`
+	EnterCuMemAllocHost              *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocHost"`
+	EnterCuMemAllocHostV2            *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocHost_v2"`
+	EnterCuMemAllocManaged           *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocManaged"`
+	EnterCuMemAllocPitch             *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocPitch"`
+	EnterCuMemAllocPitchV2           *ebpf.ProgramSpec `ebpf:"enter_cuMemAllocPitch_v2"`
+	EnterCuMemAllocV2                *ebpf.ProgramSpec `ebpf:"enter_cuMemAlloc_v2"`
+	EnterCuMemCreate                 *ebpf.ProgramSpec `ebpf:"enter_cuMemCreate"`
+	EnterCuMemFree                   *ebpf.ProgramSpec `ebpf:"enter_cuMemFree"`
+	EnterCuMemFreeAsync              *ebpf.ProgramSpec `ebpf:"enter_cuMemFreeAsync"`
+	EnterCuMemFreeAsyncPtsz          *ebpf.ProgramSpec `ebpf:"enter_cuMemFreeAsync_ptsz"`
+	EnterCuMemFreeHost               *ebpf.ProgramSpec `ebpf:"enter_cuMemFreeHost"`
+	EnterCuMemFreeV2                 *ebpf.ProgramSpec `ebpf:"enter_cuMemFree_v2"`
+	EnterCuMemHostAlloc              *ebpf.ProgramSpec `ebpf:"enter_cuMemHostAlloc"`
+	EnterCuMemHostRegister           *ebpf.ProgramSpec `ebpf:"enter_cuMemHostRegister"`
+	EnterCuMemHostRegisterV2         *ebpf.ProgramSpec `ebpf:"enter_cuMemHostRegister_v2"`
+	EnterCuMemHostUnregister         *ebpf.ProgramSpec `ebpf:"enter_cuMemHostUnregister"`
+	EnterCuMemMap                    *ebpf.ProgramSpec `ebpf:"enter_cuMemMap"`
+	EnterCuMemRelease                *ebpf.ProgramSpec `ebpf:"enter_cuMemRelease"`
+	EnterCuMemUnmap                  *ebpf.ProgramSpec `ebpf:"enter_cuMemUnmap"`
+	EnterCudaFree                    *ebpf.ProgramSpec `ebpf:"enter_cudaFree"`
+	EnterCudaFreeAsync               *ebpf.ProgramSpec `ebpf:"enter_cudaFreeAsync"`
+	EnterCudaFreeHost                *ebpf.ProgramSpec `ebpf:"enter_cudaFreeHost"`
+	EnterCudaMalloc                  *ebpf.ProgramSpec `ebpf:"enter_cudaMalloc"`
+	EnterCudaMallocAsync             *ebpf.ProgramSpec `ebpf:"enter_cudaMallocAsync"`
+	EnterCudaMallocHost              *ebpf.ProgramSpec `ebpf:"enter_cudaMallocHost"`
+	ExitCuIpcCloseMemHandle          *ebpf.ProgramSpec `ebpf:"exit_cuIpcCloseMemHandle"`
+	ExitCuIpcOpenMemHandle           *ebpf.ProgramSpec `ebpf:"exit_cuIpcOpenMemHandle"`
+	ExitCuIpcOpenMemHandleV2         *ebpf.ProgramSpec `ebpf:"exit_cuIpcOpenMemHandle_v2"`
+	ExitCuMemAlloc                   *ebpf.ProgramSpec `ebpf:"exit_cuMemAlloc"`
+	ExitCuMemAllocAsync              *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocAsync"`
+	ExitCuMemAllocAsyncPtsz          *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocAsync_ptsz"`
+	ExitCuMemAllocFromPoolAsync      *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocFromPoolAsync"`
+	ExitCuMemAllocFromPoolAsyncPtsz  *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocFromPoolAsync_ptsz"`
+	ExitCuMemAllocHost               *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocHost"`
+	ExitCuMemAllocHostV2             *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocHost_v2"`
+	ExitCuMemAllocManaged            *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocManaged"`
+	ExitCuMemAllocPitch              *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocPitch"`
+	ExitCuMemAllocPitchV2            *ebpf.ProgramSpec `ebpf:"exit_cuMemAllocPitch_v2"`
+	ExitCuMemAllocV2                 *ebpf.ProgramSpec `ebpf:"exit_cuMemAlloc_v2"`
+	ExitCuMemCreate                  *ebpf.ProgramSpec `ebpf:"exit_cuMemCreate"`
+	ExitCuMemFree                    *ebpf.ProgramSpec `ebpf:"exit_cuMemFree"`
+	ExitCuMemFreeAsync               *ebpf.ProgramSpec `ebpf:"exit_cuMemFreeAsync"`
+	ExitCuMemFreeAsyncPtsz           *ebpf.ProgramSpec `ebpf:"exit_cuMemFreeAsync_ptsz"`
+	ExitCuMemFreeHost                *ebpf.ProgramSpec `ebpf:"exit_cuMemFreeHost"`
+	ExitCuMemFreeV2                  *ebpf.ProgramSpec `ebpf:"exit_cuMemFree_v2"`
+	ExitCuMemHostAlloc               *ebpf.ProgramSpec `ebpf:"exit_cuMemHostAlloc"`
+	ExitCuMemHostRegister            *ebpf.ProgramSpec `ebpf:"exit_cuMemHostRegister"`
+	ExitCuMemHostRegisterV2          *ebpf.ProgramSpec `ebpf:"exit_cuMemHostRegister_v2"`
+	ExitCuMemHostUnregister          *ebpf.ProgramSpec `ebpf:"exit_cuMemHostUnregister"`
+	ExitCuMemMap                     *ebpf.ProgramSpec `ebpf:"exit_cuMemMap"`
+	ExitCuMemRelease                 *ebpf.ProgramSpec `ebpf:"exit_cuMemRelease"`
+	ExitCuMemUnmap                   *ebpf.ProgramSpec `ebpf:"exit_cuMemUnmap"`
+	ExitCudaFree                     *ebpf.ProgramSpec `ebpf:"exit_cudaFree"`
+	ExitCudaFreeAsync                *ebpf.ProgramSpec `ebpf:"exit_cudaFreeAsync"`
+	ExitCudaFreeHost                 *ebpf.ProgramSpec `ebpf:"exit_cudaFreeHost"`
+	ExitCudaMalloc                   *ebpf.ProgramSpec `ebpf:"exit_cudaMalloc"`
+	ExitCudaMallocAsync              *ebpf.ProgramSpec `ebpf:"exit_cudaMallocAsync"`
+	ExitCudaMallocHost               *ebpf.ProgramSpec `ebpf:"exit_cudaMallocHost"`
 }
 
 // kvhMapSpecs contains maps before they are loaded into the kernel.
@@ -151,6 +234,7 @@ type kvhProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type kvhMapSpecs struct {
 	Events   *ebpf.MapSpec `ebpf:"events"`
+	Failed   *ebpf.MapSpec `ebpf:"failed"`
 	Inflight *ebpf.MapSpec `ebpf:"inflight"`
 	Lost     *ebpf.MapSpec `ebpf:"lost"`
 }
@@ -183,6 +267,7 @@ func (o *kvhObjects) Close() error {
 // It can be passed to loadKvhObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kvhMaps struct {
 	Events   *ebpf.Map `ebpf:"events"`
+	Failed   *ebpf.Map `ebpf:"failed"`
 	Inflight *ebpf.Map `ebpf:"inflight"`
 	Lost     *ebpf.Map `ebpf:"lost"`
 }
@@ -190,6 +275,7 @@ type kvhMaps struct {
 func (m *kvhMaps) Close() error {
 	return _KvhClose(
 		m.Events,
+		m.Failed,
 		m.Inflight,
 		m.Lost,
 	)
@@ -206,49 +292,99 @@ type kvhVariables struct {
 //
 // It can be passed to loadKvhObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kvhPrograms struct {
-	EnterCuMemAllocAsync     *ebpf.Program `ebpf:"enter_cuMemAllocAsync"`
-	EnterCuMemAllocAsyncPtsz *ebpf.Program `ebpf:"enter_cuMemAllocAsync_ptsz"`
-	EnterCuMemAllocHostV2    *ebpf.Program `ebpf:"enter_cuMemAllocHost_v2"`
-	EnterCuMemAllocV2        *ebpf.Program `ebpf:"enter_cuMemAlloc_v2"`
-	EnterCuMemCreate         *ebpf.Program `ebpf:"enter_cuMemCreate"`
-	EnterCuMemFreeAsync      *ebpf.Program `ebpf:"enter_cuMemFreeAsync"`
-	EnterCuMemFreeAsyncPtsz  *ebpf.Program `ebpf:"enter_cuMemFreeAsync_ptsz"`
-	EnterCuMemFreeHost       *ebpf.Program `ebpf:"enter_cuMemFreeHost"`
-	EnterCuMemFreeV2         *ebpf.Program `ebpf:"enter_cuMemFree_v2"`
-	EnterCuMemHostAlloc      *ebpf.Program `ebpf:"enter_cuMemHostAlloc"`
-	EnterCuMemHostUnregister *ebpf.Program `ebpf:"enter_cuMemHostUnregister"`
-	EnterCuMemMap            *ebpf.Program `ebpf:"enter_cuMemMap"`
-	EnterCuMemRelease        *ebpf.Program `ebpf:"enter_cuMemRelease"`
-	EnterCuMemUnmap          *ebpf.Program `ebpf:"enter_cuMemUnmap"`
-	EnterCudaFree            *ebpf.Program `ebpf:"enter_cudaFree"`
-	EnterCudaFreeAsync       *ebpf.Program `ebpf:"enter_cudaFreeAsync"`
-	EnterCudaFreeHost        *ebpf.Program `ebpf:"enter_cudaFreeHost"`
-	EnterCudaMalloc          *ebpf.Program `ebpf:"enter_cudaMalloc"`
-	EnterCudaMallocAsync     *ebpf.Program `ebpf:"enter_cudaMallocAsync"`
-	EnterCudaMallocHost      *ebpf.Program `ebpf:"enter_cudaMallocHost"`
-	ExitCuMemAllocAsync      *ebpf.Program `ebpf:"exit_cuMemAllocAsync"`
-	ExitCuMemAllocAsyncPtsz  *ebpf.Program `ebpf:"exit_cuMemAllocAsync_ptsz"`
-	ExitCuMemAllocHostV2     *ebpf.Program `ebpf:"exit_cuMemAllocHost_v2"`
-	ExitCuMemAllocV2         *ebpf.Program `ebpf:"exit_cuMemAlloc_v2"`
-	ExitCuMemCreate          *ebpf.Program `ebpf:"exit_cuMemCreate"`
-	ExitCuMemHostAlloc       *ebpf.Program `ebpf:"exit_cuMemHostAlloc"`
-	ExitCudaMalloc           *ebpf.Program `ebpf:"exit_cudaMalloc"`
-	ExitCudaMallocAsync      *ebpf.Program `ebpf:"exit_cudaMallocAsync"`
-	ExitCudaMallocHost       *ebpf.Program `ebpf:"exit_cudaMallocHost"`
+	EnterCuIpcCloseMemHandle         *ebpf.Program `ebpf:"enter_cuIpcCloseMemHandle"`
+	EnterCuIpcOpenMemHandle          *ebpf.Program `ebpf:"enter_cuIpcOpenMemHandle"`
+	EnterCuIpcOpenMemHandleV2        *ebpf.Program `ebpf:"enter_cuIpcOpenMemHandle_v2"`
+	EnterCuMemAlloc                  *ebpf.Program `ebpf:"enter_cuMemAlloc"`
+	EnterCuMemAllocAsync             *ebpf.Program `ebpf:"enter_cuMemAllocAsync"`
+	EnterCuMemAllocAsyncPtsz         *ebpf.Program `ebpf:"enter_cuMemAllocAsync_ptsz"`
+	EnterCuMemAllocFromPoolAsync     *ebpf.Program `ebpf:"enter_cuMemAllocFromPoolAsync"`
+	EnterCuMemAllocFromPoolAsyncPtsz *ebpf.Program `ebpf:"enter_cuMemAllocFromPoolAsync_ptsz"`
+	EnterCuMemAllocHost              *ebpf.Program `ebpf:"enter_cuMemAllocHost"`
+	EnterCuMemAllocHostV2            *ebpf.Program `ebpf:"enter_cuMemAllocHost_v2"`
+	EnterCuMemAllocManaged           *ebpf.Program `ebpf:"enter_cuMemAllocManaged"`
+	EnterCuMemAllocPitch             *ebpf.Program `ebpf:"enter_cuMemAllocPitch"`
+	EnterCuMemAllocPitchV2           *ebpf.Program `ebpf:"enter_cuMemAllocPitch_v2"`
+	EnterCuMemAllocV2                *ebpf.Program `ebpf:"enter_cuMemAlloc_v2"`
+	EnterCuMemCreate                 *ebpf.Program `ebpf:"enter_cuMemCreate"`
+	EnterCuMemFree                   *ebpf.Program `ebpf:"enter_cuMemFree"`
+	EnterCuMemFreeAsync              *ebpf.Program `ebpf:"enter_cuMemFreeAsync"`
+	EnterCuMemFreeAsyncPtsz          *ebpf.Program `ebpf:"enter_cuMemFreeAsync_ptsz"`
+	EnterCuMemFreeHost               *ebpf.Program `ebpf:"enter_cuMemFreeHost"`
+	EnterCuMemFreeV2                 *ebpf.Program `ebpf:"enter_cuMemFree_v2"`
+	EnterCuMemHostAlloc              *ebpf.Program `ebpf:"enter_cuMemHostAlloc"`
+	EnterCuMemHostRegister           *ebpf.Program `ebpf:"enter_cuMemHostRegister"`
+	EnterCuMemHostRegisterV2         *ebpf.Program `ebpf:"enter_cuMemHostRegister_v2"`
+	EnterCuMemHostUnregister         *ebpf.Program `ebpf:"enter_cuMemHostUnregister"`
+	EnterCuMemMap                    *ebpf.Program `ebpf:"enter_cuMemMap"`
+	EnterCuMemRelease                *ebpf.Program `ebpf:"enter_cuMemRelease"`
+	EnterCuMemUnmap                  *ebpf.Program `ebpf:"enter_cuMemUnmap"`
+	EnterCudaFree                    *ebpf.Program `ebpf:"enter_cudaFree"`
+	EnterCudaFreeAsync               *ebpf.Program `ebpf:"enter_cudaFreeAsync"`
+	EnterCudaFreeHost                *ebpf.Program `ebpf:"enter_cudaFreeHost"`
+	EnterCudaMalloc                  *ebpf.Program `ebpf:"enter_cudaMalloc"`
+	EnterCudaMallocAsync             *ebpf.Program `ebpf:"enter_cudaMallocAsync"`
+	EnterCudaMallocHost              *ebpf.Program `ebpf:"enter_cudaMallocHost"`
+	ExitCuIpcCloseMemHandle          *ebpf.Program `ebpf:"exit_cuIpcCloseMemHandle"`
+	ExitCuIpcOpenMemHandle           *ebpf.Program `ebpf:"exit_cuIpcOpenMemHandle"`
+	ExitCuIpcOpenMemHandleV2         *ebpf.Program `ebpf:"exit_cuIpcOpenMemHandle_v2"`
+	ExitCuMemAlloc                   *ebpf.Program `ebpf:"exit_cuMemAlloc"`
+	ExitCuMemAllocAsync              *ebpf.Program `ebpf:"exit_cuMemAllocAsync"`
+	ExitCuMemAllocAsyncPtsz          *ebpf.Program `ebpf:"exit_cuMemAllocAsync_ptsz"`
+	ExitCuMemAllocFromPoolAsync      *ebpf.Program `ebpf:"exit_cuMemAllocFromPoolAsync"`
+	ExitCuMemAllocFromPoolAsyncPtsz  *ebpf.Program `ebpf:"exit_cuMemAllocFromPoolAsync_ptsz"`
+	ExitCuMemAllocHost               *ebpf.Program `ebpf:"exit_cuMemAllocHost"`
+	ExitCuMemAllocHostV2             *ebpf.Program `ebpf:"exit_cuMemAllocHost_v2"`
+	ExitCuMemAllocManaged            *ebpf.Program `ebpf:"exit_cuMemAllocManaged"`
+	ExitCuMemAllocPitch              *ebpf.Program `ebpf:"exit_cuMemAllocPitch"`
+	ExitCuMemAllocPitchV2            *ebpf.Program `ebpf:"exit_cuMemAllocPitch_v2"`
+	ExitCuMemAllocV2                 *ebpf.Program `ebpf:"exit_cuMemAlloc_v2"`
+	ExitCuMemCreate                  *ebpf.Program `ebpf:"exit_cuMemCreate"`
+	ExitCuMemFree                    *ebpf.Program `ebpf:"exit_cuMemFree"`
+	ExitCuMemFreeAsync               *ebpf.Program `ebpf:"exit_cuMemFreeAsync"`
+	ExitCuMemFreeAsyncPtsz           *ebpf.Program `ebpf:"exit_cuMemFreeAsync_ptsz"`
+	ExitCuMemFreeHost                *ebpf.Program `ebpf:"exit_cuMemFreeHost"`
+	ExitCuMemFreeV2                  *ebpf.Program `ebpf:"exit_cuMemFree_v2"`
+	ExitCuMemHostAlloc               *ebpf.Program `ebpf:"exit_cuMemHostAlloc"`
+	ExitCuMemHostRegister            *ebpf.Program `ebpf:"exit_cuMemHostRegister"`
+	ExitCuMemHostRegisterV2          *ebpf.Program `ebpf:"exit_cuMemHostRegister_v2"`
+	ExitCuMemHostUnregister          *ebpf.Program `ebpf:"exit_cuMemHostUnregister"`
+	ExitCuMemMap                     *ebpf.Program `ebpf:"exit_cuMemMap"`
+	ExitCuMemRelease                 *ebpf.Program `ebpf:"exit_cuMemRelease"`
+	ExitCuMemUnmap                   *ebpf.Program `ebpf:"exit_cuMemUnmap"`
+	ExitCudaFree                     *ebpf.Program `ebpf:"exit_cudaFree"`
+	ExitCudaFreeAsync                *ebpf.Program `ebpf:"exit_cudaFreeAsync"`
+	ExitCudaFreeHost                 *ebpf.Program `ebpf:"exit_cudaFreeHost"`
+	ExitCudaMalloc                   *ebpf.Program `ebpf:"exit_cudaMalloc"`
+	ExitCudaMallocAsync              *ebpf.Program `ebpf:"exit_cudaMallocAsync"`
+	ExitCudaMallocHost               *ebpf.Program `ebpf:"exit_cudaMallocHost"`
 }
 
 func (p *kvhPrograms) Close() error {
 	return _KvhClose(
+		p.EnterCuIpcCloseMemHandle,
+		p.EnterCuIpcOpenMemHandle,
+		p.EnterCuIpcOpenMemHandleV2,
+		p.EnterCuMemAlloc,
 		p.EnterCuMemAllocAsync,
 		p.EnterCuMemAllocAsyncPtsz,
+		p.EnterCuMemAllocFromPoolAsync,
+		p.EnterCuMemAllocFromPoolAsyncPtsz,
+		p.EnterCuMemAllocHost,
 		p.EnterCuMemAllocHostV2,
+		p.EnterCuMemAllocManaged,
+		p.EnterCuMemAllocPitch,
+		p.EnterCuMemAllocPitchV2,
 		p.EnterCuMemAllocV2,
 		p.EnterCuMemCreate,
+		p.EnterCuMemFree,
 		p.EnterCuMemFreeAsync,
 		p.EnterCuMemFreeAsyncPtsz,
 		p.EnterCuMemFreeHost,
 		p.EnterCuMemFreeV2,
 		p.EnterCuMemHostAlloc,
+		p.EnterCuMemHostRegister,
+		p.EnterCuMemHostRegisterV2,
 		p.EnterCuMemHostUnregister,
 		p.EnterCuMemMap,
 		p.EnterCuMemRelease,
@@ -259,12 +395,36 @@ func (p *kvhPrograms) Close() error {
 		p.EnterCudaMalloc,
 		p.EnterCudaMallocAsync,
 		p.EnterCudaMallocHost,
+		p.ExitCuIpcCloseMemHandle,
+		p.ExitCuIpcOpenMemHandle,
+		p.ExitCuIpcOpenMemHandleV2,
+		p.ExitCuMemAlloc,
 		p.ExitCuMemAllocAsync,
 		p.ExitCuMemAllocAsyncPtsz,
+		p.ExitCuMemAllocFromPoolAsync,
+		p.ExitCuMemAllocFromPoolAsyncPtsz,
+		p.ExitCuMemAllocHost,
 		p.ExitCuMemAllocHostV2,
+		p.ExitCuMemAllocManaged,
+		p.ExitCuMemAllocPitch,
+		p.ExitCuMemAllocPitchV2,
 		p.ExitCuMemAllocV2,
 		p.ExitCuMemCreate,
+		p.ExitCuMemFree,
+		p.ExitCuMemFreeAsync,
+		p.ExitCuMemFreeAsyncPtsz,
+		p.ExitCuMemFreeHost,
+		p.ExitCuMemFreeV2,
 		p.ExitCuMemHostAlloc,
+		p.ExitCuMemHostRegister,
+		p.ExitCuMemHostRegisterV2,
+		p.ExitCuMemHostUnregister,
+		p.ExitCuMemMap,
+		p.ExitCuMemRelease,
+		p.ExitCuMemUnmap,
+		p.ExitCudaFree,
+		p.ExitCudaFreeAsync,
+		p.ExitCudaFreeHost,
 		p.ExitCudaMalloc,
 		p.ExitCudaMallocAsync,
 		p.ExitCudaMallocHost,

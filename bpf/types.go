@@ -13,23 +13,35 @@ var fnNames = []string{
 	"cuMemAlloc_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz", "cuMemCreate", "cuMemMap", "cuMemHostAlloc", "cuMemAllocHost_v2",
 	"cuMemFree_v2", "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemUnmap", "cuMemRelease", "cuMemFreeHost", "cuMemHostUnregister",
 	"cudaMalloc", "cudaMallocAsync", "cudaMallocHost", "cudaFree", "cudaFreeAsync", "cudaFreeHost",
+	"cuMemAlloc", "cuMemFree", "cuMemAllocPitch", "cuMemAllocPitch_v2", "cuMemAllocHost", "cuMemAllocManaged",
+	"cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemHostRegister", "cuMemHostRegister_v2",
+	"cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2", "cuIpcCloseMemHandle",
 }
 
-// Event is one witnessed call.
+// Event is one witnessed call that succeeded: the witness reports a call on
+// its return, and only when the driver (or runtime) returned success, so a
+// free the driver refused — which freed nothing — is never an event.
 type Event struct {
 	TGID   uint32
 	TID    uint32
 	Cgroup uint64
-	Ptr    uint64
+	Ptr    uint64 // v1 entry points' 32-bit device pointers are zero-extended
 	Size   uint64
-	TS     uint64 // ktime ns
+	TS     uint64 // ktime ns, at the return
 	Fn     string
+	// Free: memory left its owner (free, unmap, release). Import: the call
+	// mapped or released memory the process does not own (IPC, registered
+	// host memory), which the interposer never zeroizes and never attests;
+	// it is not a Free. Neither: an allocation.
 	Free   bool
+	Import bool
 }
 
 // Driver reports whether the event came from the driver library (libcuda),
 // where kvh's interposer sits, rather than a runtime wrapper above it.
-func (e Event) Driver() bool { return strings.HasPrefix(e.Fn, "cuMem") }
+func (e Event) Driver() bool {
+	return strings.HasPrefix(e.Fn, "cu") && !strings.HasPrefix(e.Fn, "cuda")
+}
 
 // Options configure Start.
 type Options struct {

@@ -124,6 +124,32 @@ func (w *Witness) Lost() uint64 {
 	return n + w.dropped.Load()
 }
 
+// Failed counts, per function, the probed calls that returned an error
+// (never reported as events: a refused free frees nothing).
+func (w *Witness) Failed() map[string]uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]uint64{}
+	if w.closed {
+		return out
+	}
+	m := w.coll.Maps["failed"]
+	for i, name := range fnNames {
+		var per []uint64
+		if err := m.Lookup(uint32(i+1), &per); err != nil {
+			continue
+		}
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		if n > 0 {
+			out[name] = n
+		}
+	}
+	return out
+}
+
 // attach probes the library at path once per (device, inode).
 func (w *Witness) attach(path string) (bool, error) {
 	var st syscall.Stat_t
@@ -241,7 +267,7 @@ func (w *Witness) read() {
 		ev := Event{
 			TGID: binary.LittleEndian.Uint32(b[0:]), TID: binary.LittleEndian.Uint32(b[4:]),
 			Cgroup: binary.LittleEndian.Uint64(b[8:]), Ptr: binary.LittleEndian.Uint64(b[16:]),
-			Size: binary.LittleEndian.Uint64(b[24:]), TS: binary.LittleEndian.Uint64(b[32:]), Free: b[42] == 1,
+			Size: binary.LittleEndian.Uint64(b[24:]), TS: binary.LittleEndian.Uint64(b[32:]), Free: b[42] == 1, Import: b[42] == 2,
 		}
 		if fn >= 1 && int(fn) <= len(fnNames) {
 			ev.Fn = fnNames[fn-1]
