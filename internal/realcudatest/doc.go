@@ -7,6 +7,8 @@
 //
 //   - the real driver's allocation and release family against the README's
 //     table and interpose/hooks.def (classify_test.go);
+//   - the fake driver (testdata/fakecuda) against the real one, on the same
+//     questions, without libkvh (abi_test.go, testdata/realcuda/abi.c);
 //   - the fake-driver tests still loading the fake now that the real driver is
 //     on the default library path (fakepin_test.go).
 //
