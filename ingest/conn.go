@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kvhygiene/kvh/policy"
@@ -56,6 +57,12 @@ func (s *Server) handle(c *conn) {
 	errs := 0
 	for {
 		n, err := c.c.Read(buf)
+		if errors.Is(err, syscall.ECONNRESET) {
+			// A client that closed with our messages unread resets the
+			// connection, but the records it sent before are still
+			// queued: read them (the error is reported once).
+			continue
+		}
 		if err != nil || n == 0 {
 			break
 		}
@@ -86,16 +93,16 @@ func (s *Server) handle(c *conn) {
 				continue
 			}
 			if !c.p.admit(now, pol.MaxEventRate) {
-				s.flood(c, r, violation.EventRateLimit, "max_event_rate", fmt.Sprintf("more than %g events/s", pol.MaxEventRate), now)
+				s.flood(c, r, violation.EventRateLimit, capRate, fmt.Sprintf("more than %g events/s", pol.MaxEventRate), now)
 				continue
 			}
 			if r.Type == wire.Alloc && r.Flags&wire.FlagImporter == 0 && c.p.live.Load() >= int64(pol.MaxLiveBuffers) {
 				if _, replaces := c.handles[r.Ptr]; !replaces {
-					s.flood(c, r, violation.LiveBufferLimit, "max_live_buffers", fmt.Sprintf("more than %d live buffers", pol.MaxLiveBuffers), now)
+					s.flood(c, r, violation.LiveBufferLimit, capLive, fmt.Sprintf("more than %d live buffers", pol.MaxLiveBuffers), now)
 					continue
 				}
 			}
-			if f := c.p.endFlood(); f != nil {
+			if f := c.p.closeOld(now); f != nil {
 				s.recordFlood(f)
 			}
 			if err := s.record(c, r); err != nil {

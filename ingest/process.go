@@ -55,22 +55,29 @@ func (p *process) admit(now time.Time, rate float64) bool {
 	return false
 }
 
-// count adds r to the open flood window for capName, and returns a closed
-// window to record when the open one is full (older than floodWindow).
+// count adds r, which went past capName, to the open flood window, and
+// returns the previous window to record when it had run floodWindow. A
+// window closes only with time (or the connection), not when one record
+// gets through: a process hovering at its cap costs one record a second.
 func (p *process) count(r *wire.Record, capName string, now time.Time) (closed *trailevent.FloodSummary) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.flood != nil && (p.flood.Cap != capName || now.Sub(time.Unix(0, p.flood.FromNS)) >= floodWindow) {
+	if p.flood != nil && now.Sub(time.Unix(0, p.flood.FromNS)) >= floodWindow {
 		closed = p.flood
 		p.flood = nil // reopened below
 	}
 	if p.flood == nil {
 		p.flooding.Store(true)
-		p.flood = &trailevent.FloodSummary{Ev: trailevent.EvFloodSummary, PID: p.id.PID, Tenant: p.id.Tenant, Cap: capName, FromNS: now.UnixNano()}
+		p.flood = &trailevent.FloodSummary{Ev: trailevent.EvFloodSummary, PID: p.id.PID, Tenant: p.id.Tenant, FromNS: now.UnixNano()}
 	}
 	f := p.flood
 	f.ToNS = now.UnixNano()
 	f.Events++
+	if capName == capRate {
+		f.OverRate++
+	} else {
+		f.OverLive++
+	}
 	switch r.Type {
 	case wire.Alloc:
 		f.Allocs++
@@ -87,8 +94,30 @@ func (p *process) count(r *wire.Record, capName string, now time.Time) (closed *
 	return closed
 }
 
-// endFlood returns the open window, if any, to record (the flood is over or
-// the connection ends).
+// The caps a flood goes past.
+const (
+	capRate = "max_event_rate"
+	capLive = "max_live_buffers"
+)
+
+// closeOld returns the open window to record once it has run floodWindow
+// (a flood that has ended is recorded within a second of the next record).
+func (p *process) closeOld(now time.Time) *trailevent.FloodSummary {
+	if !p.flooding.Load() {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.flood == nil || now.Sub(time.Unix(0, p.flood.FromNS)) < floodWindow {
+		return nil
+	}
+	f := p.flood
+	p.flood = nil
+	p.flooding.Store(false)
+	return f
+}
+
+// endFlood returns the open window, if any, to record (the connection ends).
 func (p *process) endFlood() *trailevent.FloodSummary {
 	if !p.flooding.Load() {
 		return nil

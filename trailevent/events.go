@@ -153,7 +153,8 @@ type FloodSummary struct {
 	Ev         string `json:"ev" doc:"flood_summary"`
 	PID        int    `json:"pid" doc:"the process"`
 	Tenant     string `json:"tenant,omitempty" doc:"its tenant"`
-	Cap        string `json:"cap" doc:"the cap it went past: max_event_rate or max_live_buffers"`
+	OverRate   uint64 `json:"over_rate" doc:"records among them past max_event_rate"`
+	OverLive   uint64 `json:"over_live" doc:"allocations among them past max_live_buffers"`
 	FromNS     int64  `json:"from_ns" doc:"window start, Unix nanoseconds"`
 	ToNS       int64  `json:"to_ns" doc:"window end, Unix nanoseconds"`
 	Events     uint64 `json:"events" doc:"records in the window not ingested one by one"`

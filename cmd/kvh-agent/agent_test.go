@@ -105,7 +105,8 @@ func (a *testAgent) start() {
 		"--signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--metrics-json", filepath.Join(a.dir, "metrics.json"),
 		"--export-interval", "200ms", "--append-only=false", "--sweep-interval", "100ms"}, a.extra...)
 	a.cmd = exec.Command(agentBin, args...)
-	a.log = &syncBuffer{}
+	log := &syncBuffer{} // the reader goroutine writes to its own run's buffer: a restart must not race it
+	a.log = log
 	pr, pw := io.Pipe()
 	a.cmd.Stderr = pw
 	if err := a.cmd.Start(); err != nil {
@@ -116,7 +117,7 @@ func (a *testAgent) start() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			line := sc.Text()
-			a.log.WriteString(line + "\n")
+			log.WriteString(line + "\n")
 			if m := listenRe.FindStringSubmatch(line); m != nil {
 				select {
 				case found <- m[1]:
@@ -165,10 +166,25 @@ func (a *testAgent) stop() {
 }
 
 func (a *testAgent) kill() {
-	if a.cmd != nil && a.cmd.ProcessState == nil {
-		a.cmd.Process.Kill()
-		a.cmd.Wait()
+	if a.cmd == nil || a.cmd.ProcessState != nil {
+		return
 	}
+	if os.Getenv("KVH_COVERDIR") != "" {
+		// Coverage counters are written only on a clean exit: ask first.
+		a.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { a.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+			return
+		case <-time.After(5 * time.Second):
+			a.cmd.Process.Kill()
+			<-done
+			return
+		}
+	}
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
 }
 
 func (a *testAgent) verify() *forensic.Report {

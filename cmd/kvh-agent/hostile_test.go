@@ -282,7 +282,7 @@ func TestAllocationFlood(t *testing.T) {
 	}
 	after := rssMiB(a.cmd.Process.Pid)
 	a.stop()
-	var ingested, summarised uint64
+	var ingested, summarised, summaries uint64
 	kinds := map[string]bool{}
 	for _, ev := range a.typedEvents(t) {
 		switch ev := ev.(type) {
@@ -291,8 +291,9 @@ func TestAllocationFlood(t *testing.T) {
 				ingested++
 			}
 		case *trailevent.FloodSummary:
+			summaries++
 			summarised += ev.Allocs
-			if ev.Events != ev.Allocs || ev.AllocBytes != ev.Allocs*4096 || ev.ToNS < ev.FromNS {
+			if ev.Events != ev.Allocs || ev.AllocBytes != ev.Allocs*4096 || ev.ToNS < ev.FromNS || ev.OverRate+ev.OverLive != ev.Events {
 				t.Errorf("flood summary does not add up: %+v", ev)
 			}
 		case *trailevent.Violation:
@@ -305,7 +306,11 @@ func TestAllocationFlood(t *testing.T) {
 	if ingested > 2000 || !kinds["live_buffer_limit"] && !kinds["event_rate_limit"] {
 		t.Fatalf("caps not applied: %d ingested, violations %v", ingested, kinds)
 	}
-	t.Logf("agent RSS %d MiB before, %d MiB after %d allocations (%d ingested, %d summarised)", before, after, n, ingested, summarised)
+	// The trail grows by one summary a second at most, not one a record.
+	if summaries > 20 {
+		t.Fatalf("%d flood_summary records for a flood of a few seconds", summaries)
+	}
+	t.Logf("%d flood_summary records; agent RSS %d MiB before, %d MiB after %d allocations (%d ingested, %d summarised)", summaries, before, after, n, ingested, summarised)
 	if after > 256 {
 		t.Fatalf("agent RSS %d MiB after an allocation flood", after)
 	}
