@@ -46,6 +46,8 @@ type collector struct {
 	hist    History
 	unc     series
 	unatt   series
+	buf     trailevent.Buffer // decodeBuffer's, reused
+	intern  interner
 }
 
 // overflow counts distinct keys past a limit, exactly up to maxOverflowKeys.
@@ -79,11 +81,15 @@ func newCollector(lim Limits) *collector {
 		act:     map[string]*series{},
 		tenants: map[string]*Tenant{},
 		procs:   map[int]*Process{},
+		intern:  interner{},
 	}
 }
 
 // read runs the pass: forensic.Events for the bodies, the stamps reader in
-// step for their timestamps and the structural records.
+// step for their timestamps and the structural records. Reading and
+// checking lines (forensic) and decoding and folding them (here) cost about
+// the same, so they run on two goroutines: Events fills batches of bodies,
+// this one folds them in order. At most a few batches are in flight.
 func (c *collector) read(dir string) error {
 	st, err := openStamps(dir)
 	if err != nil {
@@ -91,14 +97,54 @@ func (c *collector) read(dir string) error {
 	}
 	defer st.close()
 	st.other = c.structural
-	err = forensic.Events(dir, func(seq uint64, body []byte) error {
-		ts, ok, err := st.at(seq)
-		if err != nil {
-			return err
+	full, free := make(chan *batch, 4), make(chan *batch, 6)
+	done := make(chan struct{})
+	var readErr error
+	go func() {
+		defer close(full)
+		b := &batch{}
+		readErr = forensic.Events(dir, func(seq uint64, body []byte) error {
+			b.add(seq, body)
+			if len(b.seqs) < batchLen {
+				return nil
+			}
+			select {
+			case full <- b:
+			case <-done:
+				return errStopped
+			}
+			select {
+			case b = <-free:
+				b.reset()
+			default:
+				b = &batch{}
+			}
+			return nil
+		})
+		if readErr == nil && len(b.seqs) > 0 {
+			select {
+			case full <- b:
+			case <-done:
+			}
 		}
-		c.add(seq, ts, ok && !ts.IsZero(), body)
-		return nil
-	})
+	}()
+	var foldErr error
+	for b := range full {
+		for i := 0; foldErr == nil && i < len(b.seqs); i++ {
+			ts, ok, err := st.at(b.seqs[i])
+			if err != nil {
+				foldErr = err
+				close(done) // the reader stops; the loop drains what it sent
+				break
+			}
+			c.add(b.seqs[i], ts, ok && !ts.IsZero(), b.body(i))
+		}
+		select {
+		case free <- b:
+		default:
+		}
+	}
+	err = cmp.Or(foldErr, readErr)
 	if err == nil {
 		err = st.drain()
 	}
@@ -107,6 +153,34 @@ func (c *collector) read(dir string) error {
 	}
 	return nil
 }
+
+var errStopped = errors.New("stopped")
+
+// batchLen is how many bodies a batch holds.
+const batchLen = 1024
+
+// batch is bodies copied out of forensic.Events (its slice is reused).
+type batch struct {
+	seqs []uint64
+	ends []int
+	buf  []byte
+}
+
+func (b *batch) add(seq uint64, body []byte) {
+	b.seqs = append(b.seqs, seq)
+	b.buf = append(b.buf, body...)
+	b.ends = append(b.ends, len(b.buf))
+}
+
+func (b *batch) body(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = b.ends[i-1]
+	}
+	return b.buf[start:b.ends[i]]
+}
+
+func (b *batch) reset() { b.seqs, b.ends, b.buf = b.seqs[:0], b.ends[:0], b.buf[:0] }
 
 func (c *collector) stampSeen(ts time.Time) {
 	if ts.IsZero() {
@@ -168,7 +242,16 @@ func (c *collector) add(seq uint64, ts time.Time, timed bool, body []byte) {
 	} else {
 		c.untimed++
 	}
-	name, ev, err := trailevent.Decode(body)
+	var (
+		name string
+		ev   any
+		err  error
+	)
+	if decodeBuffer(body, &c.buf, c.intern) {
+		name, ev = c.buf.Ev, &c.buf
+	} else {
+		name, ev, err = trailevent.Decode(body)
+	}
 	switch {
 	case errors.Is(err, trailevent.ErrUnknownEvent):
 		c.unknown(name)

@@ -13,6 +13,7 @@
 // the rest summed into one row that says how many more there were. Memory
 // does not grow with the trail. Build refuses a verdict that is not OK.
 //
-// Locking: none. A Build runs on one goroutine; a Report is a value that
-// the renderers only read.
+// Locking: none shared. A Build reads lines on one goroutine and folds them
+// on its caller's, handing batches over channels; the aggregates belong to
+// the folding goroutine alone. A Report is a value the renderers only read.
 package report
