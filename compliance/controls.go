@@ -130,7 +130,7 @@ func Evaluate(c Control, facts map[string]float64) Result {
 	for _, cond := range c.Rule.Require {
 		v := facts[cond.Fact]
 		if cond.holds(v) {
-			met = append(met, fmt.Sprintf("%s (%s is %g)", cond, cond.Fact, v))
+			met = append(met, fmt.Sprintf("%s is %g (needs %s %g)", cond.Fact, v, cond.Op, cond.Value))
 		} else {
 			missing = append(missing, explain(cond, v))
 		}

@@ -127,7 +127,7 @@ func TestEvaluate(t *testing.T) {
 		want  Status
 		why   string
 	}{
-		{"pass", map[string]float64{"sanitize.steps": 3}, Pass, "sanitize.steps > 0 (sanitize.steps is 3)"},
+		{"pass", map[string]float64{"sanitize.steps": 3}, Pass, "sanitize.steps is 3 (needs > 0)"},
 		{"fail wins over missing evidence", map[string]float64{"violations.free_without_sanitize": 1}, Fail, "violations.free_without_sanitize is 1: leak"},
 		{"not evidenced", map[string]float64{"sanitize.steps": 0}, NotEvidenced, "sanitize.steps is 0: nothing sanitized"},
 		{"second requirement", map[string]float64{"sanitize.steps": 1, "posture.witness_off": 2}, NotEvidenced, "posture.witness_off is 2: witness off"},

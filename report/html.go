@@ -17,11 +17,17 @@ import (
 var htmlTemplate string
 
 var page = template.Must(template.New("report").Funcs(template.FuncMap{
-	"num":    func(v any) string { return num(v) },
-	"cell":   cell,
-	"bcell":  bcell,
-	"ts":     tstamp,
-	"tsp":    func(t *time.Time) string { return tsp(t) },
+	"num":   func(v any) string { return num(v) },
+	"cell":  cell,
+	"bcell": bcell,
+	"ts":    tstamp,
+	"tsp":   func(t *time.Time) string { return tsp(t) },
+	"short": func(t *time.Time) string {
+		if t == nil {
+			return "—"
+		}
+		return t.UTC().Format("01-02 15:04:05Z")
+	},
 	"human":  func(s float64) string { return human(time.Duration(s * float64(time.Second))) },
 	"bytesH": bytesH,
 	"hist":   histogram,

@@ -34,7 +34,7 @@ func esc(s string) string { return html.EscapeString(s) }
 // histogram draws a histogram's buckets as bars, each labelled below and
 // its count above.
 func histogram(title string, b []Bucket, color string) template.HTML {
-	const w, h, top, bottom = 340, 140, 18, 24
+	const w, h, top, bottom = 270, 130, 18, 24
 	var max uint64
 	for _, x := range b {
 		max = maxU(max, x.Count)
@@ -185,7 +185,7 @@ func lanes(p Posture, tl Timeline, period Period) template.HTML {
 		if span <= 0 {
 			return left
 		}
-		return left + float64(w-left-4)*float64(t.Sub(start))/float64(span)
+		return min(max(left+float64(w-left-4)*float64(t.Sub(start))/float64(span), left), w-4)
 	}
 	for li, l := range ls {
 		y := li * (laneH + gap)

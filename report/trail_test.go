@@ -54,7 +54,11 @@ type synth struct {
 	pause      time.Duration // ... this far apart, so the timeline has buckets
 	seed       uint64
 	segBytes   int64
-	prune      bool // rotate segments and prune the oldest (a signed prune record)
+	// prefill writes an earlier agent run of this many lifecycles first;
+	// prune then removes the segments that run filled (by retention). With
+	// no prefill, prune keeps one rotated segment.
+	prefill int
+	prune   bool
 }
 
 var tenantNames = []string{"acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell"}
@@ -93,6 +97,32 @@ func (s synth) write(t testing.TB, k keys) string {
 		put(trailevent.Policy{Ev: trailevent.EvPolicy, Reason: reason, Policy: pol})
 		put(trailevent.Posture{Ev: trailevent.EvPosture, ScrubOnFree: scrub, Source: "/proc/driver/nvidia/params", Driver: "550.54.15",
 			Devices: []trailevent.Device{{Index: 0, UUID: "GPU-a", Name: "NVIDIA H100", MIG: true}, {Index: 1, UUID: "GPU-b", Name: "NVIDIA H100"}}, Witness: witness})
+	}
+	var cutoff time.Time
+	if s.prefill > 0 {
+		start(true, -1, "start")
+		id := trailevent.Identity{PID: 9000, UID: 1000, Comm: "vllm", Tenant: tenantName(0), TenantSource: "pod"}
+		put(trailevent.ProcessConnected{Ev: trailevent.EvProcessConnected, Identity: id, Mode: "enforce", Verify: "sample"})
+		cov, ok := 100.0, true
+		for i := 0; i < s.prefill; i++ {
+			base := trailevent.Buffer{H: uint64(1e9 + i), Kind: "remote", Tenant: id.Tenant, PID: id.PID}
+			b := base
+			b.Ev, b.Bytes = trailevent.EvAllocate, 1<<20
+			put(b)
+			b = base
+			b.Ev, b.Bytes, b.Coverage, b.Verified, b.DurNS = trailevent.EvAttest, 1<<20, &cov, &ok, 90_000
+			put(b)
+			b = base
+			b.Ev, b.Coverage = trailevent.EvFree, &cov
+			put(b)
+		}
+		put(trailevent.ProcessDisconnected{Ev: trailevent.EvProcessDisconnected, PID: id.PID, Tenant: id.Tenant})
+		if err := l.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		cutoff = time.Now()
+		time.Sleep(100 * time.Millisecond)
 	}
 	start(true, 1, "start")
 	type proc struct {
@@ -180,7 +210,7 @@ func (s synth) write(t testing.TB, k keys) string {
 	}
 	p := procs[0]
 	put(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: p.pid, Tenant: p.tenant, Count: 17})
-	put(trailevent.FloodSummary{Ev: trailevent.EvFloodSummary, PID: p.pid, Tenant: p.tenant, Cap: "max_event_rate", FromNS: 1, ToNS: 2, Events: 900, Allocs: 400, AllocBytes: 1 << 20, Frees: 400, FreeBytes: 1 << 20, Unverified: 2, Other: 100})
+	put(trailevent.FloodSummary{Ev: trailevent.EvFloodSummary, PID: p.pid, Tenant: p.tenant, FromNS: 1, ToNS: 2, Events: 900, Allocs: 400, AllocBytes: 1 << 20, Frees: 400, FreeBytes: 1 << 20, Unverified: 2, Other: 100})
 	put(trailevent.ViolationsOverflow{Ev: trailevent.EvViolationsOverflow, Kind: "unattested_free", Count: 5})
 	put(map[string]any{"ev": "gpu_reset", "device": 1}) // a newer agent's event: counted as unknown
 	for _, pr := range procs {
@@ -190,7 +220,11 @@ func (s synth) write(t testing.TB, k keys) string {
 		t.Fatal(err)
 	}
 	if s.prune {
-		rep, err := forensic.Prune(dir, forensic.PruneOptions{Signer: k.signer, Verifier: k.verifier, RetentionDays: -1, MaxRotated: 1, Reason: "test: keep one rotated segment"})
+		o := forensic.PruneOptions{Signer: k.signer, Verifier: k.verifier, RetentionDays: -1, MaxRotated: 1, Reason: "test: keep one rotated segment"}
+		if s.prefill > 0 {
+			o.RetentionDays, o.MaxRotated, o.Now, o.Reason = 1, -1, cutoff.Add(24*time.Hour), "retention: 1 day"
+		}
+		rep, err := forensic.Prune(dir, o)
 		if err != nil || !rep.OK {
 			t.Fatalf("prune: %v %+v", err, rep)
 		}
