@@ -9,6 +9,9 @@
 //     table and interpose/hooks.def (classify_test.go);
 //   - the fake driver (testdata/fakecuda) against the real one, on the same
 //     questions, without libkvh (abi_test.go, testdata/realcuda/abi.c);
+//   - the real runtime, built with nvcc and gcc, traced by an LD_AUDIT library
+//     (testdata/realcuda/gpa_audit.c) with and without libkvh
+//     (runtime_test.go, testdata/realcuda/runtime.c);
 //   - the fake-driver tests still loading the fake now that the real driver is
 //     on the default library path (fakepin_test.go).
 //
