@@ -30,6 +30,8 @@ type conn struct {
 	ackSeq  uint64
 	ackAt   time.Time
 
+	denySent bool // a deny was written (or is being written); guarded by Server.mu
+
 	kickMu sync.Mutex
 	kicked string // why the agent ended the connection
 }
@@ -50,6 +52,7 @@ func (c *conn) reason() string {
 	return c.kicked
 }
 
+// handle serves c on setup's goroutine until it closes.
 func (s *Server) handle(c *conn) {
 	defer s.wg.Done()
 	log := s.cfg.Log.With("pid", c.id.PID, "tenant", c.id.Tenant)
@@ -146,9 +149,6 @@ func (s *Server) disconnect(c *conn, log interface{ Error(string, ...any) }) {
 	s.perUID[c.id.UID]--
 	if s.perUID[c.id.UID] <= 0 {
 		delete(s.perUID, c.id.UID)
-	}
-	if s.perPID[c.p.h.PID]--; s.perPID[c.p.h.PID] <= 0 {
-		delete(s.perPID, c.p.h.PID)
 	}
 	if c.p.conns--; c.p.conns <= 0 {
 		delete(s.procs, c.p.key)

@@ -3,12 +3,15 @@ package ingest
 import (
 	"bufio"
 	"bytes"
-	"github.com/kvhygiene/kvh/trailevent"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/kvhygiene/kvh/internal/proc"
+	"github.com/kvhygiene/kvh/trailevent"
 )
 
 // Identity is who a connected process is, as the kernel says; its fields
@@ -60,6 +63,18 @@ func Identify(procRoot string, pid int, uid uint32, trustClaims bool) Identity {
 	return id
 }
 
+// identifyHandle identifies the process h holds: Identify, then a check
+// that the process was still alive after /proc was read, so that what was
+// read was its own and not that of a process that took its pid since. One
+// that has gone is identified by its uid only.
+func identifyHandle(procRoot string, h *proc.Handle, uid uint32, trustClaims bool) Identity {
+	id := Identify(procRoot, h.PID, uid, trustClaims)
+	if !h.Alive() {
+		id = Identity{PID: h.PID, UID: uid, Tenant: "uid:" + strconv.FormatUint(uint64(uid), 10), TenantSource: "exited"}
+	}
+	return id
+}
+
 // cgroupPath returns the cgroup v2 path ("0::/…") or, on v1, the memory or
 // first controller's path.
 func cgroupPath(b []byte) string {
@@ -80,8 +95,21 @@ func cgroupPath(b []byte) string {
 	return first
 }
 
+// maxEnviron is how much of a process's environment is read for its
+// KVH_TENANT claim. A process chooses the size of its environment (tens of
+// megabytes with a large stack limit), and reading it all for every
+// connection would let one tenant make the agent read and hold that much
+// per connection; a claim past this is not seen (the process is then
+// identified by what it cannot choose).
+const maxEnviron = 256 << 10
+
 func environ(path, key string) string {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxEnviron))
 	if err != nil {
 		return ""
 	}

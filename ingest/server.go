@@ -56,17 +56,18 @@ type Config struct {
 
 // Server accepts interposer connections.
 type Server struct {
-	cfg    Config
-	ln     *net.UnixListener
-	mu     sync.Mutex // guards conns, procs, perUID, denied; never held across I/O
-	conns  map[*conn]struct{}
-	procs  map[string]*process // by pidfd key
-	perUID map[uint32]int
-	perPID map[int]int
-	denied map[string]bool      // processes denied, by key (their children inherit it)
-	limits map[string]time.Time // last connection_limit violation, by process key and by uid
-	wg     sync.WaitGroup
-	quit   chan struct{}
+	cfg     Config
+	ln      *net.UnixListener
+	mu      sync.Mutex // guards conns, procs, perUID, pending, closed, denied, limits; never held across I/O
+	conns   map[*conn]struct{}
+	procs   map[string]*process // by pidfd key
+	perUID  map[uint32]int      // connections and reservations, by uid
+	pending int                 // connections accepted and not yet set up
+	closed  bool
+	denied  map[string]bool      // processes denied, by key (their children inherit it)
+	limits  map[string]time.Time // last connection_limit violation, by process key and by uid
+	wg      sync.WaitGroup
+	quit    chan struct{}
 }
 
 // Listen binds the interposer socket: it creates its directory 0750,
@@ -142,7 +143,7 @@ func New(ln *net.UnixListener, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
-	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, procs: map[string]*process{}, perUID: map[uint32]int{}, perPID: map[int]int{},
+	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, procs: map[string]*process{}, perUID: map[uint32]int{},
 		denied: map[string]bool{}, limits: map[string]time.Time{}, quit: make(chan struct{})}, nil
 }
 
@@ -168,12 +169,14 @@ func (s *Server) Serve() error {
 	}
 }
 
-// accept identifies the peer by the kernel, applies the connection caps,
-// and starts the connection's goroutine. A refusal costs one getsockopt and
-// a map lookup, so a flood of connections drains fast and cannot hold the
-// accept loop (or the backlog) against other tenants.
+// accept applies the node's and the uid's connection caps, which need only
+// SO_PEERCRED, and hands the connection to its goroutine, which identifies
+// the process and applies the per-process cap. A refusal costs one
+// getsockopt and a map lookup, and nothing on this goroutine reads /proc or
+// writes to a client, so neither a flood of connections nor a process whose
+// /proc is slow to read can hold the accept loop (or the backlog) against
+// other tenants.
 func (s *Server) accept(c *net.UnixConn) {
-	log := s.cfg.Log
 	now := time.Now()
 	cred, err := peerCred(c)
 	if err != nil {
@@ -181,46 +184,100 @@ func (s *Server) accept(c *net.UnixConn) {
 		c.Close()
 		return
 	}
-	if refuse := s.overCap(int(cred.Pid), cred.Uid); refuse != "" {
-		s.refuse(c, cred, refuse, now)
-		return
+	s.mu.Lock()
+	refuse := s.overCapLocked(cred.Uid)
+	if refuse == "" && !s.closed {
+		// Reserved now, so that a flood is refused here, before any
+		// goroutine starts for it.
+		s.pending++
+		s.perUID[cred.Uid]++
+		s.wg.Add(1)
+	}
+	closed := s.closed
+	s.mu.Unlock()
+	switch {
+	case closed:
+		c.Close()
+	case refuse != "":
+		s.refuse(c, cred, nil, "uid:"+strconv.FormatUint(uint64(cred.Uid), 10), refuse, now)
+	default:
+		go s.setup(c, cred, now)
+	}
+}
+
+// setup identifies a connection's process by a pidfd (never by its pid
+// alone: the pid of a process that has exited is another's tomorrow),
+// applies the per-process cap to that process, sends the verify floor, and
+// serves the connection.
+func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
+	release := func() {
+		s.mu.Lock()
+		s.pending--
+		if s.perUID[cred.Uid]--; s.perUID[cred.Uid] <= 0 {
+			delete(s.perUID, cred.Uid)
+		}
+		s.mu.Unlock()
+		s.wg.Done()
 	}
 	h, err := peerHandle(c, cred, now, s.cfg.ProcRoot)
 	if err != nil {
 		s.cfg.Metrics.IngestErrors.WithLabelValues("peer_gone").Inc()
-		log.Debug("connection from a process already gone", "error", err)
+		s.cfg.Log.Debug("connection from a process already gone", "error", err)
 		c.Close()
+		release()
+		return
+	}
+	// The cap first, before /proc is read: a process's excess connections
+	// cost a pidfd each, nothing more.
+	s.mu.Lock()
+	p := s.procs[h.Key()]
+	over := p != nil && p.conns >= s.cfg.MaxConnsPerProcess
+	s.mu.Unlock()
+	if over {
+		s.refuse(c, cred, h, h.Key(), fmt.Sprintf("the process holds %d connections, its cap", s.cfg.MaxConnsPerProcess), now)
+		release()
 		return
 	}
 	pol := s.cfg.Policy()
-	id := Identify(s.cfg.ProcRoot, int(cred.Pid), cred.Uid, pol.TrustTenantClaims)
+	id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, pol.TrustTenantClaims)
 	parentKey := ""
-	if ppid, err := proc.Parent(s.cfg.ProcRoot, h.PID); err == nil && ppid > 1 {
+	if ppid, err := proc.Parent(s.cfg.ProcRoot, h.PID); err == nil && ppid > 1 && h.Alive() {
 		parentKey, _ = proc.KeyOf(s.cfg.ProcRoot, ppid)
 	}
 
 	s.mu.Lock()
-	refuse := s.overCapLocked(int(cred.Pid), cred.Uid) // again: others may have connected meanwhile
 	var cn *conn
-	inherit := false
-	if refuse == "" {
-		p := s.procs[h.Key()]
+	inherit, inheritWhy, refuse := false, "", ""
+	p = s.procs[h.Key()]
+	switch {
+	case s.closed:
+		refuse = "the agent is stopping"
+	case p != nil && p.conns >= s.cfg.MaxConnsPerProcess:
+		refuse = fmt.Sprintf("the process holds %d connections, its cap", p.conns)
+	default:
 		if p == nil {
 			p = &process{h: h, key: h.Key(), id: id}
 			s.procs[p.key] = p
 		}
 		p.conns++
-		s.perUID[cred.Uid]++
-		s.perPID[h.PID]++
-		if !p.denied && parentKey != "" && s.denied[parentKey] {
-			p.denied, s.denied[p.key], inherit = true, true, true
+		switch {
+		case s.denied[p.key]: // denied before, and reconnecting
+			p.denied, inherit, inheritWhy = true, true, "the process was denied before it reconnected"
+		case !p.denied && parentKey != "" && s.denied[parentKey]:
+			p.denied, s.denied[p.key], inherit, inheritWhy = true, true, true, "inherited: parent process "+parentKey+" is denied"
 		}
-		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]tracer.Handle{}, opened: now, floor: floorOf(pol)}
+		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]tracer.Handle{}, opened: now, floor: floorOf(pol), denySent: inherit}
 		s.conns[cn] = struct{}{}
+		s.pending-- // the reservation is now a connection
 	}
 	s.mu.Unlock()
-	if refuse != "" {
-		s.refuse(c, cred, refuse, now)
+	if cn == nil {
+		if !s.isClosed() {
+			s.refuse(c, cred, h, h.Key(), refuse, now)
+		} else {
+			c.Close()
+		}
+		release()
 		return
 	}
 	s.cfg.Peers.add(h)
@@ -229,47 +286,61 @@ func (s *Server) accept(c *net.UnixConn) {
 	// policy asks, whatever it was started with.
 	s.write(cn, wire.Floor(cn.floor.verify, cn.floor.doublePass, cn.floor.samples))
 	if inherit {
-		s.inheritDeny(cn, parentKey)
+		s.inheritDeny(cn, inheritWhy)
 	}
-	s.wg.Add(1)
-	go s.handle(cn)
+	s.handle(cn)
 }
 
-func (s *Server) overCap(pid int, uid uint32) string {
+func (s *Server) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.overCapLocked(pid, uid)
+	return s.closed
 }
 
-func (s *Server) overCapLocked(pid int, uid uint32) string {
+// overCapLocked applies the caps that need only the kernel's uid: the
+// node's and the uid's (connections being set up count).
+func (s *Server) overCapLocked(uid uint32) string {
 	switch {
-	case len(s.conns) >= s.cfg.MaxConns:
+	case len(s.conns)+s.pending >= s.cfg.MaxConns:
 		return fmt.Sprintf("the node's %d connections are taken", s.cfg.MaxConns)
 	case s.perUID[uid] >= s.cfg.MaxConnsPerUID:
 		return fmt.Sprintf("uid %d holds %d connections, its cap", uid, s.perUID[uid])
-	case s.perPID[pid] >= s.cfg.MaxConnsPerProcess:
-		return fmt.Sprintf("the process holds %d connections, its cap", s.perPID[pid])
 	}
 	return ""
 }
 
 // refuse closes a connection over a cap, counts it, and reports the process
-// (at most once per reflag per process and per uid).
-func (s *Server) refuse(c *net.UnixConn, cred *unix.Ucred, why string, now time.Time) {
+// (at most once per reflag per key — the process, or the uid — and per
+// uid). h is the process when it is known; otherwise it is identified off
+// the accept loop.
+func (s *Server) refuse(c *net.UnixConn, cred *unix.Ucred, h *proc.Handle, key, why string, now time.Time) {
 	s.cfg.Metrics.IngestErrors.WithLabelValues("too_many_connections").Inc()
-	if s.flagLimit(fmt.Sprintf("pid:%d", cred.Pid), cred.Uid, now) {
-		s.cfg.Log.Warn("connection refused", "pid", cred.Pid, "uid", cred.Uid, "reason", why)
-		if h, err := peerHandle(c, cred, now, s.cfg.ProcRoot); err == nil {
-			id := Identify(s.cfg.ProcRoot, h.PID, cred.Uid, s.cfg.Policy().TrustTenantClaims)
-			s.cfg.Violations.Emit(violation.Violation{Kind: violation.ConnectionLimit, PID: h.PID, Tenant: id.Tenant, Detail: "connection refused: " + why, Source: "ingest", Process: h})
-		}
+	if !s.flagLimit(key, cred.Uid, now) {
+		c.Close()
+		return
 	}
-	c.Close()
+	s.cfg.Log.Warn("connection refused", "pid", cred.Pid, "uid", cred.Uid, "reason", why)
+	report := func() {
+		defer c.Close()
+		if h == nil {
+			var err error
+			if h, err = peerHandle(c, cred, now, s.cfg.ProcRoot); err != nil {
+				return
+			}
+		}
+		id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, s.cfg.Policy().TrustTenantClaims)
+		s.cfg.Violations.Emit(violation.Violation{Kind: violation.ConnectionLimit, PID: h.PID, Tenant: id.Tenant, Detail: "connection refused: " + why, Source: "ingest", Process: h, At: now})
+	}
+	if h == nil {
+		go report() // at most once per uid per reflag
+		return
+	}
+	report()
 }
 
 // flagLimit reports whether a connection_limit violation is due for this
-// process: at most one per process and one per uid every reflag, so a
-// flood of refused connections is not a flood of violations.
+// key: at most one per key and one per uid every reflag, so a flood of
+// refused connections is not a flood of violations.
 func (s *Server) flagLimit(key string, uid uint32, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -323,6 +394,7 @@ func (s *Server) Close() {
 	close(s.quit)
 	s.ln.Close()
 	s.mu.Lock()
+	s.closed = true
 	for c := range s.conns {
 		c.c.Close()
 	}
@@ -332,21 +404,29 @@ func (s *Server) Close() {
 
 // Deny tells every interposer connected from h's process to refuse new
 // allocations, and remembers it so the process's children are denied when
-// they connect. Each write has a deadline and happens outside the server's
+// they connect. Each connection is told once (a deny is not lifted): a
+// process that provokes a violation per record cannot have the agent write
+// to its connections until they fill, and so cannot make the enforcer wait
+// on its writes. Each write has a deadline and happens outside the server's
 // lock: a client that does not read within WriteTimeout is disconnected.
 func (s *Server) Deny(h *proc.Handle) error {
 	s.pruneDenied()
 	s.mu.Lock()
 	s.denied[h.Key()] = true
 	var cs []*conn
+	n := 0
 	for c := range s.conns {
 		if c.p.key == h.Key() {
-			cs = append(cs, c)
+			n++
 			c.p.denied = true
+			if !c.denySent {
+				c.denySent = true
+				cs = append(cs, c)
+			}
 		}
 	}
 	s.mu.Unlock()
-	if len(cs) == 0 {
+	if n == 0 {
 		return fmt.Errorf("%v has no interposer connection (its children will be denied when they connect)", h)
 	}
 	for _, c := range cs {
@@ -387,15 +467,16 @@ func (s *Server) pruneDenied() {
 	s.mu.Unlock()
 }
 
-// inheritDeny denies a new connection whose parent process was denied, and
-// records it (the action was the enforcer's; this carries it to the child).
-func (s *Server) inheritDeny(c *conn, parentKey string) {
+// inheritDeny denies a new connection of a process that was denied, or
+// whose parent was, and records it (the action was the enforcer's; this
+// carries it to the new connection).
+func (s *Server) inheritDeny(c *conn, why string) {
 	result := "denied new allocations"
 	if err := s.write(c, wire.Control(wire.CtlDeny)); err != nil {
 		result = "error: " + err.Error()
 	}
 	if _, err := s.cfg.Trail.Append(trailevent.Action{Ev: trailevent.EvAction, Action: policy.ActionDeny, PID: c.id.PID, Tenant: c.id.Tenant,
-		Result: result, Reason: "inherited: parent process " + parentKey + " is denied"}); err != nil {
+		Result: result, Reason: why}); err != nil {
 		s.cfg.Log.Error("recording an inherited deny", "error", err)
 	}
 }
