@@ -132,6 +132,7 @@ bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as
 	@mkdir -p $(BUILD)
 	$(GO) test -run '^$$' -bench AppendDurable -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
 	$(GO) test -run '^$$' -bench Verify -benchtime 3x ./forensic/ | tee -a $(BUILD)/bench-forensic.txt
+	$(GO) test -run '^$$' -bench Report -benchtime 3x ./report/ | tee $(BUILD)/bench-report.txt
 	$(GO) test -run '^$$' -bench Zeroize -benchtime 2s ./zeroize/ | tee $(BUILD)/bench-zeroize.txt
 	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: kvh end to end on the fake CUDA driver, on any Linux machine.
-# Leaves DEMO_DIR/trail (the trail), DEMO_DIR/kvh.pub (its verification key)
-# and DEMO_DIR/metrics.json (seed-compatible metrics).
+# Leaves DEMO_DIR/trail (the trail), DEMO_DIR/kvh.pub (its verification key),
+# DEMO_DIR/metrics.json (seed-compatible metrics) and DEMO_DIR/report.html
+# (the auditor's evidence report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-./var/demo}
@@ -114,3 +115,8 @@ if [ "${WITNESS:-0}" = 1 ]; then
 else
   echo "  (The eBPF witness needs root: run 'sudo make demo' to see a bypassing process caught.)"
 fi
+
+say "10. The auditor's evidence report (kvh-verify report: verifies first, then draws)"
+$BIN/kvh-verify report "$DEMO_DIR/trail" --pubkey "$DEMO_DIR/kvh.pub" --controls compliance/controls.yaml \
+  --out "$DEMO_DIR/report.html" | sed 's/^/  /' || fail "kvh-verify report could not draw the report"
+echo "  report      $DEMO_DIR/report.html (one self-contained file: open it in a browser)"
