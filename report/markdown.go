@@ -21,7 +21,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 
 // mdEscape keeps trail-supplied text from breaking a Markdown table.
 func mdEscape(s string) string {
-	return strings.NewReplacer("|", `\|`, "\n", " ", "\r", " ", "`", "'", "<", "&lt;", ">", "&gt;").Replace(s)
+	return strings.NewReplacer("|", `\|`, "\n", " ", "\r", " ", "`", "'", "<", "&lt;").Replace(s)
 }
 
 func mdKinds(m map[string]uint64) string {
