@@ -26,8 +26,6 @@ type Input struct {
 	Key string
 	// OffNode is how many checkpoints kept off the node were given.
 	OffNode int
-	// MACKey is true when the auditor gave a MAC key.
-	MACKey bool
 	// Controls, when set, are evaluated on the trail.
 	Controls *compliance.File
 	// Tool is the version of the program drawing the report.
