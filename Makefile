@@ -155,6 +155,10 @@ demo: build interpose fakecuda ## run kvh end to end on the fake driver: leak wi
 real-cuda: ## install NVIDIA's real libcuda, libcudart 11.8, nvcc and ptxas from Debian non-free (root; no GPU needed)
 	bash scripts/install-real-cuda.sh
 
+.PHONY: ptx-check
+ptx-check: ## assemble libkvh's embedded verify kernel with ptxas for sm_70, sm_80 and sm_90; fail on any warning (make real-cuda first)
+	$(GO) test -count=1 -run '^TestVerifyKernelAssembles$$' ./internal/realcudatest/
+
 # NVCC_CCBIN (default clang-14 on Debian) and NVCCFLAGS pick nvcc's host
 # compiler and flags; scripts/gpu-check.sh says what it checks.
 gpu-check: ## on a machine with an NVIDIA GPU and nvcc: libkvh against the real driver (build/gpu-check.txt; exits 2 when it built but found no device)

@@ -12,6 +12,8 @@
 //   - the real runtime, built with nvcc and gcc, traced by an LD_AUDIT library
 //     (testdata/realcuda/gpa_audit.c) with and without libkvh
 //     (runtime_test.go, testdata/realcuda/runtime.c);
+//   - libkvh's embedded verify kernel through ptxas for sm_70, sm_80 and
+//     sm_90, warnings as errors (ptx_test.go; make ptx-check);
 //   - make gpu-check building with the real nvcc, and stopping without a
 //     device (gpucheck_test.go);
 //   - the fake-driver tests still loading the fake now that the real driver is
