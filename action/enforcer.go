@@ -32,8 +32,10 @@ type Config struct {
 	Log    hclog.Logger
 	// Denier carries out deny; nil makes every deny fail (and say so).
 	Denier Denier
-	// Identify names the tenant of a violation whose detector did not.
-	Identify func(pid int) string
+	// Identify names the tenant of a violation whose detector did not, from
+	// the violator's handle; it must check that the process is alive after
+	// reading /proc, so that what it read was that process's.
+	Identify func(h *proc.Handle) string
 	// Connected returns the pidfd of pid's connected process, or nil; a
 	// violation without a Process is resolved through it, else by opening
 	// the pid and refusing a process that started after the violation.
@@ -140,8 +142,11 @@ func (e *Enforcer) handle(v violation.Violation) string {
 	if v.At.IsZero() {
 		v.At = time.Now()
 	}
-	if v.Tenant == "" && e.cfg.Identify != nil && v.PID > 0 {
-		v.Tenant = e.cfg.Identify(v.PID)
+	// The violator first, by a pidfd, then its tenant through that handle: a
+	// pid read again in /proc may name a process that took it since.
+	h, herr := e.resolve(v)
+	if v.Tenant == "" && e.cfg.Identify != nil && herr == nil {
+		v.Tenant = e.cfg.Identify(h)
 	}
 	act := e.cfg.Policy().For(v.Tenant).OnViolation
 	log := e.cfg.Log.With("kind", v.Kind, "pid", v.PID, "tenant", v.Tenant)
@@ -156,7 +161,7 @@ func (e *Enforcer) handle(v violation.Violation) string {
 		e.cfg.Metrics.Actions.WithLabelValues(act).Inc()
 		return act
 	}
-	h, err := e.resolve(v)
+	err := herr
 	var result string
 	if err == nil {
 		key := h.Key() + "/" + act // the process, not the pid: a pid is reused
@@ -197,7 +202,9 @@ func (e *Enforcer) resolve(v violation.Violation) (*proc.Handle, error) {
 		return v.Process, nil
 	}
 	if e.cfg.Connected != nil {
-		if h := e.cfg.Connected(v.PID); h != nil {
+		// The connected process is the violator only if it started before
+		// the violation; one that started after took the pid since.
+		if h := e.cfg.Connected(v.PID); h != nil && !h.StartedAfter(v.At) {
 			return h, nil
 		}
 	}

@@ -79,7 +79,7 @@ func TestKillRecordsThenActs(t *testing.T) {
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
-	e, tr, m := newEnforcer(t, policy.ActionKill, Config{Identify: func(int) string { return "tenant-x" }})
+	e, tr, m := newEnforcer(t, policy.ActionKill, Config{Identify: func(*proc.Handle) string { return "tenant-x" }})
 	if act := e.handle(violation.Violation{Kind: violation.TTLExpired, PID: cmd.Process.Pid, Source: "ledger"}); act != policy.ActionKill {
 		t.Fatalf("action %s", act)
 	}

@@ -131,14 +131,28 @@ func (c *Correlator) Check(now time.Time) {
 			detail += fmt.Sprintf(" (and %d more since the last report)", n)
 			c.suppressed[ev.PID] = 0
 		}
-		vs = append(vs, violation.Violation{Kind: violation.UnattestedFree, PID: ev.PID, Detail: detail, Source: "witness"})
+		// Dated when the witness saw it, not when it settled: the enforcer
+		// refuses a process that took the pid after that.
+		vs = append(vs, violation.Violation{Kind: violation.UnattestedFree, PID: ev.PID, Detail: detail, Source: "witness", At: ev.At})
 	}
 	c.pending = keep
-	var candidates []int
+	type candidate struct {
+		pid   int
+		first time.Time
+	}
+	var candidates []candidate
 	for pid, first := range c.uncovered {
 		if now.Sub(first) >= c.cfg.Window {
 			delete(c.uncovered, pid)
-			candidates = append(candidates, pid)
+			candidates = append(candidates, candidate{pid, first})
+		}
+	}
+	// Throttling state of pids not reported for a while goes (a pid is
+	// reused, and the map would otherwise hold every pid ever reported).
+	for pid, last := range c.lastFlag {
+		if now.Sub(last) >= 10*time.Second && c.suppressed[pid] == 0 {
+			delete(c.lastFlag, pid)
+			delete(c.suppressed, pid)
 		}
 	}
 	// Attestations the witness never matched (a library it does not probe)
@@ -149,15 +163,15 @@ func (c *Correlator) Check(now time.Time) {
 		}
 	}
 	c.mu.Unlock()
-	for _, pid := range candidates {
-		if c.cfg.Covered(pid) {
+	for _, cd := range candidates {
+		if c.cfg.Covered(cd.pid) {
 			continue
 		}
 		c.mu.Lock()
-		c.flagged[pid] = true
+		c.flagged[cd.pid] = true
 		c.mu.Unlock()
 		c.uncoveredG.Inc()
-		vs = append(vs, violation.Violation{Kind: violation.UncoveredProcess, PID: pid, Detail: "calls the CUDA driver without the kvh interposer", Source: "witness"})
+		vs = append(vs, violation.Violation{Kind: violation.UncoveredProcess, PID: cd.pid, Detail: "calls the CUDA driver without the kvh interposer", Source: "witness", At: cd.first})
 	}
 	for _, v := range vs {
 		c.cfg.Violations.Emit(v)

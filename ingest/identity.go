@@ -75,6 +75,25 @@ func identifyHandle(procRoot string, h *proc.Handle, uid uint32, trustClaims boo
 	return id
 }
 
+// IdentifyProcess identifies the process h holds, for a detector that saw
+// only its pid: its effective uid (what SO_PEERCRED would have said) from
+// /proc/<pid>/status, then as identifyHandle.
+func IdentifyProcess(procRoot string, h *proc.Handle, trustClaims bool) Identity {
+	uid := ^uint32(0)
+	if b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(h.PID), "status")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				if f := strings.Fields(v); len(f) >= 2 {
+					if n, err := strconv.ParseUint(f[1], 10, 32); err == nil {
+						uid = uint32(n)
+					}
+				}
+			}
+		}
+	}
+	return identifyHandle(procRoot, h, uid, trustClaims)
+}
+
 // cgroupPath returns the cgroup v2 path ("0::/…") or, on v1, the memory or
 // first controller's path.
 func cgroupPath(b []byte) string {

@@ -20,6 +20,7 @@ import (
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/gpu"
 	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/trailevent"
@@ -152,8 +153,8 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		return nil, err
 	}
 	enf, err := action.New(action.Config{Trail: trail, Policy: ledger.Policy, Log: log.Named("action"), Denier: server,
-		Identify: func(pid int) string {
-			return ingest.Identify(cfg.ProcRoot, pid, 0, ledger.Policy().TrustTenantClaims).Tenant
+		Identify: func(h *proc.Handle) string {
+			return ingest.IdentifyProcess(cfg.ProcRoot, h, ledger.Policy().TrustTenantClaims).Tenant
 		},
 		Connected: peers.Process,
 		ProcRoot:  cfg.ProcRoot, CgroupRoot: cfg.CgroupRoot, ActionTimeout: cfg.ActionTimeout,

@@ -98,6 +98,13 @@ func OpenSeenAt(pid int, seen time.Time, procRoot string) (*Handle, error) {
 	return h, nil
 }
 
+// StartedAfter reports whether the process started after t (beyond the
+// resolution of a start time): then it cannot be what was seen at t.
+func (h *Handle) StartedAfter(t time.Time) bool {
+	started := StartedAt(h.Start)
+	return !started.IsZero() && started.After(t.Add(tick))
+}
+
 // tick is the resolution of a process start time (USER_HZ is 100 on Linux).
 const tick = 10 * time.Millisecond
 
