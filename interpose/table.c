@@ -60,7 +60,7 @@ static void say_once(atomic_int *said, const char *msg, size_t n) {
 
 /* grow rehashes s into room for twice its live entries (s->mu held): 0 when
  * it may not (KVH_TEST_TABLE_FIXED) or cannot (no memory). */
-static int grow(struct stripe *s) {
+__attribute__((noinline, cold)) static int grow(struct stripe *s) {
   static atomic_int said;
   static const char msg[] = "libkvh: the allocation table cannot grow (out of memory): device frees it missed are "
                             "zeroized over the range cuMemGetAddressRange reports; other untracked frees pass through\n";

@@ -669,7 +669,7 @@ func TestTableBeyondCapacity(t *testing.T) {
 			if tc.live == "1100000" && testing.Short() {
 				t.Skip("1.1M live allocations")
 			}
-			run := Exec("table", Lib(), append(tc.env, "KVH_SOCKET=/nonexistent/kvh.sock"), tc.live)
+			run := Exec("table", Lib(), append(tc.env, "KVH_SOCKET=/nonexistent/kvh.sock", "FAKECUDA_ARENA_MB=512"), tc.live)
 			if run.Err != nil || run.Value("DIRTY") != 0 || (run.Value("UNTRACKED") > 0) != tc.untracked {
 				t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
 			}

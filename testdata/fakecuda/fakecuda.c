@@ -10,6 +10,8 @@
  *   FAKECUDA_MEMSET_PARTIAL=N     cuMemsetD8* leaves the last N bytes untouched and reports success
  *   FAKECUDA_COPYBACK_LIE=1       cuMemcpyDtoH* returns zeros whatever the memory holds
  *   FAKECUDA_FREE_FAIL=1          cuMemFree_v2 fails (and frees nothing)
+ * Size, read once:
+ *   FAKECUDA_ARENA_MB=N           device memory in all (default 256; a million live 256-byte blocks need 512)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -20,7 +22,7 @@
 #include "kvh_cuda.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define ARENA (1ul << 30) /* room for over a million live 256-byte blocks */
+static size_t ARENA = 256u << 20;
 #define MAXB 65536
 
 /* Blocks are carved from the arena and never merged. Free blocks wait on a
@@ -43,6 +45,8 @@ static int env_int(const char *k) { const char *v = getenv(k); return v ? atoi(v
 
 static void init(void) {
   if (!arena) {
+    size_t mb = (size_t)env_int("FAKECUDA_ARENA_MB");
+    if (mb >= 1 && mb <= 4096) ARENA = mb << 20;
     arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (arena == MAP_FAILED) abort();
   }
