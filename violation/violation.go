@@ -15,10 +15,11 @@ package violation
 
 import (
 	"context"
-
-	"github.com/kvhygiene/kvh/internal/proc"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/kvhygiene/kvh/internal/proc"
 )
 
 // Kind names what was breached. The list is closed: Kinds returns every
@@ -92,13 +93,18 @@ type Sink interface {
 type Overflow map[Kind]uint64
 
 // Queue is a bounded, non-blocking FIFO of violations with one consumer.
+// No one process may hold more than a sixteenth of it, nor one tenant more
+// than a quarter, so a process that provokes violations faster than they
+// are recorded cannot crowd out another's.
 type Queue struct {
-	mu       sync.Mutex
-	buf      []Violation
-	cap      int
-	overflow Overflow
-	closed   bool
-	ready    chan struct{} // one pending wake-up for the consumer
+	mu        sync.Mutex
+	buf       []Violation
+	cap       int
+	perProc   map[string]int // queued, by process (pidfd key, else pid)
+	perTenant map[string]int // queued, by tenant (when the detector named it)
+	overflow  Overflow
+	closed    bool
+	ready     chan struct{} // one pending wake-up for the consumer
 }
 
 // NewQueue returns a queue that holds up to capacity violations (default 4096).
@@ -106,27 +112,40 @@ func NewQueue(capacity int) *Queue {
 	if capacity <= 0 {
 		capacity = 4096
 	}
-	return &Queue{cap: capacity, ready: make(chan struct{}, 1)}
+	return &Queue{cap: capacity, ready: make(chan struct{}, 1), perProc: map[string]int{}, perTenant: map[string]int{}}
 }
 
-// Emit queues v. It never blocks: when the queue is full, v is counted as
-// overflow of its kind (and the consumer records the count).
+func procKey(v *Violation) string {
+	if v.Process != nil {
+		return v.Process.Key()
+	}
+	return "pid:" + strconv.Itoa(v.PID)
+}
+
+// Emit queues v. It never blocks: when the queue, or the violator's or its
+// tenant's share of it, is full, v is counted as overflow of its kind (and
+// the consumer records the count).
 func (q *Queue) Emit(v Violation) {
 	if v.At.IsZero() {
 		v.At = time.Now()
 	}
+	pk := procKey(&v)
 	q.mu.Lock()
 	switch {
 	case q.closed:
 		q.mu.Unlock()
 		return
-	case len(q.buf) >= q.cap:
+	case len(q.buf) >= q.cap || q.perProc[pk] >= max(q.cap/16, 1) || v.Tenant != "" && q.perTenant[v.Tenant] >= max(q.cap/4, 1):
 		if q.overflow == nil {
 			q.overflow = Overflow{}
 		}
 		q.overflow[v.Kind]++
 	default:
 		q.buf = append(q.buf, v)
+		q.perProc[pk]++
+		if v.Tenant != "" {
+			q.perTenant[v.Tenant]++
+		}
 	}
 	q.mu.Unlock()
 	select {
@@ -163,6 +182,8 @@ func (q *Queue) Next(ctx context.Context) (vs []Violation, over Overflow, ok boo
 		if len(q.buf) > 0 || len(q.overflow) > 0 {
 			vs, over = q.buf, q.overflow
 			q.buf, q.overflow = nil, nil
+			clear(q.perProc)
+			clear(q.perTenant)
 			q.mu.Unlock()
 			return vs, over, true
 		}
