@@ -111,6 +111,16 @@ func Listen(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
 		ln.Close()
 		return nil, err
 	}
+	// A mode that lets others in (0666) is of no use if they cannot reach
+	// the socket: let them through the directory (search only, no listing).
+	if mode&0o006 != 0 {
+		if st, err := os.Stat(filepath.Dir(path)); err == nil && st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(filepath.Dir(path), st.Mode().Perm()|0o001); err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("socket directory: %w", err)
+			}
+		}
+	}
 	return ln, nil
 }
 
