@@ -16,8 +16,10 @@
  *   config.c   the configuration, read once from the environment
  *   resolve.c  the hook table, real symbols, dlsym and the resolvers
  *              (cuGetProcAddress, cudaGetDriverEntryPoint)
- *   table.c    the allocation table
- *   report.c   the event ring, the socket reporter and the agent's deny
+ *   table.c    the allocation table (lock-striped, growing) and the VMM
+ *              mappings
+ *   report.c   the event ring, the socket reporter and the agent's
+ *              controls (deny, allow, the verify floor)
  *   verify.c   zeroize and verify, with the device-side PTX zero check
  *   hooks.c    the allocation and free wrappers and the common free path
  *   coop.c     the cooperative API (tenant and request tags, the PyTorch

@@ -1,7 +1,8 @@
 /* report.c — events for the agent: a lock-free ring that the hooks fill,
  * drained by one background thread onto the agent's Unix socket, and the
- * agent's control messages back (deny, allow). Nothing here blocks a hook on
- * the agent: a full ring counts a drop, and drops are reported. */
+ * agent's control messages back (deny, allow, the verify floor). Nothing
+ * here blocks a hook on the agent: a full ring counts a drop, and drops are
+ * reported. */
 #include "kvh_internal.h"
 
 #include <errno.h>
