@@ -34,7 +34,7 @@ func esc(s string) string { return html.EscapeString(s) }
 // histogram draws a histogram's buckets as bars, each labelled below and
 // its count above.
 func histogram(title string, b []Bucket, color string) template.HTML {
-	const w, h, top, bottom = 270, 130, 18, 24
+	const w, h, top, bottom = 300, 130, 18, 24
 	var max uint64
 	for _, x := range b {
 		max = maxU(max, x.Count)
