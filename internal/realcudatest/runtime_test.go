@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -206,9 +207,7 @@ func versionsAndFlags(fs []fetch) string {
 		fl[f.Flags]++
 		rs[f.Resolver]++
 	}
-	var v []string
-	for _, k := range sorted(vs) {
-		v = append(v, k)
-	}
+	v := sorted(vs)
+	sort.Slice(v, func(i, j int) bool { a, _ := strconv.Atoi(v[i]); b, _ := strconv.Atoi(v[j]); return a < b })
 	return fmt.Sprintf("resolvers %v, flags %v, versions %s", rs, fl, strings.Join(v, ","))
 }
