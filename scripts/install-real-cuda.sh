@@ -28,7 +28,8 @@ fi
 apt=(apt-get -o DPkg::Lock::Timeout=600)
 src=/etc/apt/sources.list.d/debian.sources
 nonfree=/etc/apt/sources.list.d/nonfree.sources
-if ! grep -rqsE '^(Components:.*\bnon-free\b|deb .* non-free( |$))' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+# non-free itself, not non-free-firmware (which Debian 12 enables by default).
+if ! grep -rqsE '^(Components:|deb ).*[[:space:]]non-free([[:space:]]|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   # The URI of the stanza that serves the release itself (not -security).
   uri=""
   if [ -f "$src" ]; then
