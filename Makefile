@@ -107,7 +107,7 @@ $(BIN)/%: $(GOFILES)
 # -p 1: packages take turns. As root the witness tests probe the fake driver
 # every other package's clients also load, and a 16-thread stress test running
 # beside them would flood their ring buffer.
-test: ## run every test with -race, then a short run of every fuzz target
+test: deps ## install what the tests need (root), then every test with -race, then a short run of every fuzz target
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME)
@@ -147,6 +147,10 @@ lint: ## gofmt, go vet, staticcheck
 
 demo: build interpose fakecuda ## run kvh end to end on the fake driver: leak without kvh, zeros with it, a verified trail
 	@DEMO_DIR=$${DEMO_DIR:-./var/demo} bash scripts/demo.sh
+
+.PHONY: deps
+deps: ## install the Debian packages the tests need when missing: clang, libbpf, sanitizers, chromium, NVIDIA's real libraries (root)
+	bash scripts/install-test-deps.sh
 
 # NVIDIA's real driver, runtime and toolkit, without a GPU: the tests in
 # internal/realcudatest and the witness's tests hold kvh to them, and fail
