@@ -182,6 +182,9 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		return err
 	case wire.FloorAck:
 		got := floor{verify: r.Verify, doublePass: r.Flags&wire.FlagDoublePass != 0, samples: uint16(min(r.Count, 65535))}
+		if c.acked {
+			return nil // one floor, one acknowledgement: a second cannot move the settle window
+		}
 		c.acked, c.ackSeq, c.ackAt = true, r.Seq, time.Now()
 		if !got.meets(c.floor) {
 			s.violation(c, violation.VerifyBelowFloor, fmt.Sprintf("the interposer applied %v, below the floor %v", got, c.floor))
@@ -289,7 +292,9 @@ const (
 // the grace, is a verify_below_floor violation (once per process and
 // reflag).
 func (s *Server) judgeFloor(c *conn, r *wire.Record, verified bool) int64 {
-	applies := !c.acked && time.Since(c.opened) > floorGrace ||
+	// The exemptions hold only within the grace after connecting: a claimed
+	// seq (2^64-1, say) cannot exempt a connection's frees for ever.
+	applies := time.Since(c.opened) > floorGrace ||
 		c.acked && r.Seq > c.ackSeq && time.Since(c.ackAt) > floorSettle
 	got := floor{verify: r.Verify, doublePass: r.Flags&wire.FlagDoublePass != 0, samples: c.floor.samples}
 	if applies && !got.meets(c.floor) && c.p.shouldFlag(violation.VerifyBelowFloor, time.Now()) {

@@ -20,6 +20,7 @@ import (
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/violation"
+	"github.com/kvhygiene/kvh/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -243,4 +244,32 @@ func TestAttackRepeatedDenyStallsTheEnforcer(t *testing.T) {
 	if worst >= wt {
 		t.Fatalf("one deny blocked the enforcer for %v (write timeout %v)", worst, wt)
 	}
+}
+
+// A forged acknowledgement with the largest seq, or a stream of them, must
+// not exempt a connection's frees from the floor for ever.
+func TestAttackFloorAckSeqMax(t *testing.T) {
+	pol := policy.Default()
+	pol.VerifyMode = "full"
+	h := newHarness(t, pol, ingest.Config{})
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: h.sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(wire.Record{Type: wire.FloorAck, Seq: ^uint64(0), Verify: wire.VerifyFull}.Encode())
+	time.Sleep(2500 * time.Millisecond) // past the grace after connecting
+	c.Write(wire.Record{Type: wire.FloorAck, Seq: ^uint64(0), Verify: wire.VerifyFull}.Encode())
+	c.Write(append(wire.Record{Type: wire.Alloc, Seq: 2, Ptr: 0x5000, Bytes: 4096}.Encode(),
+		wire.Record{Type: wire.Free, Seq: 3, Ptr: 0x5000, Bytes: 4096, Zeroed: 4096, Verify: wire.VerifyOff, Fn: 4}.Encode()...))
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, v := range h.sink.all() {
+			if v.Kind == violation.VerifyBelowFloor {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("a forged acknowledgement exempted an unverified free: %+v", h.sink.all())
 }
