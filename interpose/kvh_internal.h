@@ -206,9 +206,9 @@ struct slot {
 struct stripe {
   pthread_mutex_t mu;
   struct slot *slots;
-  uint32_t cap;  /* a power of two; grows (table.c) */
-  uint32_t live; /* entries */
-  uint32_t used; /* entries and tombstones */
+  uint32_t cap;     /* a power of two; grows (table.c) */
+  uint32_t used;    /* entries and tombstones */
+  uint32_t grow_at; /* grow when used reaches it (three quarters of cap) */
 };
 
 struct table {

@@ -26,7 +26,8 @@ void table_init(struct table *t, uint32_t cap) {
     pthread_mutex_init(&t->s[i].mu, NULL);
     t->s[i].slots = slots_new(cap);
     t->s[i].cap = t->s[i].slots ? cap : 0;
-    t->s[i].live = t->s[i].used = 0;
+    t->s[i].used = 0;
+    t->s[i].grow_at = t->s[i].cap / 4 * 3;
   }
 }
 
@@ -50,8 +51,8 @@ struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp) {
 }
 
 void table_del(struct stripe *s, struct slot *e) {
+  (void)s; /* the tombstone still counts as used until the stripe grows */
   e->key = TOMB;
-  s->live--;
 }
 
 static void say_once(atomic_int *said, const char *msg, size_t n) {
@@ -64,11 +65,13 @@ __attribute__((noinline, cold)) static int grow(struct stripe *s) {
   static atomic_int said;
   static const char msg[] = "libkvh: the allocation table cannot grow (out of memory): device frees it missed are "
                             "zeroized over the range cuMemGetAddressRange reports; other untracked frees pass through\n";
-  uint32_t cap = s->cap ? s->cap : 16;
-  while ((uint64_t)(s->live + 1) * 2 > cap && cap < (1u << 30)) cap *= 2;
+  uint32_t live = 0, cap = s->cap ? s->cap : 16;
+  for (uint32_t i = 0; i < s->cap; i++) live += s->slots[i].key > TOMB;
+  while ((uint64_t)(live + 1) * 2 > cap && cap < (1u << 30)) cap *= 2;
   struct slot *n = cfg.table_fixed ? NULL : slots_new(cap);
   if (!n) {
     say_once(&said, msg, sizeof msg - 1);
+    s->grow_at = s->cap; /* try again only when it is full */
     return 0;
   }
   for (uint32_t i = 0; i < s->cap; i++) {
@@ -81,7 +84,8 @@ __attribute__((noinline, cold)) static int grow(struct stripe *s) {
   if (s->slots) munmap(s->slots, (size_t)s->cap * sizeof(struct slot));
   s->slots = n;
   s->cap = cap;
-  s->used = s->live;
+  s->used = live;
+  s->grow_at = cap / 4 * 3;
   return 1;
 }
 
@@ -89,14 +93,13 @@ int table_put(struct table *t, const struct slot *v) {
   uint64_t h;
   struct stripe *s = stripe_of(t, v->key, &h);
   pthread_mutex_lock(&s->mu);
-  if (unlikely((uint64_t)(s->used + 1) * 4 > (uint64_t)s->cap * 3)) grow(s);
+  if (unlikely(s->used >= s->grow_at)) grow(s);
   struct slot *free_slot = NULL;
   int fresh = 0; /* an empty slot, not a tombstone or the key's own */
   for (uint32_t i = 0, j = (uint32_t)(h >> 8) & (s->cap - 1); i < s->cap; i++, j = (j + 1) & (s->cap - 1)) {
     struct slot *x = &s->slots[j];
     if (x->key == v->key) {
       free_slot = x;
-      s->live--; /* counted again below */
       break;
     }
     if (x->key == TOMB && !free_slot) free_slot = x;
@@ -107,7 +110,6 @@ int table_put(struct table *t, const struct slot *v) {
   }
   if (free_slot) {
     *free_slot = *v;
-    s->live++;
     s->used += (uint32_t)fresh;
   }
   pthread_mutex_unlock(&s->mu);
