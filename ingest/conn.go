@@ -99,9 +99,15 @@ func (s *Server) handle(c *conn) {
 				s.flood(c, r, violation.EventRateLimit, capRate, fmt.Sprintf("more than %g events/s", pol.MaxEventRate), now)
 				continue
 			}
-			if r.Type == wire.Alloc && r.Flags&wire.FlagImporter == 0 && c.p.live.Load() >= int64(pol.MaxLiveBuffers) {
-				if _, replaces := c.handles[r.Ptr]; !replaces {
-					s.flood(c, r, violation.LiveBufferLimit, capLive, fmt.Sprintf("more than %d live buffers", pol.MaxLiveBuffers), now)
+			if r.Type == wire.Alloc && r.Flags&wire.FlagImporter == 0 {
+				over := ""
+				if c.p.live.Load() >= int64(pol.MaxLiveBuffers) {
+					over = fmt.Sprintf("more than %d live buffers", pol.MaxLiveBuffers)
+				} else if s.live.Load() >= int64(pol.MaxLiveBuffersNode) {
+					over = fmt.Sprintf("the node holds %d live buffers, max_live_buffers_node", pol.MaxLiveBuffersNode)
+				}
+				if _, replaces := c.handles[r.Ptr]; over != "" && !replaces {
+					s.flood(c, r, violation.LiveBufferLimit, capLive, over, now)
 					continue
 				}
 			}
@@ -160,6 +166,7 @@ func (s *Server) disconnect(c *conn, log interface{ Error(string, ...any) }) {
 	// memory went back to the driver with it.
 	for _, h := range c.handles {
 		c.p.live.Add(-1)
+		s.live.Add(-1)
 		if err := s.cfg.Ledger.Retire(h, "process exited with the buffer allocated"); err != nil {
 			log.Error("retiring buffer", "handle", h, "error", err)
 		}
@@ -207,6 +214,7 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		if old, ok := c.handles[r.Ptr]; ok {
 			delete(c.handles, r.Ptr)
 			c.p.live.Add(-1)
+			s.live.Add(-1)
 			if err := led.Retire(old, "address reallocated before its free was reported"); err != nil {
 				return err
 			}
@@ -217,6 +225,7 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		}
 		c.handles[r.Ptr] = h
 		c.p.live.Add(1)
+		s.live.Add(1)
 		return nil
 	case wire.Free, wire.Quarantine:
 		h, known := c.handles[r.Ptr]
@@ -226,6 +235,7 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		}
 		delete(c.handles, r.Ptr)
 		c.p.live.Add(-1)
+		s.live.Add(-1)
 		if s.cfg.Attested != nil {
 			s.cfg.Attested(c.id.PID, r.Ptr, time.Now())
 		}

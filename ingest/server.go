@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -68,6 +69,7 @@ type Server struct {
 	limits  map[string]time.Time // last connection_limit violation, by process key and by uid
 	wg      sync.WaitGroup
 	quit    chan struct{}
+	live    atomic.Int64 // live buffers of every connection (max_live_buffers_node)
 }
 
 // Listen binds the interposer socket: it creates its directory 0750,
@@ -136,10 +138,10 @@ func New(ln *net.UnixListener, cfg Config) (*Server, error) {
 		cfg.DropThreshold = 1000
 	}
 	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 4096
+		cfg.MaxConns = 1024
 	}
 	if cfg.MaxConnsPerUID <= 0 {
-		cfg.MaxConnsPerUID = 1024
+		cfg.MaxConnsPerUID = 256
 	}
 	if cfg.MaxConnsPerProcess <= 0 {
 		cfg.MaxConnsPerProcess = 8

@@ -52,9 +52,10 @@ type Config struct {
 	TrustTenantClaims bool `yaml:"trust_tenant_claims" json:"trust_tenant_claims" doc:"honour a process's own KVH_TENANT where it has no pod or container identity (bare metal); otherwise it is recorded as a claim only"`
 	// TTLAllowImmediate permits ttl_sec <= 0 (every buffer expires on first
 	// use), which is otherwise refused as a likely mistake.
-	TTLAllowImmediate bool    `yaml:"ttl_allow_immediate" json:"ttl_allow_immediate" doc:"permit ttl_sec <= 0 (every buffer expires at once); refused otherwise"`
-	MaxLiveBuffers    int     `yaml:"max_live_buffers" json:"max_live_buffers" doc:"live buffers one process may hold in the agent's ledger; more is a live_buffer_limit violation and is summarised, not recorded one by one"`
-	MaxEventRate      float64 `yaml:"max_event_rate" json:"max_event_rate" doc:"interposer events per second one process may send (a burst of one second is allowed); more is an event_rate_limit violation and is summarised, not ingested one by one"`
+	TTLAllowImmediate  bool    `yaml:"ttl_allow_immediate" json:"ttl_allow_immediate" doc:"permit ttl_sec <= 0 (every buffer expires at once); refused otherwise"`
+	MaxLiveBuffers     int     `yaml:"max_live_buffers" json:"max_live_buffers" doc:"live buffers one process may hold in the agent's ledger; more is a live_buffer_limit violation and is summarised, not recorded one by one"`
+	MaxLiveBuffersNode int     `yaml:"max_live_buffers_node" json:"max_live_buffers_node" doc:"live buffers all processes together may hold in the agent's ledger (about 0.5 KiB of agent memory each); more is a live_buffer_limit violation of the process that asks, summarised"`
+	MaxEventRate       float64 `yaml:"max_event_rate" json:"max_event_rate" doc:"interposer events per second one process may send (a burst of one second is allowed); more is an event_rate_limit violation and is summarised, not ingested one by one"`
 }
 
 // Override changes some fields for one tenant.
@@ -68,15 +69,16 @@ type Override struct {
 // Default is the seed's defaults, with verification on and full.
 func Default() Config {
 	return Config{
-		CoverageThreshold: 99.9,
-		VerifyMode:        "full",
-		VerifySamples:     8,
-		MaxReuse:          0,
-		TTLFrom:           TTLFromFirstUse,
-		OnViolation:       ActionObserve,
-		AnomalyZ:          6,
-		MaxLiveBuffers:    65536,
-		MaxEventRate:      100000,
+		CoverageThreshold:  99.9,
+		VerifyMode:         "full",
+		VerifySamples:      8,
+		MaxReuse:           0,
+		TTLFrom:            TTLFromFirstUse,
+		OnViolation:        ActionObserve,
+		AnomalyZ:           6,
+		MaxLiveBuffers:     65536,
+		MaxLiveBuffersNode: 131072,
+		MaxEventRate:       100000,
 	}
 }
 
@@ -127,6 +129,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxLiveBuffers < 1 {
 		return fmt.Errorf("max_live_buffers: %d must be at least 1", c.MaxLiveBuffers)
+	}
+	if c.MaxLiveBuffersNode < c.MaxLiveBuffers {
+		return fmt.Errorf("max_live_buffers_node: %d must be at least max_live_buffers (%d)", c.MaxLiveBuffersNode, c.MaxLiveBuffers)
 	}
 	if !(c.MaxEventRate > 0) || math.IsInf(c.MaxEventRate, 0) {
 		return fmt.Errorf("max_event_rate: %v must be a positive number of events per second", c.MaxEventRate)
@@ -283,6 +288,7 @@ var envVars = []envVar{
 	{"KVH_TRUST_TENANT_CLAIMS", boolVar(func(c *Config) *bool { return &c.TrustTenantClaims })},
 	{"KVH_TTL_ALLOW_IMMEDIATE", boolVar(func(c *Config) *bool { return &c.TTLAllowImmediate })},
 	{"KVH_MAX_LIVE_BUFFERS", intVar(func(c *Config) *int { return &c.MaxLiveBuffers })},
+	{"KVH_MAX_LIVE_BUFFERS_NODE", intVar(func(c *Config) *int { return &c.MaxLiveBuffersNode })},
 	{"KVH_MAX_EVENT_RATE", floatVar(func(c *Config) *float64 { return &c.MaxEventRate })},
 }
 

@@ -498,3 +498,35 @@ func TestVerifyFloor(t *testing.T) {
 		t.Fatalf("unverified bytes were counted as coverage: %v", a.events())
 	}
 }
+
+// 5b. Many processes cannot add up past the node's budget: the node-wide
+// cap on live buffers holds across processes.
+func TestNodeLiveBufferBudget(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(pol, []byte("max_live_buffers: 1000\nmax_live_buffers_node: 1200\n"), 0o600)
+	a := newAgent(t, "--policy", pol, "--witness", "off")
+	c := a.dial(t)
+	batch := []byte{}
+	for i := 0; i < 1000; i++ { // this process holds 1000, within its own cap
+		batch = append(batch, wire.Record{Type: wire.Alloc, Ptr: uint64(0x10000 + i*4096), Bytes: 4096}.Encode()...)
+		if len(batch) >= wire.RecordSize*wire.MaxBatch {
+			c.Write(batch)
+			batch = batch[:0]
+		}
+	}
+	c.Write(batch)
+	if m, ok := a.waitMetrics("kvh_ledger_buffers{state=\"allocated\"} 1000"); !ok {
+		t.Fatalf("first process's buffers not registered:\n%s", grepMetrics(m))
+	}
+	// Another process wants 800 live: only 200 fit in the node's budget.
+	run := libkvhtest.Exec("churn", libkvhtest.Lib(), []string{"KVH_SOCKET=" + a.sock, "CLIENT_LINGER_MS=300"}, "900", "800", "0")
+	if run.Err != nil {
+		t.Fatal(run.Err, run.Stderr)
+	}
+	ev, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "violation" && e["kind"] == "live_buffer_limit" && num(e["pid"]) == run.PID
+	})
+	if !ok || !strings.Contains(fmt.Sprint(ev["detail"]), "max_live_buffers_node") {
+		t.Fatalf("the node's budget was not enforced across processes: %v\n%s", ev, a.log)
+	}
+}
