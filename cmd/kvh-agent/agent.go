@@ -186,7 +186,7 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		a.detect.Add(1)
 		go func() {
 			defer a.detect.Done()
-			watchGPU(ctx, inv, cfg.GPUInterval, peers.Connected, queue)
+			watchGPU(ctx, inv, cfg.GPUInterval, cfg.ProcRoot, peers.Connected, queue)
 		}()
 	}
 	if witness != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kvhygiene/kvh/gpu"
+	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
 )
@@ -44,9 +45,9 @@ func readPosture(cfg *Config, log hclog.Logger, m *agentMetrics) (gpu.Inventory,
 }
 
 // watchGPU is a detector: it emits an uncovered_process for each process NVML
-// sees using a GPU with no interposer connection (once per pid).
-func watchGPU(ctx context.Context, inv gpu.Inventory, every time.Duration, connected func(pid int) bool, out violation.Sink) {
-	seen := map[uint32]bool{}
+// sees using a GPU with no interposer connection (once per process).
+func watchGPU(ctx context.Context, inv gpu.Inventory, every time.Duration, procRoot string, connected func(pid int) bool, out violation.Sink) {
+	seen := map[string]bool{} // by process (pid and start time): a pid reused later is a new process
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -59,11 +60,15 @@ func watchGPU(ctx context.Context, inv gpu.Inventory, every time.Duration, conne
 		if err != nil {
 			continue
 		}
+		if len(seen) > 65536 {
+			clear(seen) // bounded; a process still uncovered is reported again
+		}
 		for _, p := range ps {
-			if seen[p.PID] || connected(int(p.PID)) {
+			key, err := proc.KeyOf(procRoot, int(p.PID))
+			if err != nil || seen[key] || connected(int(p.PID)) {
 				continue
 			}
-			seen[p.PID] = true
+			seen[key] = true
 			out.Emit(violation.Violation{Kind: violation.UncoveredProcess, PID: int(p.PID), Source: "gpu", Detail: fmt.Sprintf("uses %d bytes on %s without an interposer", p.UsedBytes, p.Device)})
 		}
 	}
