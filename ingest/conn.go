@@ -231,6 +231,12 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		h, known := c.handles[r.Ptr]
 		if r.Result == wire.ResPassthrough || !known {
 			s.cfg.Metrics.Frees.WithLabelValues("passthrough").Inc()
+			if known { // released without zeroize by design (memory shared with another owner): not left open
+				delete(c.handles, r.Ptr)
+				c.p.live.Add(-1)
+				s.live.Add(-1)
+				return led.Retire(h, "released by a passthrough free (memory another owner still holds)")
+			}
 			return nil
 		}
 		delete(c.handles, r.Ptr)

@@ -530,3 +530,17 @@ func TestNodeLiveBufferBudget(t *testing.T) {
 		t.Fatalf("the node's budget was not enforced across processes: %v\n%s", ev, a.log)
 	}
 }
+
+// A passthrough free (memory another owner still holds) closes its buffer
+// in the ledger instead of leaving it open until the process exits.
+func TestPassthroughFreeClosesTheBuffer(t *testing.T) {
+	a := newAgent(t, "--witness", "off")
+	c := a.dial(t)
+	c.Write(append(wire.Record{Type: wire.Alloc, Ptr: 0x7000, Bytes: 4096}.Encode(),
+		wire.Record{Type: wire.Free, Ptr: 0x7000, Bytes: 4096, Result: wire.ResPassthrough, Fn: 21}.Encode()...))
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool {
+		return e["ev"] == "retire" && strings.Contains(fmt.Sprint(e["reason"]), "passthrough")
+	}); !ok {
+		t.Fatalf("a passthrough free left its buffer open: %v", a.events())
+	}
+}
