@@ -13,7 +13,7 @@ import (
 // Every violation the ledger detects reaches the sink, typed, with the
 // buffer's owner, after its quarantine is in the trail.
 func TestViolationsReachTheSink(t *testing.T) {
-	q := violation.NewQueue(16)
+	q := violation.NewQueue(0) // the default size: one process may hold 1/16 of it
 	clk := &fakeClock{t: time.Unix(1000, 0)}
 	ttl := 1.0
 	l, tr := newLedger(t, func(p *policy.Config) { p.TTLSec = &ttl; p.MaxReuse = 1 },
