@@ -56,6 +56,12 @@ func newAgentMetrics(reg prometheus.Registerer, trail trailSource, goVersion str
 		ConstLabels: prometheus.Labels{"version": version(), "goversion": goVersion}}, func() float64 { return 1 }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "kvh", Name: "trail_records_total", Help: "Records in the trail (its size)."}, func() float64 { return float64(trail.Stats().Records) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kvh", Name: "trail_checkpoint_size", Help: "Size attested by the latest signed checkpoint."}, func() float64 { return float64(trail.Stats().CheckpointSize) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kvh", Name: "trail_tamper_detected", Help: "1 when the agent found the trail tampered with and started over it (--accept-tampered-trail: the evidence is kept aside and a tamper_detected record opens the new log)."}, func() float64 {
+		if trail.Stats().Tamper != nil {
+			return 1
+		}
+		return 0
+	}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kvh", Name: "trail_healthy", Help: "1 while the trail accepts records; 0 after a write error (hygiene events are then refused)."}, func() float64 {
 		if trail.Err() != nil {
 			return 0

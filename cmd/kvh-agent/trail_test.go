@@ -70,6 +70,9 @@ func TestAgentRefusesTamperedTrail(t *testing.T) {
 	if !strings.Contains(a.log.String(), "evidence=") {
 		t.Errorf("no warning naming the evidence:\n%s", a.log)
 	}
+	if m, ok := a.waitMetrics("kvh_trail_tamper_detected 1"); !ok {
+		t.Errorf("tampering not visible in the metrics:\n%s", grepMetrics(m))
+	}
 	a.stop()
 	rep := a.verify()
 	if !rep.OK || len(rep.Tamper) != 1 {
