@@ -32,12 +32,12 @@ static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CU
  * free must never write to memory it cannot prove is this process's. */
 static int untracked_range(enum hook_id fn, uint64_t p, struct slot *v) {
   if (likely(!atomic_load_explicit(&untracked, memory_order_relaxed)) || cfg.mode == MODE_OFF) return 0;
-  if (fn != HOOK_cuMemFree_v2 && fn != HOOK_cuMemFreeAsync && fn != HOOK_cuMemFreeAsync_ptsz) return 0;
+  if (fn != HOOK_cuMemFree_v2 && fn != HOOK_cuMemFree && fn != HOOK_cuMemFreeAsync && fn != HOOK_cuMemFreeAsync_ptsz) return 0;
   resolve_helpers();
   CUdeviceptr base = 0;
   size_t size = 0;
   if (!p_range || p_range(&base, &size, p) != CUDA_SUCCESS || base != p || !size) return 0;
-  *v = (struct slot){.key = p, .size = size, .owner = OWN_CREATOR, .kind = fn == HOOK_cuMemFree_v2 ? KVH_MEM_DEVICE : KVH_MEM_ASYNC};
+  *v = (struct slot){.key = p, .size = size, .owner = OWN_CREATOR, .kind = fn == HOOK_cuMemFree_v2 || fn == HOOK_cuMemFree ? KVH_MEM_DEVICE : KVH_MEM_ASYNC};
   return 1;
 }
 
@@ -141,6 +141,7 @@ struct free_ctx {
 };
 
 static CUresult call_free(void *c) { struct free_ctx *x = c; return ((cuMemFree_v2_fn)x->fn)(x->p); }
+static CUresult call_free_v1(void *c) { struct free_ctx *x = c; return ((cuMemFree_fn)x->fn)((CUdeviceptr_v1)x->p); }
 static CUresult call_free_async(void *c) { struct free_ctx *x = c; return ((cuMemFreeAsync_fn)x->fn)(x->p, x->s); }
 static CUresult call_free_host(void *c) { struct free_ctx *x = c; return ((cuMemFreeHost_fn)x->fn)((void *)(uintptr_t)x->p); }
 static CUresult call_unregister(void *c) { struct free_ctx *x = c; return ((cuMemHostUnregister_fn)x->fn)((void *)(uintptr_t)x->p); }
@@ -150,6 +151,34 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
   NEED_REAL(cuMemFree_v2);
   struct free_ctx c = {(void *)real_cuMemFree_v2, p, NULL, 0};
   return release(HOOK_cuMemFree_v2, p, 1, 0, NULL, 0, call_free, &c);
+}
+
+/* The v1 entry points: the pre-3.2 ABI, with 32-bit device pointers and
+ * sizes (cuda.h's PFN_cuMemAlloc_v2000 and friends). cuGetProcAddress hands
+ * them out at old versions; their memory is tracked and zeroized exactly as
+ * the v2 calls' (a v1 pointer, zero-extended, is the same address). */
+EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int n) {
+  NEED_REAL(cuMemAlloc);
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
+  CUresult rc = real_cuMemAlloc(dptr, n);
+  if (rc == CUDA_SUCCESS && dptr) track(HOOK_cuMemAlloc, *dptr, n, KVH_MEM_DEVICE, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, unsigned int w, unsigned int h, unsigned int esz) {
+  NEED_REAL(cuMemAllocPitch);
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
+  CUresult rc = real_cuMemAllocPitch(dptr, pitch, w, h, esz);
+  if (rc == CUDA_SUCCESS && dptr && pitch) track(HOOK_cuMemAllocPitch, *dptr, (uint64_t)*pitch * h, KVH_MEM_DEVICE, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemFree(CUdeviceptr_v1 p) {
+  NEED_REAL(cuMemFree);
+  struct free_ctx c = {(void *)real_cuMemFree, p, NULL, 0};
+  return release(HOOK_cuMemFree, p, 1, 0, NULL, 0, call_free_v1, &c);
 }
 
 static CUresult alloc_async(enum hook_id id, cuMemAllocAsync_fn f, CUdeviceptr *dptr, size_t n, CUstream s) {
@@ -232,6 +261,15 @@ EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t n) {
   return rc;
 }
 
+EXPORT CUresult cuMemAllocHost(void **pp, unsigned int n) {
+  NEED_REAL(cuMemAllocHost);
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
+  CUresult rc = real_cuMemAllocHost(pp, n);
+  if (rc == CUDA_SUCCESS && pp) track(HOOK_cuMemAllocHost, (uint64_t)(uintptr_t)*pp, n, KVH_MEM_HOST_PINNED, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
 EXPORT CUresult cuMemFreeHost(void *p) {
   NEED_REAL(cuMemFreeHost);
   struct free_ctx c = {(void *)real_cuMemFreeHost, (uint64_t)(uintptr_t)p, NULL, 0};
@@ -246,6 +284,13 @@ EXPORT CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int flags) {
   NEED_REAL(cuMemHostRegister_v2);
   CUresult rc = real_cuMemHostRegister_v2(p, n, flags);
   if (rc == CUDA_SUCCESS) track(HOOK_cuMemHostRegister_v2, (uint64_t)(uintptr_t)p, n, KVH_MEM_HOST_REGISTERED, OWN_IMPORTER, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuMemHostRegister(void *p, size_t n, unsigned int flags) {
+  NEED_REAL(cuMemHostRegister);
+  CUresult rc = real_cuMemHostRegister(p, n, flags);
+  if (rc == CUDA_SUCCESS) track(HOOK_cuMemHostRegister, (uint64_t)(uintptr_t)p, n, KVH_MEM_HOST_REGISTERED, OWN_IMPORTER, NULL, 0);
   return rc;
 }
 
@@ -474,6 +519,13 @@ EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle h, unsi
   NEED_REAL(cuIpcOpenMemHandle_v2);
   CUresult rc = real_cuIpcOpenMemHandle_v2(pdptr, h, flags);
   if (rc == CUDA_SUCCESS && pdptr) track(HOOK_cuIpcOpenMemHandle_v2, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
+  return rc;
+}
+
+EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle h, unsigned int flags) {
+  NEED_REAL(cuIpcOpenMemHandle);
+  CUresult rc = real_cuIpcOpenMemHandle(pdptr, h, flags);
+  if (rc == CUDA_SUCCESS && pdptr) track(HOOK_cuIpcOpenMemHandle, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
   return rc;
 }
 

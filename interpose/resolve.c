@@ -73,8 +73,13 @@ static int is_wrapper(void *p) {
 }
 
 /* substitute replaces *pfn, a real entry point a resolver handed out for
- * symbol, by kvh's wrapper: by address when it is an entry point kvh knows,
- * else by name, version and stream semantics. Anything else is left alone. */
+ * symbol, by kvh's wrapper for that same entry point: by address when kvh
+ * already knows it; else by comparing it with each hooked entry point of that
+ * base name (v1, v2, per-thread), looked up by its exported name — so the
+ * answer is wrapped at every version and flag the driver gives it, and never
+ * by a wrapper of another ABI. Only when those names cannot be looked up
+ * does it fall back to name, version and stream semantics. Anything else is
+ * left alone. */
 static void substitute(const char *symbol, void **pfn, int version, unsigned long long flags) {
   void *got = *pfn;
   if (!got || is_wrapper(got)) return;
@@ -85,6 +90,13 @@ static void substitute(const char *symbol, void **pfn, int version, unsigned lon
     }
   }
   if (!symbol) return;
+  for (int i = 1; i < HOOK_COUNT; i++) {
+    if (strcmp(hooks[i].base, symbol) != 0 || strncmp(hooks[i].name, "cuda", 4) == 0) continue;
+    if (real_fn((enum hook_id)i) == got) {
+      *pfn = hooks[i].wrapper;
+      return;
+    }
+  }
   int ptsz = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
   int best = 0;
   for (int i = 1; i < HOOK_COUNT; i++) {

@@ -278,6 +278,7 @@ var FnNames = []string{
 	"cuMemImportFromShareableHandle", "cuIpcOpenMemHandle_v2", "cuIpcCloseMemHandle",
 	"cuGetProcAddress", "cuGetProcAddress_v2", "cuGetProcAddress_v2_ptsz",
 	"cudaGetDriverEntryPoint", "cudaGetDriverEntryPoint_ptsz", "cudaGetDriverEntryPointByVersion", "cudaGetDriverEntryPointByVersion_ptsz",
+	"cuMemAlloc", "cuMemAllocPitch", "cuMemFree", "cuMemAllocHost", "cuMemHostRegister", "cuIpcOpenMemHandle",
 }
 
 // FnName names a hook id.

@@ -679,3 +679,44 @@ func TestTableBeyondCapacity(t *testing.T) {
 		})
 	}
 }
+
+// The v1 entry points (issue 11 item 1), bound directly and as
+// cuGetProcAddress hands them out at old versions, are wrapped: their frees
+// are zeroized and attested under their own names, registered and imported
+// memory is left intact.
+func TestV1EntryPoints(t *testing.T) {
+	bare := Exec("v1", "", nil)
+	if bare.Err != nil || bare.Value("RESIDUE") <= 0 || bare.Value("GPA_SAME") != 1 {
+		t.Fatalf("without libkvh the residue should be visible: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
+	}
+	l := listen(t)
+	run := Exec("v1", Lib(), []string{"KVH_SOCKET=" + l.Path})
+	if run.Err != nil || run.Value("RESIDUE") != 0 || run.Value("GPA_SAME") != 1 || run.Value("REGISTERED_INTACT") != 1 || run.Value("IPC_INTACT") != 1 {
+		t.Fatalf("with libkvh: %v\n%s%s", run.Err, run.Stdout, run.Stderr)
+	}
+	count := func(recs []Got, fn string) int {
+		c := 0
+		for _, r := range frees(recs, run.PID) {
+			if wire.FnName(r.Fn) == fn && r.Type == wire.Free && r.Result == wire.ResOK && r.Zeroed == blockSize && r.Flags&wire.FlagVerified != 0 {
+				c++
+			}
+		}
+		return c
+	}
+	// cuMemFree: 2 direct, 2 through cuGetProcAddress, 2 pitched; cuMemFreeHost: 2 of cuMemAllocHost's.
+	recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool { return count(r, "cuMemFree") >= 6 && count(r, "cuMemFreeHost") >= 2 })
+	if !ok {
+		t.Fatalf("v1 frees attested: cuMemFree %d of 6, cuMemFreeHost %d of 2: %+v", count(recs, "cuMemFree"), count(recs, "cuMemFreeHost"), frees(recs, run.PID))
+	}
+	allocs := map[string]int{}
+	for _, r := range recs {
+		if int(r.PeerPID) == run.PID && r.Type == wire.Alloc {
+			allocs[wire.FnName(r.Fn)]++
+		}
+	}
+	for fn, want := range map[string]int{"cuMemAlloc": 4, "cuMemAllocPitch": 2, "cuMemAllocHost": 2, "cuMemHostRegister": 1, "cuIpcOpenMemHandle": 1} {
+		if allocs[fn] != want {
+			t.Errorf("%s: %d allocation records, want %d (all: %v)", fn, allocs[fn], want, allocs)
+		}
+	}
+}

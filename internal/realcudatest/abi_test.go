@@ -39,20 +39,6 @@ var fakeDiffers = []abiDiff{
 		Key: `^(pre|post) gpa1 `, Field: `^pfn$`, Fake: `^null$`, Real: `^untouched$`,
 		Why: "v1 cuGetProcAddress leaves *pfn untouched when it fails; the fake writes NULL"},
 	// fake differs: issue 11 (fake must not drift)
-	{Name: "no-v1-exports",
-		Key:   `^dlsym (cuMemAlloc|cuMemFree|cuMemAllocPitch|cuMemAllocHost|cuMemHostRegister|cuIpcOpenMemHandle|cuMemsetD8|cuMemcpyDtoH|cuMemGetAddressRange)$`,
-		Field: `^value$`, Fake: `^absent$`, Real: `^exported$`,
-		Why: "the fake exports no v1 entry points, so libkvh's v1 hooks (issue 11 item 1) cannot be tested on it"},
-	// fake differs: issue 11 (fake must not drift)
-	{Name: "no-v1-exports-calls",
-		Key: `^pre (cuMemAlloc|cuMemFree|cuMemAllocHost)\(`, Field: `^line$`, Fake: `^missing$`, Real: `^present$`,
-		Why: "as no-v1-exports: the v1 calls cannot be made on the fake"},
-	// fake differs: issue 11 (fake must not drift)
-	{Name: "no-v1-from-resolver",
-		Key:   `^(pre|post) gpa[12] (cuMemAlloc|cuMemFree|cuMemAllocPitch|cuMemAllocHost|cuMemHostRegister|cuIpcOpenMemHandle|cuMemsetD8|cuMemcpyDtoH|cuMemcpyHtoD|cuMemGetAddressRange) (2000|3010|4000|6000|10000) `,
-		Field: `^(rc|pfn|status)$`, Fake: `^(500|null|2)$`, Real: `^(0|cu[A-Za-z0-9]+)$`,
-		Why: "at old versions NVIDIA's resolver returns the v1 functions (cuMemAlloc at 2000/3010, cuMemHostRegister at 4000-6040, cuIpcOpenMemHandle at 4010-10020); the fake says the version is not sufficient"},
-	// fake differs: issue 11 (fake must not drift)
 	{Name: "missing-exports",
 		Key:   `^dlsym (cuGetExportTable|cuCtxDestroy|cuCtxDestroy_v2|cuDevicePrimaryCtxRelease|cuDevicePrimaryCtxRelease_v2|cuDevicePrimaryCtxReset|cuDevicePrimaryCtxReset_v2|cuArrayDestroy|cuGraphAddMemFreeNode|cuDeviceGraphMemTrim)$`,
 		Field: `^value$`, Fake: `^absent$`, Real: `^exported$`,

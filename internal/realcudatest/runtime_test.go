@@ -20,8 +20,6 @@ import (
 // closed there; then its entry must go (the test fails on an entry that
 // does not happen). A gap not listed here fails the test.
 var runtimeGaps = map[string]string{
-	// libkvh gap: issue 11 (every memory entry point the runtime fetches must come back wrapped)
-	"cuIpcOpenMemHandle": "v1, fetched at version 4010 (issue 11 item 1: hook the v1 names and wrap them at every version)",
 	// libkvh gap: issue 11 item 4 (memory that leaves its owner without a free call)
 	"cuArrayCreate_v2":          "arrays not covered (issue 11 item 4)",
 	"cuArray3DCreate_v2":        "arrays not covered (issue 11 item 4)",

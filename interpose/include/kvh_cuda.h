@@ -11,6 +11,8 @@
 typedef int CUresult;
 typedef int cudaError_t;
 typedef unsigned long long CUdeviceptr;
+/* The v1 (pre-3.2) ABI's device pointer: 32 bits, as cuda.h's CUdeviceptr_v1. */
+typedef unsigned int CUdeviceptr_v1;
 typedef int CUdevice;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;

@@ -25,6 +25,10 @@
  *             counting the freed buffers that still hold their bytes (DIRTY)
  *   register  registers and unregisters memory the application owns: a heap
  *             buffer, a MAP_SHARED file mapping, a read-only mapping
+ *   v1        the v1 entry points (32-bit CUdeviceptr_v1): cuMemAlloc/cuMemFree
+ *             bound directly and fetched with cuGetProcAddress at 3010,
+ *             cuMemAllocPitch, cuMemAllocHost, cuMemHostRegister (left
+ *             intact) and cuIpcOpenMemHandle (an importer, left intact)
  *
  * Each prints "RESIDUE n": how many bytes of tenant A's freed buffer tenant B
  * could read back from its own new allocation (0 = clean).
@@ -544,6 +548,79 @@ int main(int argc, char **argv) {
   free(content);
   free(back);
   printf("RESIDUE 0\n");
+#elif defined(WAY_v1)
+  extern CUresult cuMemAlloc(CUdeviceptr_v1 *, unsigned int);
+  extern CUresult cuMemFree(CUdeviceptr_v1);
+  extern CUresult cuMemAllocPitch(CUdeviceptr_v1 *, unsigned int *, unsigned int, unsigned int, unsigned int);
+  extern CUresult cuMemAllocHost(void **, unsigned int);
+  extern CUresult cuMemFreeHost(void *);
+  extern CUresult cuMemHostRegister(void *, size_t, unsigned int);
+  extern CUresult cuMemHostUnregister(void *);
+  extern CUresult cuIpcGetMemHandle(CUipcMemHandle *, CUdeviceptr);
+  extern CUresult cuIpcOpenMemHandle(CUdeviceptr *, CUipcMemHandle, unsigned int);
+  extern CUresult cuIpcCloseMemHandle(CUdeviceptr);
+  extern CUresult cuGetProcAddress(const char *, void **, int, cuuint64_t);
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  int residue = 0;
+  /* cuMemAlloc/cuMemFree bound directly, then as cuGetProcAddress hands them
+   * out at 3010 (which must be what dlsym gives: libkvh's wrapper with it). */
+  CUresult (*gpa_alloc)(CUdeviceptr_v1 *, unsigned int), (*gpa_free)(CUdeviceptr_v1);
+  CHECK(cuGetProcAddress("cuMemAlloc", (void **)&gpa_alloc, 3010, 0));
+  CHECK(cuGetProcAddress("cuMemFree", (void **)&gpa_free, 2000, 0));
+  printf("GPA_SAME %d\n", (void *)gpa_alloc == dlsym(RTLD_DEFAULT, "cuMemAlloc") && (void *)gpa_free == dlsym(RTLD_DEFAULT, "cuMemFree"));
+  for (int way = 0; way < 2; way++) {
+    CUresult (*al)(CUdeviceptr_v1 *, unsigned int) = way ? gpa_alloc : cuMemAlloc;
+    CUresult (*fr)(CUdeviceptr_v1) = way ? gpa_free : cuMemFree;
+    CUdeviceptr_v1 a, b;
+    CHECK(al(&a, N));
+    CHECK(cuMemcpyHtoD_v2(a, buf, N));
+    CHECK(fr(a));
+    CHECK(al(&b, N));
+    printf("REUSED %d\n", a == b);
+    residue += residue_device(b, N);
+    CHECK(fr(b));
+  }
+  { /* pitch: 256 rows of 256 bytes, N in all */
+    CUdeviceptr_v1 a, b;
+    unsigned int pa, pb;
+    CHECK(cuMemAllocPitch(&a, &pa, 256, N / 256, 4));
+    CHECK(cuMemcpyHtoD_v2(a, buf, (size_t)pa * (N / 256)));
+    CHECK(cuMemFree(a));
+    CHECK(cuMemAllocPitch(&b, &pb, 256, N / 256, 4));
+    residue += residue_device(b, (size_t)pb * (N / 256));
+    CHECK(cuMemFree(b));
+  }
+  { /* pinned host */
+    void *a, *b;
+    CHECK(cuMemAllocHost(&a, N));
+    fill(a, N);
+    CHECK(cuMemFreeHost(a));
+    CHECK(cuMemAllocHost(&b, N));
+    residue += residue_of(b, N);
+    CHECK(cuMemFreeHost(b));
+  }
+  { /* registered: the application's memory, never written */
+    unsigned char *h = malloc(N);
+    fill(h, N);
+    CHECK(cuMemHostRegister(h, N, 0));
+    CHECK(cuMemHostUnregister(h));
+    printf("REGISTERED_INTACT %d\n", residue_of(h, N) == N);
+    free(h);
+  }
+  { /* IPC v1: the importer's close leaves the exporter's data */
+    CUdeviceptr a, m;
+    CUipcMemHandle ih;
+    CHECK(cuMemAlloc_v2(&a, N));
+    CHECK(cuMemcpyHtoD_v2(a, buf, N));
+    CHECK(cuIpcGetMemHandle(&ih, a));
+    CHECK(cuIpcOpenMemHandle(&m, ih, 1));
+    CHECK(cuIpcCloseMemHandle(m));
+    printf("IPC_INTACT %d\n", residue_device(a, N) == N);
+    CHECK(cuMemFree_v2(a));
+  }
+  free(buf);
+  printf("RESIDUE %d\n", residue);
 #else
 #error "define WAY_<name>"
 #endif

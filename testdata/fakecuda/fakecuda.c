@@ -38,6 +38,11 @@ static int nclasses;
 static struct block live[HASH]; /* p == 0: empty; size == 0 with p: tombstone */
 static unsigned char *arena;
 static size_t top;
+/* The v1 calls (32-bit CUdeviceptr_v1) allocate from a low arena below 4 GiB,
+ * so their pointers fit; host == 2 marks its blocks. */
+#define LOW_ARENA (64u << 20)
+static unsigned char *low;
+static size_t ltop;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long long next_handle = 1;
 
@@ -49,6 +54,10 @@ static void init(void) {
     if (mb >= 1 && mb <= 4096) ARENA = mb << 20;
     arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (arena == MAP_FAILED) abort();
+  }
+  if (!low) {
+    low = mmap((void *)0x30000000ULL, LOW_ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (low == MAP_FAILED) low = NULL, ltop = LOW_ARENA; /* no low memory: v1 allocations fail */
   }
 }
 
@@ -86,6 +95,7 @@ static CUdeviceptr take(size_t n, int host) {
   struct klass *k = klass_of(n, host);
   struct block b = {0, n, host};
   if (k && k->n) b = k->stack[--k->n];
+  else if (host == 2) { if (low && ltop + n <= LOW_ARENA) { b.p = (CUdeviceptr)(uintptr_t)(low + ltop); ltop += n; } }
   else if (top + n <= ARENA) { b.p = (CUdeviceptr)(uintptr_t)(arena + top); top += n; }
   if (b.p && !live_put(b)) b.p = 0; /* (leaks the block: the table is full) */
   pthread_mutex_unlock(&mu);
@@ -177,7 +187,7 @@ EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdevic
   CUresult r = CUDA_ERROR_NOT_FOUND;
   for (unsigned i = hslot(d), k = 0; d && k < HASH; i = (i + 1) & (HASH - 1), k++) {
     if (live[i].p == 0) break;
-    if (live[i].p == d && live[i].size && !live[i].host) {
+    if (live[i].p == d && live[i].size && live[i].host != 1) {
       if (base) *base = d;
       if (size) *size = live[i].size;
       r = CUDA_SUCCESS;
@@ -349,6 +359,75 @@ EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned
 }
 EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
 
+/* The v1 calls use these, not the exported v2 functions: a call between
+ * exported functions goes through the PLT, where libkvh would see it twice. */
+static CUresult host_alloc(void **pp, size_t n) {
+  if (!pp) return CUDA_ERROR_INVALID_VALUE;
+  CUdeviceptr p = take(n, 1);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  *pp = (void *)(uintptr_t)p;
+  return CUDA_SUCCESS;
+}
+static CUresult ipc_open(CUdeviceptr *p, CUipcMemHandle h) { memcpy(p, h.reserved, sizeof *p); return CUDA_SUCCESS; }
+static CUresult range(CUdeviceptr *base, size_t *size, CUdeviceptr d) {
+  pthread_mutex_lock(&mu);
+  CUresult r = CUDA_ERROR_NOT_FOUND;
+  for (unsigned i = hslot(d), k = 0; d && k < HASH; i = (i + 1) & (HASH - 1), k++) {
+    if (live[i].p == 0) break;
+    if (live[i].p == d && live[i].size && live[i].host != 1) {
+      *base = d;
+      *size = live[i].size;
+      r = CUDA_SUCCESS;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&mu);
+  return r;
+}
+
+/* The v1 entry points (the pre-3.2 ABI: 32-bit device pointers and sizes, as
+ * cuda.h's PFN_..._v2000), which the real driver still exports and hands out
+ * at old versions. Device memory comes from the low arena. */
+EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *d, unsigned int n) {
+  if (!d) return CUDA_ERROR_INVALID_VALUE;
+  CUdeviceptr p = take(n, 2);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  *d = (CUdeviceptr_v1)p;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuMemAllocPitch(CUdeviceptr_v1 *d, unsigned int *pitch, unsigned int w, unsigned int h, unsigned int e) {
+  (void)e;
+  if (!d || !pitch) return CUDA_ERROR_INVALID_VALUE;
+  unsigned int pw = (unsigned int)round_up(w);
+  CUdeviceptr p = take((size_t)pw * h, 2);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  *d = (CUdeviceptr_v1)p;
+  *pitch = pw;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuMemFree(CUdeviceptr_v1 d) {
+  if (!d) return CUDA_ERROR_INVALID_VALUE;
+  if (env_int("FAKECUDA_FREE_FAIL")) return CUDA_ERROR_INVALID_VALUE;
+  return give(d);
+}
+EXPORT CUresult cuMemAllocHost(void **pp, unsigned int n) { return host_alloc(pp, n); }
+EXPORT CUresult cuMemHostRegister(void *p, size_t n, unsigned int f) { (void)p; (void)n; (void)f; return CUDA_SUCCESS; }
+EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *p, CUipcMemHandle h, unsigned int f) { (void)f; return ipc_open(p, h); }
+EXPORT CUresult cuMemsetD8(CUdeviceptr_v1 d, unsigned char v, unsigned int n) { return memset8(d, v, n); }
+EXPORT CUresult cuMemcpyDtoH(void *h, CUdeviceptr_v1 d, unsigned int n) { return dtoh(h, d, n); }
+EXPORT CUresult cuMemcpyHtoD(CUdeviceptr_v1 d, const void *h, unsigned int n) { memcpy((void *)(uintptr_t)d, h, n); return CUDA_SUCCESS; }
+EXPORT CUresult cuMemGetAddressRange(CUdeviceptr_v1 *base, unsigned int *size, CUdeviceptr_v1 d) {
+  CUdeviceptr b;
+  size_t n;
+  CUresult r = range(&b, &n, d);
+  if (r == CUDA_SUCCESS && (b > 0xffffffffULL || n > 0xffffffffULL)) r = CUDA_ERROR_INVALID_VALUE;
+  if (r == CUDA_SUCCESS) {
+    if (base) *base = (CUdeviceptr_v1)b;
+    if (size) *size = (unsigned int)n;
+  }
+  return r;
+}
+
 /* cuGetProcAddress: like the real driver, resolves a base name to the entry
  * point for the requested CUDA version and stream semantics. */
 struct entry { const char *base; int minver; int ptsz; void *fn; };
@@ -357,6 +436,11 @@ static const struct entry table[] = {
   E("cuInit", 2000, 0, cuInit), E("cuDriverGetVersion", 2020, 0, cuDriverGetVersion),
   E("cuCtxSynchronize", 2000, 0, cuCtxSynchronize),
   E("cuStreamSynchronize", 2000, 0, cuStreamSynchronize), E("cuStreamSynchronize", 7000, 1, cuStreamSynchronize_ptsz),
+  E("cuMemAlloc", 2000, 0, cuMemAlloc), E("cuMemAllocPitch", 2000, 0, cuMemAllocPitch), E("cuMemFree", 2000, 0, cuMemFree),
+  E("cuMemAllocHost", 2000, 0, cuMemAllocHost), E("cuMemHostRegister", 4000, 0, cuMemHostRegister),
+  E("cuIpcOpenMemHandle", 4010, 0, cuIpcOpenMemHandle), E("cuMemsetD8", 2000, 0, cuMemsetD8),
+  E("cuMemcpyDtoH", 2000, 0, cuMemcpyDtoH), E("cuMemcpyHtoD", 2000, 0, cuMemcpyHtoD),
+  E("cuMemGetAddressRange", 2000, 0, cuMemGetAddressRange),
   E("cuMemAlloc", 3020, 0, cuMemAlloc_v2), E("cuMemAllocManaged", 6000, 0, cuMemAllocManaged),
   E("cuMemAllocPitch", 3020, 0, cuMemAllocPitch_v2),
   E("cuMemFree", 3020, 0, cuMemFree_v2),
