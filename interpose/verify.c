@@ -35,7 +35,7 @@ static struct {
   CUfunction fn;
   CUdeviceptr flag;
   CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, void **);
-  CUresult (*memset32)(CUdeviceptr, unsigned int, size_t);
+  CUresult (*memset32)(CUdeviceptr, unsigned int, size_t, CUstream); /* cuMemsetD32Async */
 } kern = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* kernel_check runs the kernel over [p, p+n) (kern.mu held): 0 all zero,
@@ -44,7 +44,10 @@ static int kernel_check(CUdeviceptr p, size_t n, CUstream s) {
   uint64_t words = n / 8;
   unsigned grid = (unsigned)(words / 256 + 1);
   if (grid > 1024) grid = 1024;
-  if (kern.memset32(kern.flag, 0, 1) != CUDA_SUCCESS) return -1;
+  /* Reset the flag on the kernel's own stream: a synchronous cuMemsetD32 runs on
+   * the legacy stream, which a non-blocking stream does not wait for, and may
+   * return before it completes, so it could clear the flag after the kernel set it. */
+  if (kern.memset32(kern.flag, 0, 1, s) != CUDA_SUCCESS) return -1;
   void *args[] = {&p, &words, &kern.flag};
   if (kern.launch(kern.fn, grid, 1, 1, 256, 1, 1, 0, s, args, NULL) != CUDA_SUCCESS) return -1;
   if (p_stream_sync && p_stream_sync(s) != CUDA_SUCCESS) return -1;
@@ -67,7 +70,7 @@ static int kernel_ready(void) {
   *(void **)&load = lookup("cuModuleLoadData");
   *(void **)&getfn = lookup("cuModuleGetFunction");
   *(void **)&kern.launch = lookup("cuLaunchKernel");
-  *(void **)&kern.memset32 = lookup("cuMemsetD32_v2");
+  *(void **)&kern.memset32 = lookup("cuMemsetD32Async");
   cuMemAlloc_v2_fn alloc = (cuMemAlloc_v2_fn)real_fn(HOOK_cuMemAlloc_v2);
   cuMemFree_v2_fn release_fn = (cuMemFree_v2_fn)real_fn(HOOK_cuMemFree_v2);
   CUmodule mod;

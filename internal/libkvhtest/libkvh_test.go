@@ -720,3 +720,22 @@ func TestV1EntryPoints(t *testing.T) {
 		}
 	}
 }
+
+// Full verify with the zero-check kernel (the fake runs it on the host with
+// FAKECUDA_KERNEL=1): the kernel is trusted after its self-check, runs on the
+// free's stream, and its result flag is reset on that same stream, never by
+// a synchronous cuMemsetD32 on the legacy stream (issue 11 item 6).
+func TestVerifyKernelFlagResetOnItsStream(t *testing.T) {
+	l := listen(t)
+	run := Exec("async", Lib(), []string{"KVH_SOCKET=" + l.Path, "KVH_VERIFY=full", "FAKECUDA_KERNEL=1"})
+	if run.Err != nil || run.Value("RESIDUE") != 0 {
+		t.Fatalf("%v\n%s%s", run.Err, run.Stdout, run.Stderr)
+	}
+	// 2 launches for the self-check (a zero and a dirty buffer), 1 a free.
+	if run.Value("KERNEL_LAUNCHES") != 4 || run.Value("KERNEL_UNORDERED") != 0 {
+		t.Fatalf("want 4 kernel launches, each after a flag reset on its own stream:\n%s", run.Stdout)
+	}
+	if _, ok := l.WaitFor(5*time.Second, func(r []Got) bool { return cleanFrees(r, run.PID, blockSize) >= 2 }); !ok {
+		t.Fatalf("frees not attested: %+v", frees(l.Records(), run.PID))
+	}
+}

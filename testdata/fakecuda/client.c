@@ -627,6 +627,18 @@ int main(int argc, char **argv) {
   return 0;
 }
 
+/* With FAKECUDA_KERNEL, how often libkvh's zero-check kernel ran on the fake,
+ * and how many of those launches found their flag reset on another stream. */
+__attribute__((destructor)) static void kernel_stats(void) {
+  void (*st)(int *, int *);
+  *(void **)&st = getenv("FAKECUDA_KERNEL") ? dlsym(RTLD_DEFAULT, "fakecuda_kernel_stats") : NULL;
+  if (st) {
+    int l, u;
+    st(&l, &u);
+    printf("KERNEL_LAUNCHES %d\nKERNEL_UNORDERED %d\n", l, u);
+  }
+}
+
 #if defined(WAY_stress) || defined(WAY_driver)
 /* kvh_stats, when libkvh is loaded, says how many reports were dropped. */
 __attribute__((destructor)) static void report_stats(void) {

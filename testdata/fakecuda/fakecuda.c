@@ -10,6 +10,8 @@
  *   FAKECUDA_MEMSET_PARTIAL=N     cuMemsetD8* leaves the last N bytes untouched and reports success
  *   FAKECUDA_COPYBACK_LIE=1       cuMemcpyDtoH* returns zeros whatever the memory holds
  *   FAKECUDA_FREE_FAIL=1          cuMemFree_v2 fails (and frees nothing)
+ *   FAKECUDA_KERNEL=1             cuModuleLoadData succeeds and cuLaunchKernel runs libkvh's
+ *                                 kvh_nonzero zero check on the host (else modules fail to load)
  * Size, read once:
  *   FAKECUDA_ARENA_MB=N           device memory in all (default 256; a million live 256-byte blocks need 512)
  */
@@ -426,6 +428,65 @@ EXPORT CUresult cuMemGetAddressRange(CUdeviceptr_v1 *base, unsigned int *size, C
     if (size) *size = (unsigned int)n;
   }
   return r;
+}
+
+/* Contexts: one current context a thread (the primary one by default). */
+static struct { int id; } primary_ctx;
+static __thread CUcontext cur_ctx;
+EXPORT CUresult cuCtxGetCurrent(CUcontext *c) {
+  if (!c) return CUDA_ERROR_INVALID_VALUE;
+  *c = cur_ctx ? cur_ctx : (CUcontext)(void *)&primary_ctx;
+  return CUDA_SUCCESS;
+}
+
+/* Kernels (FAKECUDA_KERNEL=1): only libkvh's zero check, run on the host at
+ * launch. The fake records on which stream each 32-bit memset last wrote an
+ * address, and counts launches whose flag was last reset on another stream
+ * than the launch's (a synchronous cuMemsetD32 is on the legacy stream, which
+ * a non-blocking stream is not ordered with): fakecuda_kernel_stats. */
+static struct { int id; } the_module, the_function;
+static int launches, unordered;
+static CUdeviceptr set32_at;
+static CUstream set32_on;
+static int set32_sync;
+EXPORT CUresult cuModuleLoadData(CUmodule *m, const void *image) {
+  if (!m || !image || !env_int("FAKECUDA_KERNEL")) return CUDA_ERROR_INVALID_VALUE;
+  *m = (CUmodule)(void *)&the_module;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
+  if (!f || m != (CUmodule)(void *)&the_module || !name || strcmp(name, "kvh_nonzero") != 0) return CUDA_ERROR_NOT_FOUND;
+  *f = (CUfunction)(void *)&the_function;
+  return CUDA_SUCCESS;
+}
+static CUresult set32(CUdeviceptr d, unsigned int v, size_t n, CUstream s, int sync) {
+  if (!d) return CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < n; i++) ((unsigned int *)(uintptr_t)d)[i] = v;
+  pthread_mutex_lock(&mu);
+  set32_at = d, set32_on = s, set32_sync = sync;
+  pthread_mutex_unlock(&mu);
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned int v, size_t n) { return set32(d, v, n, NULL, 1); }
+EXPORT CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return set32(d, v, n, s, 0); }
+EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shm,
+                               CUstream s, void **args, void **extra) {
+  (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)extra;
+  if (f != (CUfunction)(void *)&the_function || !args) return CUDA_ERROR_INVALID_VALUE;
+  CUdeviceptr p = *(CUdeviceptr *)args[0], flag = *(CUdeviceptr *)args[2];
+  uint64_t words = *(uint64_t *)args[1];
+  pthread_mutex_lock(&mu);
+  launches++;
+  if (set32_at != flag || (set32_sync ? s != NULL : set32_on != s)) unordered++;
+  pthread_mutex_unlock(&mu);
+  for (uint64_t i = 0; i < words; i++)
+    if (((const uint64_t *)(uintptr_t)p)[i]) *(unsigned int *)(uintptr_t)flag = 1;
+  return CUDA_SUCCESS;
+}
+EXPORT void fakecuda_kernel_stats(int *l, int *u) {
+  pthread_mutex_lock(&mu);
+  *l = launches, *u = unordered;
+  pthread_mutex_unlock(&mu);
 }
 
 /* cuGetProcAddress: like the real driver, resolves a base name to the entry
