@@ -5,6 +5,7 @@
 #include "kvh_internal.h"
 
 #include <dlfcn.h>
+#include <link.h>
 
 /* hooks[id]: the name table, generated from hooks.def. */
 const struct hook hooks[HOOK_COUNT] = {
@@ -37,15 +38,53 @@ NO_SANITIZE static dlsym_fn real_dlsym(void) {
   return f;
 }
 
-/* lookup finds a driver symbol: first in the global scope after us, then in
- * an already loaded libcuda.so.1 (a framework may have loaded it locally). */
+static int is_wrapper(void *p);
+
+/* in_object looks name up in the loaded object file and its dependencies
+ * (its local scope), never returning one of kvh's own wrappers. */
+static void *in_object(const char *file, const char *name) {
+  dlsym_fn ds = real_dlsym();
+  if (!ds || !file || !file[0]) return NULL;
+  void *h = dlopen(file, RTLD_NOW | RTLD_NOLOAD);
+  if (!h) return NULL;
+  void *p = ds(h, name);
+  dlclose(h);
+  return p && !is_wrapper(p) ? p : NULL;
+}
+
+struct runtime_search {
+  const char *name;
+  void *found;
+};
+
+static int runtime_cb(struct dl_phdr_info *info, size_t size, void *arg) {
+  (void)size;
+  struct runtime_search *q = arg;
+  const char *base = info->dlpi_name ? strrchr(info->dlpi_name, '/') : NULL;
+  base = base ? base + 1 : info->dlpi_name;
+  if (!base || strncmp(base, "libcudart.so", 12) != 0) return 0;
+  q->found = in_object(info->dlpi_name, q->name);
+  return q->found != NULL;
+}
+
+/* any_runtime finds name in any loaded CUDA runtime (libcudart.so.11.0,
+ * .12, ...), loaded globally or not. */
+static void *any_runtime(const char *name) {
+  struct runtime_search q = {name, NULL};
+  dl_iterate_phdr(runtime_cb, &q);
+  return q.found;
+}
+
+/* lookup finds a driver (or runtime) symbol: first in the global scope after
+ * us, then in an already loaded libcuda.so.1 (a framework may have loaded it
+ * locally), or for a runtime function in any loaded runtime. */
 void *lookup(const char *name) {
   dlsym_fn ds = real_dlsym();
   if (!ds) return NULL;
   void *p = ds(RTLD_NEXT, name);
+  if (!p && !strncmp(name, "cuda", 4)) return any_runtime(name);
   if (!p) {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (!h && !strncmp(name, "cuda", 4)) h = dlopen("libcudart.so.12", RTLD_NOW | RTLD_NOLOAD);
     if (h) {
       p = ds(h, name);
       dlclose(h);
@@ -53,6 +92,33 @@ void *lookup(const char *name) {
   }
   return p;
 }
+
+/* runtime_fn is the real runtime entry point id for a caller whose return
+ * address is ret. A runtime in the global scope is found once and kept. A
+ * runtime loaded RTLD_LOCAL (as Python extensions load it) is not there:
+ * the caller's own object (dladdr of ret) and its dependencies are searched,
+ * so the caller gets the runtime copy it links against, whatever its soname;
+ * then any loaded runtime. Those answers are not kept: another caller may
+ * use another copy. */
+static void *runtime_fn(enum hook_id id, void *ret) {
+  void *p = atomic_load_explicit(&real[id], memory_order_acquire);
+  if (likely(p)) return p;
+  dlsym_fn ds = real_dlsym();
+  if (!ds) return NULL;
+  p = ds(RTLD_NEXT, hooks[id].name);
+  if (p && !is_wrapper(p)) {
+    atomic_store_explicit(&real[id], p, memory_order_release);
+    return p;
+  }
+  Dl_info info;
+  p = ret && dladdr(ret, &info) ? in_object(info.dli_fname, hooks[id].name) : NULL;
+  return p ? p : any_runtime(hooks[id].name);
+}
+
+#define NEED_RUNTIME(name)                                                                    \
+  ensure_init();                                                                              \
+  name##_fn real_##name = (name##_fn)runtime_fn(HOOK_##name, __builtin_return_address(0));  \
+  if (unlikely(!real_##name)) return CUDA_ERROR_NOT_INITIALIZED
 
 /* resolve_helpers looks up the driver functions kvh calls itself. */
 void resolve_helpers(void) {
@@ -132,28 +198,28 @@ EXPORT CUresult cuGetProcAddress_v2_ptsz(const char *symbol, void **pfn, int ver
 }
 
 EXPORT CUresult cudaGetDriverEntryPoint(const char *symbol, void **fn, unsigned long long flags, cudaDriverEntryPointQueryResult *status) {
-  NEED_REAL(cudaGetDriverEntryPoint);
+  NEED_RUNTIME(cudaGetDriverEntryPoint);
   CUresult rc = real_cudaGetDriverEntryPoint(symbol, fn, flags, status);
   if (rc == 0 && fn) substitute(symbol, fn, 0, flags);
   return rc;
 }
 
 EXPORT CUresult cudaGetDriverEntryPoint_ptsz(const char *symbol, void **fn, unsigned long long flags, cudaDriverEntryPointQueryResult *status) {
-  NEED_REAL(cudaGetDriverEntryPoint_ptsz);
+  NEED_RUNTIME(cudaGetDriverEntryPoint_ptsz);
   CUresult rc = real_cudaGetDriverEntryPoint_ptsz(symbol, fn, flags, status);
   if (rc == 0 && fn) substitute(symbol, fn, 0, flags | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   return rc;
 }
 
 EXPORT CUresult cudaGetDriverEntryPointByVersion(const char *symbol, void **fn, unsigned int version, unsigned long long flags, cudaDriverEntryPointQueryResult *status) {
-  NEED_REAL(cudaGetDriverEntryPointByVersion);
+  NEED_RUNTIME(cudaGetDriverEntryPointByVersion);
   CUresult rc = real_cudaGetDriverEntryPointByVersion(symbol, fn, version, flags, status);
   if (rc == 0 && fn) substitute(symbol, fn, (int)version, flags);
   return rc;
 }
 
 EXPORT CUresult cudaGetDriverEntryPointByVersion_ptsz(const char *symbol, void **fn, unsigned int version, unsigned long long flags, cudaDriverEntryPointQueryResult *status) {
-  NEED_REAL(cudaGetDriverEntryPointByVersion_ptsz);
+  NEED_RUNTIME(cudaGetDriverEntryPointByVersion_ptsz);
   CUresult rc = real_cudaGetDriverEntryPointByVersion_ptsz(symbol, fn, version, flags, status);
   if (rc == 0 && fn) substitute(symbol, fn, (int)version, flags | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   return rc;
