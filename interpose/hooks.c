@@ -4,6 +4,8 @@
  * enforce mode. */
 #include "kvh_internal.h"
 
+#include <stdlib.h>
+
 /* ---- common paths ------------------------------------------------------- */
 
 static void emit_alloc(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CUstream s) {
@@ -18,9 +20,26 @@ static void emit_alloc(enum hook_id fn, uint64_t p, size_t n, int kind, int owne
   emit(&r);
 }
 
+/* current_ctx is the context current on this thread (cuCtxGetCurrent), 0
+ * when the driver has no such call: the context an allocation belongs to. */
+static _Atomic(void *) ctx_get; /* (void *)1: the driver has none */
+
+static inline uint64_t current_ctx(void) {
+  void *f = atomic_load_explicit(&ctx_get, memory_order_acquire);
+  if (unlikely(!f)) {
+    f = lookup("cuCtxGetCurrent");
+    if (!f) f = (void *)1;
+    atomic_store_explicit(&ctx_get, f, memory_order_release);
+  }
+  CUcontext c = NULL;
+  if (f == (void *)1 || ((CUresult(*)(CUcontext *))f)(&c) != CUDA_SUCCESS) return 0;
+  return (uint64_t)(uintptr_t)c;
+}
+
 static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CUstream s, uint64_t aux) {
   if (!p) return;
-  struct slot v = {.key = p, .size = n, .stream = (uint64_t)(uintptr_t)s, .aux = aux, .kind = (uint8_t)kind, .owner = (uint8_t)owner};
+  struct slot v = {.key = p, .size = n, .stream = (uint64_t)(uintptr_t)s, .aux = aux, .kind = (uint8_t)kind, .owner = (uint8_t)owner,
+                   .ctx = current_ctx()};
   table_put(&ptrs, &v);
   emit_alloc(fn, p, n, kind, owner, s);
 }
@@ -533,4 +552,140 @@ EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) {
   NEED_REAL(cuIpcCloseMemHandle);
   struct free_ctx c = {(void *)real_cuIpcCloseMemHandle, p, NULL, 0};
   return release(HOOK_cuIpcCloseMemHandle, p, 1, 0, NULL, 0, call_ipc_close, &c);
+}
+
+/* ---- contexts: memory that leaves with its context -------------------------
+ *
+ * cuCtxDestroy, cuDevicePrimaryCtxReset and the cuDevicePrimaryCtxRelease that
+ * drops the last reference free every allocation of the context with no free
+ * call. Each allocation records the context current when it was made; these
+ * hooks zeroize (and verify) every live one of that context first, with the
+ * context pushed current. In enforce mode a failure keeps the whole context
+ * from the driver (the call returns success and the context lives on,
+ * quarantined with its memory). */
+
+static int ctx_zeroize(enum hook_id fn, uint64_t ctx) {
+  if (cfg.mode == MODE_OFF || !ctx) return 0;
+  struct slot *v = NULL;
+  size_t n = table_take_ctx(&ptrs, ctx, &v);
+  if (!n) return 0;
+  CUresult (*push)(CUcontext), (*pop)(CUcontext *);
+  *(void **)&push = lookup("cuCtxPushCurrent_v2");
+  *(void **)&pop = lookup("cuCtxPopCurrent_v2");
+  int pushed = push && pop && push((CUcontext)(uintptr_t)ctx) == CUDA_SUCCESS;
+  int failed = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct kvh_record r = {0};
+    r.type = KVH_REC_FREE;
+    r.fn = (uint16_t)fn;
+    r.ptr = v[i].key;
+    r.mem_kind = v[i].kind;
+    if (v[i].owner == OWN_IMPORTER) {
+      r.flags |= KVH_F_IMPORTER;
+      r.result = KVH_RES_PASSTHROUGH;
+      r.bytes = v[i].size;
+    } else {
+      int device = v[i].kind != KVH_MEM_HOST_PINNED && v[i].kind != KVH_MEM_HOST_REGISTERED;
+      if (zeroize(v[i].key, v[i].size, device, NULL, 0, &r) != 0 && cfg.mode == MODE_ENFORCE) {
+        v[i].state = ST_QUARANTINED;
+        r.type = KVH_REC_QUARANTINE;
+        failed = 1;
+      }
+    }
+    emit(&r);
+  }
+  if (pushed) {
+    CUcontext dummy;
+    pop(&dummy);
+  }
+  if (failed) /* the context is kept: so are its entries, a later free of any is a no-op or zeroizes again */
+    for (size_t i = 0; i < n; i++) table_put(&ptrs, &v[i]);
+  free(v);
+  return failed ? -1 : 0;
+}
+
+EXPORT CUresult cuCtxDestroy(CUcontext c) {
+  NEED_REAL(cuCtxDestroy);
+  if (ctx_zeroize(HOOK_cuCtxDestroy, (uint64_t)(uintptr_t)c)) return CUDA_SUCCESS;
+  return real_cuCtxDestroy(c);
+}
+
+EXPORT CUresult cuCtxDestroy_v2(CUcontext c) {
+  NEED_REAL(cuCtxDestroy_v2);
+  if (ctx_zeroize(HOOK_cuCtxDestroy_v2, (uint64_t)(uintptr_t)c)) return CUDA_SUCCESS;
+  return real_cuCtxDestroy_v2(c);
+}
+
+/* primary_ctx is dev's primary context while it is active, else 0 (then it
+ * holds no memory). It takes a reference and gives it back, which leaves an
+ * active context active. */
+static uint64_t primary_ctx(CUdevice dev) {
+  CUresult (*state)(CUdevice, unsigned int *, int *), (*release_fn)(CUdevice);
+  *(void **)&state = lookup("cuDevicePrimaryCtxGetState");
+  *(void **)&release_fn = lookup("cuDevicePrimaryCtxRelease_v2");
+  if (!release_fn) *(void **)&release_fn = lookup("cuDevicePrimaryCtxRelease");
+  cuDevicePrimaryCtxRetain_fn retain = REAL(cuDevicePrimaryCtxRetain);
+  unsigned int flags = 0;
+  int active = 0;
+  CUcontext c = NULL;
+  if (!state || !release_fn || !retain || state(dev, &flags, &active) != CUDA_SUCCESS || !active) return 0;
+  if (retain(&c, dev) != CUDA_SUCCESS) return 0;
+  release_fn(dev);
+  return (uint64_t)(uintptr_t)c;
+}
+
+/* Primary-context references taken through libkvh, per device: a release
+ * that drops the count to 0 drops the last reference this process took. A
+ * device kvh saw no retain for (or past the array) is not zeroized at
+ * release: kvh cannot prove the reference is the last, and zeroizing memory
+ * another holder still uses would destroy live data. */
+#define MAX_DEVICES 64
+static atomic_int primary_refs[MAX_DEVICES];
+
+EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
+  NEED_REAL(cuDevicePrimaryCtxRetain);
+  CUresult rc = real_cuDevicePrimaryCtxRetain(pctx, dev);
+  if (rc == CUDA_SUCCESS && dev >= 0 && dev < MAX_DEVICES) atomic_fetch_add(&primary_refs[dev], 1);
+  return rc;
+}
+
+static CUresult primary_release(enum hook_id id, cuDevicePrimaryCtxRelease_fn f, CUdevice dev) {
+  int last = 0;
+  if (dev >= 0 && dev < MAX_DEVICES) {
+    int n = atomic_load(&primary_refs[dev]);
+    while (n > 0 && !atomic_compare_exchange_weak(&primary_refs[dev], &n, n - 1)) {
+    }
+    last = n == 1;
+  }
+  if (last && ctx_zeroize(id, primary_ctx(dev))) return CUDA_SUCCESS;
+  CUresult rc = f(dev);
+  if (rc != CUDA_SUCCESS && dev >= 0 && dev < MAX_DEVICES && last) atomic_fetch_add(&primary_refs[dev], 1);
+  return rc;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) {
+  NEED_REAL(cuDevicePrimaryCtxRelease);
+  return primary_release(HOOK_cuDevicePrimaryCtxRelease, real_cuDevicePrimaryCtxRelease, dev);
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+  NEED_REAL(cuDevicePrimaryCtxRelease_v2);
+  return primary_release(HOOK_cuDevicePrimaryCtxRelease_v2, real_cuDevicePrimaryCtxRelease_v2, dev);
+}
+
+static CUresult primary_reset(enum hook_id id, cuDevicePrimaryCtxReset_fn f, CUdevice dev) {
+  if (ctx_zeroize(id, primary_ctx(dev))) return CUDA_SUCCESS;
+  CUresult rc = f(dev);
+  if (rc == CUDA_SUCCESS && dev >= 0 && dev < MAX_DEVICES) atomic_store(&primary_refs[dev], 0); /* every reference is gone */
+  return rc;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
+  NEED_REAL(cuDevicePrimaryCtxReset);
+  return primary_reset(HOOK_cuDevicePrimaryCtxReset, real_cuDevicePrimaryCtxReset, dev);
+}
+
+EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+  NEED_REAL(cuDevicePrimaryCtxReset_v2);
+  return primary_reset(HOOK_cuDevicePrimaryCtxReset_v2, real_cuDevicePrimaryCtxReset_v2, dev);
 }

@@ -198,6 +198,7 @@ struct slot {
   uint64_t aux;
   uint8_t kind, owner, state, pad;
   int32_t device;
+  uint64_t ctx; /* ptrs: the context current at allocation (cuCtxGetCurrent), 0 unknown */
 };
 
 #define STRIPES 256
@@ -226,6 +227,9 @@ struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp);
 int table_put(struct table *t, const struct slot *v);
 /* table_del deletes e, a slot table_find returned (its stripe s locked). */
 void table_del(struct stripe *s, struct slot *e);
+/* table_take_ctx removes every entry of t whose ctx is ctx and returns them in
+ * *out (malloc'd, the caller frees it; NULL when none or no memory). */
+size_t table_take_ctx(struct table *t, uint64_t ctx, struct slot **out);
 void lock_all(void);
 void unlock_all(void);
 

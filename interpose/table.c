@@ -10,6 +10,7 @@
  * device free then asks the driver for its range (hooks.c). */
 #include "kvh_internal.h"
 
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -115,6 +116,30 @@ int table_put(struct table *t, const struct slot *v) {
   pthread_mutex_unlock(&s->mu);
   if (!free_slot) atomic_fetch_add(&untracked, 1);
   return free_slot != NULL;
+}
+
+size_t table_take_ctx(struct table *t, uint64_t ctx, struct slot **out) {
+  size_t n = 0, cap = 0;
+  struct slot *v = NULL;
+  for (int i = 0; i < STRIPES; i++) {
+    struct stripe *s = &t->s[i];
+    pthread_mutex_lock(&s->mu);
+    for (uint32_t j = 0; j < s->cap; j++) {
+      struct slot *e = &s->slots[j];
+      if (e->key <= TOMB || e->ctx != ctx) continue;
+      if (n == cap) {
+        size_t c2 = cap ? 2 * cap : 64;
+        struct slot *v2 = realloc(v, c2 * sizeof *v);
+        if (!v2) break; /* left in the table: released with the context, unzeroized */
+        v = v2, cap = c2;
+      }
+      v[n++] = *e;
+      table_del(s, e);
+    }
+    pthread_mutex_unlock(&s->mu);
+  }
+  *out = v;
+  return n;
 }
 
 /* lock_all takes the VMM lock and every stripe of both tables (fork);

@@ -279,6 +279,8 @@ var FnNames = []string{
 	"cuGetProcAddress", "cuGetProcAddress_v2", "cuGetProcAddress_v2_ptsz",
 	"cudaGetDriverEntryPoint", "cudaGetDriverEntryPoint_ptsz", "cudaGetDriverEntryPointByVersion", "cudaGetDriverEntryPointByVersion_ptsz",
 	"cuMemAlloc", "cuMemAllocPitch", "cuMemFree", "cuMemAllocHost", "cuMemHostRegister", "cuIpcOpenMemHandle",
+	"cuCtxDestroy", "cuCtxDestroy_v2", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2",
+	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2",
 }
 
 // FnName names a hook id.

@@ -40,14 +40,14 @@ var fakeDiffers = []abiDiff{
 		Why: "v1 cuGetProcAddress leaves *pfn untouched when it fails; the fake writes NULL"},
 	// fake differs: issue 11 (fake must not drift)
 	{Name: "missing-exports",
-		Key:   `^dlsym (cuGetExportTable|cuCtxDestroy|cuCtxDestroy_v2|cuDevicePrimaryCtxRelease|cuDevicePrimaryCtxRelease_v2|cuDevicePrimaryCtxReset|cuDevicePrimaryCtxReset_v2|cuArrayDestroy|cuGraphAddMemFreeNode|cuDeviceGraphMemTrim)$`,
+		Key:   `^dlsym (cuGetExportTable|cuArrayDestroy|cuGraphAddMemFreeNode|cuDeviceGraphMemTrim)$`,
 		Field: `^value$`, Fake: `^absent$`, Real: `^exported$`,
-		Why: "the fake does not export cuGetExportTable or the context, array and graph-memory calls through which memory leaves its owner (issue 11 item 4 needs them to test)"},
+		Why: "the fake does not export cuGetExportTable or the array and graph-memory calls through which memory leaves its owner"},
 	// fake differs: issue 11 (fake must not drift)
 	{Name: "resolver-lacks-names",
-		Key:   `^(pre|post) gpa[12] (cuGetProcAddress|cuGetExportTable|cuCtxDestroy|cuDevicePrimaryCtxRelease|cuDevicePrimaryCtxReset|cuArrayDestroy|cuGraphAddMemFreeNode|cuDeviceGraphMemTrim) `,
+		Key:   `^(pre|post) gpa[12] (cuGetProcAddress|cuGetExportTable|cuArrayDestroy|cuGraphAddMemFreeNode|cuDeviceGraphMemTrim) `,
 		Field: `^(rc|pfn|status)$`, Fake: `^(500|null|1)$`, Real: `^(0|2|cu\w+)$`,
-		Why: "the fake's resolver does not know cuGetProcAddress itself (which the real runtime asks for first, and stops without), cuGetExportTable, or the context, array and graph-memory calls"},
+		Why: "the fake's resolver does not know cuGetProcAddress itself (which the real runtime asks for first, and stops without), cuGetExportTable, or the array and graph-memory calls"},
 	// fake differs: issue 11 (fake must not drift)
 	{Name: "per-thread-flag-needs-7000",
 		Key:   `^(pre|post) gpa[12] (cuMemsetD8Async|cuMemsetD8|cuMemcpyDtoH|cuMemcpyHtoD|cuStreamSynchronize) (2000|3010|3020|4000|6000) 2$`,

@@ -25,6 +25,10 @@
  *             counting the freed buffers that still hold their bytes (DIRTY)
  *   register  registers and unregisters memory the application owns: a heap
  *             buffer, a MAP_SHARED file mapping, a read-only mapping
+ *   ctx       memory that leaves with its context: cuCtxDestroy (v1, fetched
+ *             at 3020) of a created context, the last cuDevicePrimaryCtxRelease_v2
+ *             (an earlier one must leave the memory intact), and
+ *             cuDevicePrimaryCtxReset (v1, fetched at 10000)
  *   v1        the v1 entry points (32-bit CUdeviceptr_v1): cuMemAlloc/cuMemFree
  *             bound directly and fetched with cuGetProcAddress at 3010,
  *             cuMemAllocPitch, cuMemAllocHost, cuMemHostRegister (left
@@ -548,6 +552,59 @@ int main(int argc, char **argv) {
   free(content);
   free(back);
   printf("RESIDUE 0\n");
+#elif defined(WAY_ctx)
+  extern CUresult cuCtxCreate_v2(CUcontext *, unsigned int, CUdevice);
+  extern CUresult cuDevicePrimaryCtxRetain(CUcontext *, CUdevice);
+  extern CUresult cuDevicePrimaryCtxRelease_v2(CUdevice);
+  extern CUresult cuMemHostAlloc(void **, size_t, unsigned int);
+  extern CUresult cuMemFreeHost(void *);
+  extern CUresult cuGetProcAddress(const char *, void **, int, cuuint64_t);
+  CUresult (*destroy)(CUcontext), (*reset)(CUdevice);
+  CHECK(cuGetProcAddress("cuCtxDestroy", (void **)&destroy, 3020, 0));
+  CHECK(cuGetProcAddress("cuDevicePrimaryCtxReset", (void **)&reset, 10000, 0));
+  unsigned char *buf = malloc(N);
+  fill(buf, N);
+  CUdeviceptr a, b;
+  void *ha, *hb;
+  CUcontext c, pc;
+  /* a created context, destroyed with a device and a pinned host buffer live */
+  CHECK(cuCtxCreate_v2(&c, 0, 0));
+  CHECK(cuMemAlloc_v2(&a, N));
+  CHECK(cuMemcpyHtoD_v2(a, buf, N));
+  CHECK(cuMemHostAlloc(&ha, N, 0));
+  fill(ha, N);
+  CHECK(destroy(c));
+  CHECK(cuMemAlloc_v2(&b, N));
+  CHECK(cuMemHostAlloc(&hb, N, 0));
+  printf("REUSED %d\n", a == b && ha == hb);
+  int ctx_residue = residue_device(b, N) + residue_of(hb, N);
+  printf("CTX_RESIDUE %d\n", ctx_residue);
+  CHECK(cuMemFree_v2(b));
+  CHECK(cuMemFreeHost(hb));
+  /* the primary context, retained twice: the first release leaves the memory
+   * live and intact, the last frees it */
+  CHECK(cuDevicePrimaryCtxRetain(&pc, 0));
+  CHECK(cuDevicePrimaryCtxRetain(&pc, 0));
+  CHECK(cuMemAlloc_v2(&a, N));
+  CHECK(cuMemcpyHtoD_v2(a, buf, N));
+  CHECK(cuDevicePrimaryCtxRelease_v2(0));
+  printf("LIVE_INTACT %d\n", residue_device(a, N) == N);
+  CHECK(cuDevicePrimaryCtxRelease_v2(0));
+  CHECK(cuMemAlloc_v2(&b, N));
+  int release_residue = residue_device(b, N);
+  printf("RELEASE_RESIDUE %d\n", release_residue);
+  CHECK(cuMemFree_v2(b));
+  /* reset (what cudaDeviceReset does) */
+  CHECK(cuDevicePrimaryCtxRetain(&pc, 0));
+  CHECK(cuMemAlloc_v2(&a, N));
+  CHECK(cuMemcpyHtoD_v2(a, buf, N));
+  CHECK(reset(0));
+  CHECK(cuMemAlloc_v2(&b, N));
+  int reset_residue = residue_device(b, N);
+  printf("RESET_RESIDUE %d\n", reset_residue);
+  CHECK(cuMemFree_v2(b));
+  free(buf);
+  printf("RESIDUE %d\n", ctx_residue + release_residue + reset_residue);
 #elif defined(WAY_v1)
   extern CUresult cuMemAlloc(CUdeviceptr_v1 *, unsigned int);
   extern CUresult cuMemFree(CUdeviceptr_v1);

@@ -31,7 +31,7 @@ static size_t ARENA = 256u << 20;
  * LIFO stack per (size class, host) so the most recently freed block of a
  * size is the next one handed out; live blocks are found by address in a
  * hash table. Both are O(1), so benchmarks measure kvh, not the fake. */
-struct block { CUdeviceptr p; size_t size; int host; };
+struct block { CUdeviceptr p; size_t size; int host; void *ctx; }; /* ctx: the context it was allocated in */
 #define CLASSES 64
 #define HASH (1u << 21)
 struct klass { size_t size; int host; int n, cap; struct block *stack; };
@@ -47,6 +47,10 @@ static unsigned char *low;
 static size_t ltop;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long long next_handle = 1;
+/* Contexts: one current context a thread (the primary one by default). */
+static struct { int id; } primary_ctx;
+static __thread CUcontext cur_ctx;
+static void *ctx_now(void) { return cur_ctx ? (void *)cur_ctx : (void *)&primary_ctx; }
 
 static int env_int(const char *k) { const char *v = getenv(k); return v ? atoi(v) : 0; }
 
@@ -95,13 +99,24 @@ static CUdeviceptr take(size_t n, int host) {
   pthread_mutex_lock(&mu);
   init();
   struct klass *k = klass_of(n, host);
-  struct block b = {0, n, host};
+  struct block b = {0, n, host, NULL};
   if (k && k->n) b = k->stack[--k->n];
   else if (host == 2) { if (low && ltop + n <= LOW_ARENA) { b.p = (CUdeviceptr)(uintptr_t)(low + ltop); ltop += n; } }
   else if (top + n <= ARENA) { b.p = (CUdeviceptr)(uintptr_t)(arena + top); top += n; }
+  b.ctx = ctx_now();
   if (b.p && !live_put(b)) b.p = 0; /* (leaks the block: the table is full) */
   pthread_mutex_unlock(&mu);
   return b.p;
+}
+
+/* push_free puts a block on top of its size's stack (mu held). */
+static void push_free(struct block b) {
+  struct klass *k = klass_of(b.size, b.host);
+  if (k && k->n == k->cap) {
+    k->cap = k->cap ? 2 * k->cap : 64;
+    k->stack = realloc(k->stack, (size_t)k->cap * sizeof *k->stack);
+  }
+  if (k) k->stack[k->n++] = b;
 }
 
 /* give puts a live block on top of its size's stack. */
@@ -110,16 +125,24 @@ static CUresult give(CUdeviceptr p) {
   struct block b;
   CUresult r = CUDA_ERROR_INVALID_VALUE;
   if (live_take(p, &b)) {
-    struct klass *k = klass_of(b.size, b.host);
-    if (k && k->n == k->cap) {
-      k->cap = k->cap ? 2 * k->cap : 64;
-      k->stack = realloc(k->stack, (size_t)k->cap * sizeof *k->stack);
-    }
-    if (k) k->stack[k->n++] = b;
+    push_free(b);
     r = CUDA_SUCCESS;
   }
   pthread_mutex_unlock(&mu);
   return r;
+}
+
+/* free_ctx frees every live block of context c, as the real driver does when
+ * the context goes: bytes and all, for the next allocation to see. */
+static void free_ctx(void *c) {
+  pthread_mutex_lock(&mu);
+  for (unsigned i = 0; i < HASH; i++) {
+    if (live[i].p && live[i].size && live[i].ctx == c) {
+      push_free(live[i]);
+      live[i].size = 0;
+    }
+  }
+  pthread_mutex_unlock(&mu);
 }
 
 EXPORT CUresult cuInit(unsigned int f) { (void)f; pthread_mutex_lock(&mu); init(); pthread_mutex_unlock(&mu); return CUDA_SUCCESS; }
@@ -430,14 +453,79 @@ EXPORT CUresult cuMemGetAddressRange(CUdeviceptr_v1 *base, unsigned int *size, C
   return r;
 }
 
-/* Contexts: one current context a thread (the primary one by default). */
-static struct { int id; } primary_ctx;
-static __thread CUcontext cur_ctx;
 EXPORT CUresult cuCtxGetCurrent(CUcontext *c) {
   if (!c) return CUDA_ERROR_INVALID_VALUE;
-  *c = cur_ctx ? cur_ctx : (CUcontext)(void *)&primary_ctx;
+  *c = (CUcontext)ctx_now();
   return CUDA_SUCCESS;
 }
+/* Created contexts are slots of ctxs; destroying one frees its memory. The
+ * primary context is reference counted: its last release, or a reset, frees
+ * its memory. A thread's context stack is a few deep. */
+static struct { int live; } ctxs[64];
+static int primary_refs;
+static __thread CUcontext ctx_stack[8];
+static __thread int ctx_depth;
+EXPORT CUresult cuCtxCreate_v2(CUcontext *pc, unsigned int flags, CUdevice dev) {
+  (void)flags; (void)dev;
+  if (!pc) return CUDA_ERROR_INVALID_VALUE;
+  pthread_mutex_lock(&mu);
+  int i = 0;
+  while (i < 64 && ctxs[i].live) i++;
+  if (i < 64) ctxs[i].live = 1;
+  pthread_mutex_unlock(&mu);
+  if (i == 64) return CUDA_ERROR_OUT_OF_MEMORY;
+  *pc = cur_ctx = (CUcontext)(void *)&ctxs[i];
+  return CUDA_SUCCESS;
+}
+static CUresult ctx_destroy(CUcontext c) {
+  int i = (int)((uintptr_t)c - (uintptr_t)ctxs) / (int)sizeof ctxs[0];
+  if ((uintptr_t)c < (uintptr_t)ctxs || i >= 64 || (void *)&ctxs[i] != (void *)c || !ctxs[i].live) return CUDA_ERROR_INVALID_VALUE;
+  free_ctx(c);
+  ctxs[i].live = 0;
+  if (cur_ctx == c) cur_ctx = NULL;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuCtxDestroy(CUcontext c) { return ctx_destroy(c); }
+EXPORT CUresult cuCtxDestroy_v2(CUcontext c) { return ctx_destroy(c); }
+EXPORT CUresult cuCtxPushCurrent_v2(CUcontext c) {
+  if (ctx_depth == 8) return CUDA_ERROR_INVALID_VALUE;
+  ctx_stack[ctx_depth++] = cur_ctx;
+  cur_ctx = c;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pc) {
+  if (!ctx_depth) return CUDA_ERROR_INVALID_VALUE;
+  if (pc) *pc = (CUcontext)ctx_now();
+  cur_ctx = ctx_stack[--ctx_depth];
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pc, CUdevice dev) {
+  if (!pc || dev != 0) return CUDA_ERROR_INVALID_VALUE;
+  __atomic_add_fetch(&primary_refs, 1, __ATOMIC_SEQ_CST);
+  *pc = (CUcontext)(void *)&primary_ctx;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active) {
+  if (dev != 0 || !flags || !active) return CUDA_ERROR_INVALID_VALUE;
+  *flags = 0;
+  *active = __atomic_load_n(&primary_refs, __ATOMIC_SEQ_CST) > 0;
+  return CUDA_SUCCESS;
+}
+static CUresult primary_release(CUdevice dev) {
+  if (dev != 0 || __atomic_load_n(&primary_refs, __ATOMIC_SEQ_CST) <= 0) return CUDA_ERROR_INVALID_VALUE;
+  if (__atomic_sub_fetch(&primary_refs, 1, __ATOMIC_SEQ_CST) == 0) free_ctx(&primary_ctx);
+  return CUDA_SUCCESS;
+}
+static CUresult primary_reset(CUdevice dev) {
+  if (dev != 0) return CUDA_ERROR_INVALID_VALUE;
+  free_ctx(&primary_ctx);
+  __atomic_store_n(&primary_refs, 0, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) { return primary_release(dev); }
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) { return primary_release(dev); }
+EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { return primary_reset(dev); }
+EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) { return primary_reset(dev); }
 
 /* Kernels (FAKECUDA_KERNEL=1): only libkvh's zero check, run on the host at
  * launch. The fake records on which stream each 32-bit memset last wrote an
@@ -502,6 +590,10 @@ static const struct entry table[] = {
   E("cuIpcOpenMemHandle", 4010, 0, cuIpcOpenMemHandle), E("cuMemsetD8", 2000, 0, cuMemsetD8),
   E("cuMemcpyDtoH", 2000, 0, cuMemcpyDtoH), E("cuMemcpyHtoD", 2000, 0, cuMemcpyHtoD),
   E("cuMemGetAddressRange", 2000, 0, cuMemGetAddressRange),
+  E("cuCtxDestroy", 2000, 0, cuCtxDestroy), E("cuCtxDestroy", 4000, 0, cuCtxDestroy_v2),
+  E("cuDevicePrimaryCtxRelease", 7000, 0, cuDevicePrimaryCtxRelease), E("cuDevicePrimaryCtxRelease", 11000, 0, cuDevicePrimaryCtxRelease_v2),
+  E("cuDevicePrimaryCtxReset", 7000, 0, cuDevicePrimaryCtxReset), E("cuDevicePrimaryCtxReset", 11000, 0, cuDevicePrimaryCtxReset_v2),
+  E("cuDevicePrimaryCtxRetain", 7000, 0, cuDevicePrimaryCtxRetain),
   E("cuMemAlloc", 3020, 0, cuMemAlloc_v2), E("cuMemAllocManaged", 6000, 0, cuMemAllocManaged),
   E("cuMemAllocPitch", 3020, 0, cuMemAllocPitch_v2),
   E("cuMemFree", 3020, 0, cuMemFree_v2),
