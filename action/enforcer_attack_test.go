@@ -12,30 +12,11 @@ import (
 	"time"
 
 	"github.com/kvhygiene/kvh/internal/proc"
+	"github.com/kvhygiene/kvh/internal/proc/proctest"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
 )
-
-// startAt starts a sleeper with pid (root: ns_last_pid).
-func startAt(t *testing.T, pid int) *exec.Cmd {
-	t.Helper()
-	for i := 0; i < 30; i++ {
-		os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0)
-		c := exec.Command("sleep", "60")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if c.Process.Pid == pid {
-			t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-			return c
-		}
-		c.Process.Kill()
-		c.Wait()
-	}
-	t.Fatalf("could not reuse pid %d", pid)
-	return nil
-}
 
 // Attack: a detector that saw only a pid (the ledger's TTL and
 // free_without_sanitize, the witness) is resolved through the connected
@@ -44,9 +25,7 @@ func startAt(t *testing.T, pid int) *exec.Cmd {
 // provoke itself); a new process takes the pid and connects to the agent;
 // the enforcer kills the new process.
 func TestAttackConnectedPIDReuserIsNotActedOn(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
-	}
+	proctest.NeedRoot(t)
 	v := exec.Command("sleep", "60")
 	if err := v.Start(); err != nil {
 		t.Fatal(err)
@@ -56,7 +35,7 @@ func TestAttackConnectedPIDReuserIsNotActedOn(t *testing.T) {
 	v.Process.Kill()
 	v.Wait()
 	time.Sleep(30 * time.Millisecond)
-	victim := startAt(t, pid)
+	victim := proctest.StartAt(t, pid, nil)
 	vh, err := proc.OpenSeenAt(pid, time.Now(), "/proc") // what Peers.Process returns once it connects
 	if err != nil {
 		t.Fatal(err)
@@ -83,9 +62,7 @@ func TestAttackConnectedPIDReuserIsNotActedOn(t *testing.T) {
 // /proc: after the violator exits, the next holder's tenant is recorded,
 // and its policy chooses the action.
 func TestAttackTenantOfPIDReuserIsNotCharged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
-	}
+	proctest.NeedRoot(t)
 	v := exec.Command("sleep", "60")
 	if err := v.Start(); err != nil {
 		t.Fatal(err)
@@ -95,7 +72,7 @@ func TestAttackTenantOfPIDReuserIsNotCharged(t *testing.T) {
 	v.Process.Kill()
 	v.Wait()
 	time.Sleep(30 * time.Millisecond)
-	startAt(t, pid)
+	proctest.StartAt(t, pid, nil)
 	e, tr, _ := newEnforcer(t, policy.ActionObserve, Config{Identify: func(*proc.Handle) string { return "victim-tenant" }})
 	e.handle(violation.Violation{Kind: violation.UnattestedFree, PID: pid, At: seen, Source: "witness"})
 	for _, r := range tr.all() {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kvhygiene/kvh/internal/proc"
+	"github.com/kvhygiene/kvh/internal/proc/proctest"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
@@ -212,9 +212,7 @@ func TestRefusesLowPIDs(t *testing.T) {
 // (the violator exited and the pid was reused) is never acted on; a later
 // violation by the new holder is, though the old one was already killed.
 func TestPIDReuseNeverHitsAnotherProcess(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
-	}
+	proctest.NeedRoot(t)
 	e, tr, _ := newEnforcer(t, policy.ActionKill, Config{})
 	a := exec.Command("sleep", "60")
 	if err := a.Start(); err != nil {
@@ -225,24 +223,7 @@ func TestPIDReuseNeverHitsAnotherProcess(t *testing.T) {
 	a.Wait() // killed by the enforcer, and reaped
 	seen := time.Now()
 	time.Sleep(20 * time.Millisecond)
-	var b *exec.Cmd
-	for i := 0; i < 20 && b == nil; i++ {
-		os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0)
-		c := exec.Command("sleep", "60")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if c.Process.Pid == pid {
-			b = c
-		} else {
-			c.Process.Kill()
-			c.Wait()
-		}
-	}
-	if b == nil {
-		t.Fatalf("could not reuse pid %d", pid)
-	}
-	defer func() { b.Process.Kill(); b.Wait() }()
+	b := proctest.StartAt(t, pid, nil)
 	// A late violation of the old process (seen before b started).
 	e.handle(violation.Violation{Kind: violation.TTLExpired, PID: pid, At: seen})
 	time.Sleep(50 * time.Millisecond)

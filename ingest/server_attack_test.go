@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/internal/proc/proctest"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/violation"
@@ -149,38 +150,13 @@ func newHarness(t *testing.T, pol policy.Config, cfg ingest.Config) *harness {
 	return h
 }
 
-func steerPID(t *testing.T, pid int, env ...string) *exec.Cmd {
-	t.Helper()
-	for i := 0; i < 30; i++ {
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
-			t.Fatalf("steering the next pid: %v", err)
-		}
-		c := exec.Command(os.Args[0])
-		c.Env = append(os.Environ(), env...)
-		out := &strings.Builder{}
-		c.Stdout = out
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if c.Process.Pid == pid {
-			return c
-		}
-		c.Process.Kill()
-		c.Wait()
-	}
-	t.Fatalf("could not reuse pid %d", pid)
-	return nil
-}
-
 // Attack: the per-process connection cap was counted by pid. A process
 // opens its 8 connections, hands them to a child and exits; the next
 // process to get its pid (anyone's, any tenant's) is refused as "over its
 // cap" and reported as a connection_limit violator, by its own pidfd, so
 // the enforcer would deny, freeze or kill it.
 func TestAttackPerProcessCapChargedToPIDReuser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
-	}
+	proctest.NeedRoot(t)
 	h := newHarness(t, policy.Default(), ingest.Config{MaxConnsPerProcess: 8})
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "KVH_INGEST_ATTACK=hold", "KVH_N=8", "KVH_SOCK="+h.sock)
@@ -199,7 +175,12 @@ func TestAttackPerProcessCapChargedToPIDReuser(t *testing.T) {
 	if p, err := os.FindProcess(child); err == nil {
 		defer p.Kill()
 	}
-	victim := steerPID(t, parent, "KVH_INGEST_ATTACK=victim", "KVH_SOCK="+h.sock)
+	victim := proctest.StartAt(t, parent, func() *exec.Cmd {
+		c := exec.Command(os.Args[0])
+		c.Env = append(os.Environ(), "KVH_INGEST_ATTACK=victim", "KVH_SOCK="+h.sock)
+		c.Stdout = &strings.Builder{}
+		return c
+	})
 	victim.Wait()
 	said := victim.Stdout.(*strings.Builder).String()
 	for _, v := range h.sink.all() {

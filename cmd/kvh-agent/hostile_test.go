@@ -18,6 +18,7 @@ import (
 
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/internal/libkvhtest"
+	"github.com/kvhygiene/kvh/internal/proc/proctest"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/wire"
 )
@@ -98,34 +99,11 @@ func (a *testAgent) dial(t *testing.T) *net.UnixConn {
 	return c
 }
 
-func sleeperWithPID(t *testing.T, pid int) *exec.Cmd {
-	t.Helper()
-	for i := 0; i < 30; i++ {
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
-			t.Fatalf("steering the next pid: %v", err)
-		}
-		c := exec.Command("sleep", "60")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if c.Process.Pid == pid {
-			t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-			return c
-		}
-		c.Process.Kill()
-		c.Wait()
-	}
-	t.Fatalf("could not reuse pid %d", pid)
-	return nil
-}
-
 // 1. A violator forks a child holding its socket and exits; an unrelated
 // process takes its pid; the child then misbehaves on the old connection.
 // The agent must not kill the unrelated process.
 func TestPIDReuseAttack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
-	}
+	proctest.NeedRoot(t)
 	a := newAgent(t, "--on-violation", "kill")
 	goFile := filepath.Join(t.TempDir(), "go")
 	cmd := exec.Command(os.Args[0])
@@ -145,7 +123,7 @@ func TestPIDReuseAttack(t *testing.T) {
 	childProc, _ := os.FindProcess(child)
 	defer childProc.Kill()
 	// The parent has exited (and was reaped by exec): someone else gets its pid.
-	victim := sleeperWithPID(t, parent)
+	victim := proctest.StartAt(t, parent, nil)
 	os.WriteFile(goFile, nil, 0o600)
 	if _, ok := a.waitEvent(10*time.Second, func(e map[string]any) bool {
 		return e["ev"] == "action" && num(e["pid"]) == parent

@@ -4,10 +4,11 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kvhygiene/kvh/internal/proc/proctest"
 )
 
 func TestParseStart(t *testing.T) {
@@ -31,32 +32,10 @@ func sleeper(t *testing.T) *exec.Cmd {
 	return c
 }
 
-// reusePID starts a process that gets pid, by steering the kernel's next
-// pid (root only; other processes forking at the same moment can take it,
-// so it tries a few times).
-func reusePID(t *testing.T, pid int) *exec.Cmd {
-	t.Helper()
-	for i := 0; i < 20; i++ {
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
-			t.Fatalf("steering the next pid: %v", err)
-		}
-		c := sleeper(t)
-		if c.Process.Pid == pid {
-			return c
-		}
-		c.Process.Kill()
-		c.Wait()
-	}
-	t.Fatalf("could not reuse pid %d", pid)
-	return nil
-}
-
 // A handle never signals the process that reused its pid, and a pid seen
 // before its current holder started is refused.
 func TestPIDReuse(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("reusing a pid on purpose needs root (ns_last_pid): skipped")
-	}
+	proctest.NeedRoot(t)
 	a := sleeper(t)
 	seen := time.Now()
 	h, err := OpenSeenAt(a.Process.Pid, seen, "/proc")
@@ -70,7 +49,7 @@ func TestPIDReuse(t *testing.T) {
 	a.Process.Kill()
 	a.Wait()
 	time.Sleep(20 * time.Millisecond)
-	b := reusePID(t, h.PID)
+	b := proctest.StartAt(t, h.PID, nil)
 	if err := h.Signal(syscall.SIGKILL); !errors.Is(err, ErrGone) {
 		t.Fatalf("signal through a dead process's handle: %v", err)
 	}
