@@ -158,44 +158,52 @@ func (h *Handle) Close() error {
 	return err
 }
 
-// startTime reads field 22 of /proc/<pid>/stat (after the comm, which may
-// hold spaces and parentheses).
-func startTime(procRoot string, pid int) (uint64, error) {
+// stat returns the fields of /proc/<pid>/stat after the comm (which may
+// hold spaces and parentheses): field n of proc(5) is f[n-3].
+func stat(procRoot string, pid int) ([]string, error) {
 	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	return statFields(b)
+}
+
+func statFields(b []byte) ([]string, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("stat: no comm")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return nil, errors.New("stat: too few fields")
+	}
+	return f, nil
+}
+
+// startTime reads field 22 of /proc/<pid>/stat.
+func startTime(procRoot string, pid int) (uint64, error) {
+	f, err := stat(procRoot, pid)
 	if err != nil {
 		return 0, err
 	}
-	return parseStart(b)
+	return strconv.ParseUint(f[22-3], 10, 64)
 }
 
 func parseStart(b []byte) (uint64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("stat: no comm")
+	f, err := statFields(b)
+	if err != nil {
+		return 0, err
 	}
-	f := strings.Fields(string(b[i+1:]))
-	// After the comm: state is field 3, so starttime (22) is f[22-3].
-	if len(f) < 20 {
-		return 0, errors.New("stat: too few fields")
-	}
-	return strconv.ParseUint(f[19], 10, 64)
+	return strconv.ParseUint(f[22-3], 10, 64)
 }
 
 // Parent returns the parent pid from /proc/<pid>/stat (field 4).
 func Parent(procRoot string, pid int) (int, error) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
+	f, err := stat(procRoot, pid)
 	if err != nil {
 		return 0, err
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("stat: no comm")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return 0, errors.New("stat: too few fields")
-	}
-	return strconv.Atoi(f[1])
+	return strconv.Atoi(f[4-3])
 }
 
 // KeyOf returns the Key of the process now holding pid, without a handle
