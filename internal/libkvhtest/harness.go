@@ -242,8 +242,41 @@ func Exec(way string, preload string, env []string, args ...string) Run {
 }
 
 // ExecAs is Exec as another user (the caller must be root).
+//
+// The client, the fake libraries and the preload are copied into a fresh
+// directory that uid can reach: the checkout may sit under a directory only
+// root can enter (a CI clone in a 0700 temporary directory).
 func ExecAs(uid, gid uint32, way string, preload string, env []string, args ...string) Run {
-	p := command(way, preload, env, args...)
+	dir, err := os.MkdirTemp("", "kvh-as-")
+	if err != nil {
+		return Run{Err: err}
+	}
+	defer os.RemoveAll(dir)
+	copyTo := func(src, name string) string {
+		dst := filepath.Join(dir, name)
+		if b, rerr := os.ReadFile(src); rerr != nil {
+			err = rerr
+		} else if werr := os.WriteFile(dst, b, 0o755); werr != nil {
+			err = werr
+		}
+		return dst
+	}
+	client := copyTo(Client(way), filepath.Base(Client(way)))
+	for _, lib := range []string{"libcuda.so.1", "libcudart.so.12"} {
+		copyTo(filepath.Join(FakeDir(), lib), lib)
+	}
+	over := []string{"LD_LIBRARY_PATH=" + dir}
+	if preload != "" {
+		over = append(over, "LD_PRELOAD="+copyTo(preload, filepath.Base(preload)))
+	}
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		return Run{Err: fmt.Errorf("copying the client for uid %d: %w", uid, err)}
+	}
+	p := command(way, preload, append(env, over...), args...) // later entries win
+	p.cmd.Path, p.cmd.Args[0] = client, client
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 	return p.start().Wait()
 }
