@@ -11,9 +11,12 @@
  * ABI with the Go loader (bpf/witness.go), kept by bpf2go -type event:
  *   struct event (48 bytes): tgid u32 @0, tid u32 @4, cgroup u64 @8,
  *     ptr u64 @16, size u64 @24, ts u64 @32 (ktime ns), fn u16 @40 (enum fn
- *     below), kind u8 @42 (0 alloc, 1 free, 2 import: maps or releases
- *     memory the process does not own — IPC, registered host memory), pad.
- *   events:   BPF_MAP_TYPE_RINGBUF, 8 MiB; every event wakes the reader.
+ *     below; 0 only from bench_fill), kind u8 @42 (0 alloc, 1 free, 2
+ *     import: maps or releases memory the process does not own — IPC,
+ *     registered host memory, 3 context: a context's memory went back to the
+ *     driver with it), pad.
+ *   events:   BPF_MAP_TYPE_RINGBUF, 8 MiB; an event wakes the reader only
+ *     when WAKE_BYTES are unread (the reader also polls on a timer).
  *   lost:     BPF_MAP_TYPE_PERCPU_ARRAY[1] u64, events the ring had no room for.
  *   failed:   BPF_MAP_TYPE_PERCPU_ARRAY[64] u64, calls per fn that returned
  *     an error (not reported as events).
@@ -81,9 +84,15 @@ enum fn {
   FN_cuIpcOpenMemHandle,
   FN_cuIpcOpenMemHandle_v2,
   FN_cuIpcCloseMemHandle,
+  FN_cuCtxDestroy,
+  FN_cuCtxDestroy_v2,
+  FN_cuDevicePrimaryCtxRelease,
+  FN_cuDevicePrimaryCtxRelease_v2,
+  FN_cuDevicePrimaryCtxReset,
+  FN_cuDevicePrimaryCtxReset_v2,
 };
 #define FN_SLOTS 64 /* the failed map's size: every fn is below it */
-_Static_assert(FN_cuIpcCloseMemHandle < FN_SLOTS, "enum fn outgrew FN_SLOTS");
+_Static_assert(FN_cuDevicePrimaryCtxReset_v2 < FN_SLOTS, "enum fn outgrew FN_SLOTS: the last entry must be below it");
 
 struct event {
   __u32 tgid;
@@ -98,10 +107,11 @@ struct event {
 };
 const struct event *unused_event __attribute__((unused));
 
-enum { KIND_ALLOC = 0, KIND_FREE = 1, KIND_IMPORT = 2 };
+enum { KIND_ALLOC = 0, KIND_FREE = 1, KIND_IMPORT = 2, KIND_CONTEXT = 3 };
 /* How the pointer is found on return: through an out-parameter of 64 or 32
- * bits (v1 device pointers), or the argument itself. */
-enum { MODE_OUT64 = 0, MODE_OUT32 = 1, MODE_ARG = 2 };
+ * bits (v1 device pointers), the argument itself (0 is not reported), or
+ * the argument as a value where 0 is meaningful (a device ordinal). */
+enum { MODE_OUT64 = 0, MODE_OUT32 = 1, MODE_ARG = 2, MODE_VAL = 3 };
 
 struct call {
   __u64 id;
@@ -143,6 +153,14 @@ struct {
   __type(value, struct pending);
 } inflight SEC(".maps");
 
+/* WAKE_BYTES: an event submitted while at least this much is unread wakes
+ * the reader; others do not. A wakeup is an irq_work and an IPI — on a
+ * virtual machine a trap to the hypervisor — and waking the reader for
+ * every event cost more than the rest of the probe. The reader polls the
+ * ring on a short timer as well (bpf/witness.go), so a quiet ring is read
+ * within that interval and a busy one long before it fills. */
+#define WAKE_BYTES (512 << 10)
+
 static __always_inline void emit(__u16 fn, __u8 kind, __u64 ptr, __u64 size) {
   struct event *e = bpf_ringbuf_reserve(&events, sizeof *e, 0);
   if (!e) {
@@ -160,7 +178,8 @@ static __always_inline void emit(__u16 fn, __u8 kind, __u64 ptr, __u64 size) {
   e->ts = bpf_ktime_get_ns();
   e->fn = fn;
   e->kind = kind;
-  bpf_ringbuf_submit(e, 0);
+  __u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+  bpf_ringbuf_submit(e, wake);
 }
 
 /* On entry: remember what the return probe needs. */
@@ -186,6 +205,10 @@ static __always_inline void leave(__u16 fn, long rc) {
     return;
   }
   __u64 ptr = 0;
+  if (v.mode == MODE_VAL) {
+    emit(fn, v.kind, v.arg, v.size);
+    return;
+  }
   if (v.mode == MODE_ARG) {
     ptr = v.arg;
   } else if (v.mode == MODE_OUT32) {
@@ -326,3 +349,36 @@ int BPF_KPROBE(enter_cuMemFree, __u64 ptr) {
   return 0;
 }
 LEAVE(cuMemFree)
+
+/* Contexts: cuCtxDestroy[_v2](ctx), cuDevicePrimaryCtxRelease[_v2](dev) and
+ * cuDevicePrimaryCtxReset[_v2](dev) hand every live allocation of the context
+ * back to the driver with no free call (a release only when it drops the
+ * last reference, which a probe cannot tell: every successful release is
+ * reported). ptr is the context handle, or the device ordinal (0 included). */
+#define CONTEXT(name)                                                    \
+  SEC("uprobe/" #name)                                                   \
+  int BPF_KPROBE(enter_##name, __u64 arg) {                              \
+    enter(FN_##name, MODE_VAL, KIND_CONTEXT, arg, 0);                    \
+    return 0;                                                            \
+  }                                                                      \
+  LEAVE(name)
+CONTEXT(cuCtxDestroy)
+CONTEXT(cuCtxDestroy_v2)
+CONTEXT(cuDevicePrimaryCtxRelease)
+CONTEXT(cuDevicePrimaryCtxRelease_v2)
+CONTEXT(cuDevicePrimaryCtxReset)
+CONTEXT(cuDevicePrimaryCtxReset_v2)
+
+/* bench_fill is never loaded by the witness (Start drops it) and never
+ * attached: the ring-buffer benchmark (bench_test.go) loads it against the
+ * witness's own maps and runs it with BPF_PROG_TEST_RUN to put BENCH_BATCH events through emit() —
+ * the probes' own path to the ring — per call, at rates no uprobe-driven
+ * process reaches on a small machine. Its events have fn 0, which names no
+ * driver function: the loader reports them with an empty Fn. */
+#define BENCH_BATCH 256
+SEC("raw_tp")
+int bench_fill(void *ctx) {
+  for (int i = 0; i < BENCH_BATCH; i++)
+    emit(0, KIND_ALLOC, 0x1000 + i, 256);
+  return 0;
+}

@@ -50,6 +50,13 @@ const (
 	kvhMapFailed                            = "failed"
 	kvhMapInflight                          = "inflight"
 	kvhMapLost                              = "lost"
+	kvhProgBenchFill                        = "bench_fill"
+	kvhProgEnterCuCtxDestroy                = "enter_cuCtxDestroy"
+	kvhProgEnterCuCtxDestroyV2              = "enter_cuCtxDestroy_v2"
+	kvhProgEnterCuDevicePrimaryCtxRelease   = "enter_cuDevicePrimaryCtxRelease"
+	kvhProgEnterCuDevicePrimaryCtxReleaseV2 = "enter_cuDevicePrimaryCtxRelease_v2"
+	kvhProgEnterCuDevicePrimaryCtxReset     = "enter_cuDevicePrimaryCtxReset"
+	kvhProgEnterCuDevicePrimaryCtxResetV2   = "enter_cuDevicePrimaryCtxReset_v2"
 	kvhProgEnterCuIpcCloseMemHandle         = "enter_cuIpcCloseMemHandle"
 	kvhProgEnterCuIpcOpenMemHandle          = "enter_cuIpcOpenMemHandle"
 	kvhProgEnterCuIpcOpenMemHandleV2        = "enter_cuIpcOpenMemHandle_v2"
@@ -83,6 +90,12 @@ const (
 	kvhProgEnterCudaMalloc                  = "enter_cudaMalloc"
 	kvhProgEnterCudaMallocAsync             = "enter_cudaMallocAsync"
 	kvhProgEnterCudaMallocHost              = "enter_cudaMallocHost"
+	kvhProgExitCuCtxDestroy                 = "exit_cuCtxDestroy"
+	kvhProgExitCuCtxDestroyV2               = "exit_cuCtxDestroy_v2"
+	kvhProgExitCuDevicePrimaryCtxRelease    = "exit_cuDevicePrimaryCtxRelease"
+	kvhProgExitCuDevicePrimaryCtxReleaseV2  = "exit_cuDevicePrimaryCtxRelease_v2"
+	kvhProgExitCuDevicePrimaryCtxReset      = "exit_cuDevicePrimaryCtxReset"
+	kvhProgExitCuDevicePrimaryCtxResetV2    = "exit_cuDevicePrimaryCtxReset_v2"
 	kvhProgExitCuIpcCloseMemHandle          = "exit_cuIpcCloseMemHandle"
 	kvhProgExitCuIpcOpenMemHandle           = "exit_cuIpcOpenMemHandle"
 	kvhProgExitCuIpcOpenMemHandleV2         = "exit_cuIpcOpenMemHandle_v2"
@@ -161,6 +174,13 @@ type kvhSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kvhProgramSpecs struct {
+	BenchFill                        *ebpf.ProgramSpec `ebpf:"bench_fill"`
+	EnterCuCtxDestroy                *ebpf.ProgramSpec `ebpf:"enter_cuCtxDestroy"`
+	EnterCuCtxDestroyV2              *ebpf.ProgramSpec `ebpf:"enter_cuCtxDestroy_v2"`
+	EnterCuDevicePrimaryCtxRelease   *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxRelease"`
+	EnterCuDevicePrimaryCtxReleaseV2 *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxRelease_v2"`
+	EnterCuDevicePrimaryCtxReset     *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxReset"`
+	EnterCuDevicePrimaryCtxResetV2   *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxReset_v2"`
 	EnterCuIpcCloseMemHandle         *ebpf.ProgramSpec `ebpf:"enter_cuIpcCloseMemHandle"`
 	EnterCuIpcOpenMemHandle          *ebpf.ProgramSpec `ebpf:"enter_cuIpcOpenMemHandle"`
 	EnterCuIpcOpenMemHandleV2        *ebpf.ProgramSpec `ebpf:"enter_cuIpcOpenMemHandle_v2"`
@@ -194,6 +214,12 @@ type kvhProgramSpecs struct {
 	EnterCudaMalloc                  *ebpf.ProgramSpec `ebpf:"enter_cudaMalloc"`
 	EnterCudaMallocAsync             *ebpf.ProgramSpec `ebpf:"enter_cudaMallocAsync"`
 	EnterCudaMallocHost              *ebpf.ProgramSpec `ebpf:"enter_cudaMallocHost"`
+	ExitCuCtxDestroy                 *ebpf.ProgramSpec `ebpf:"exit_cuCtxDestroy"`
+	ExitCuCtxDestroyV2               *ebpf.ProgramSpec `ebpf:"exit_cuCtxDestroy_v2"`
+	ExitCuDevicePrimaryCtxRelease    *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxRelease"`
+	ExitCuDevicePrimaryCtxReleaseV2  *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxRelease_v2"`
+	ExitCuDevicePrimaryCtxReset      *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxReset"`
+	ExitCuDevicePrimaryCtxResetV2    *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxReset_v2"`
 	ExitCuIpcCloseMemHandle          *ebpf.ProgramSpec `ebpf:"exit_cuIpcCloseMemHandle"`
 	ExitCuIpcOpenMemHandle           *ebpf.ProgramSpec `ebpf:"exit_cuIpcOpenMemHandle"`
 	ExitCuIpcOpenMemHandleV2         *ebpf.ProgramSpec `ebpf:"exit_cuIpcOpenMemHandle_v2"`
@@ -292,6 +318,13 @@ type kvhVariables struct {
 //
 // It can be passed to loadKvhObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kvhPrograms struct {
+	BenchFill                        *ebpf.Program `ebpf:"bench_fill"`
+	EnterCuCtxDestroy                *ebpf.Program `ebpf:"enter_cuCtxDestroy"`
+	EnterCuCtxDestroyV2              *ebpf.Program `ebpf:"enter_cuCtxDestroy_v2"`
+	EnterCuDevicePrimaryCtxRelease   *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxRelease"`
+	EnterCuDevicePrimaryCtxReleaseV2 *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxRelease_v2"`
+	EnterCuDevicePrimaryCtxReset     *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxReset"`
+	EnterCuDevicePrimaryCtxResetV2   *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxReset_v2"`
 	EnterCuIpcCloseMemHandle         *ebpf.Program `ebpf:"enter_cuIpcCloseMemHandle"`
 	EnterCuIpcOpenMemHandle          *ebpf.Program `ebpf:"enter_cuIpcOpenMemHandle"`
 	EnterCuIpcOpenMemHandleV2        *ebpf.Program `ebpf:"enter_cuIpcOpenMemHandle_v2"`
@@ -325,6 +358,12 @@ type kvhPrograms struct {
 	EnterCudaMalloc                  *ebpf.Program `ebpf:"enter_cudaMalloc"`
 	EnterCudaMallocAsync             *ebpf.Program `ebpf:"enter_cudaMallocAsync"`
 	EnterCudaMallocHost              *ebpf.Program `ebpf:"enter_cudaMallocHost"`
+	ExitCuCtxDestroy                 *ebpf.Program `ebpf:"exit_cuCtxDestroy"`
+	ExitCuCtxDestroyV2               *ebpf.Program `ebpf:"exit_cuCtxDestroy_v2"`
+	ExitCuDevicePrimaryCtxRelease    *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxRelease"`
+	ExitCuDevicePrimaryCtxReleaseV2  *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxRelease_v2"`
+	ExitCuDevicePrimaryCtxReset      *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxReset"`
+	ExitCuDevicePrimaryCtxResetV2    *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxReset_v2"`
 	ExitCuIpcCloseMemHandle          *ebpf.Program `ebpf:"exit_cuIpcCloseMemHandle"`
 	ExitCuIpcOpenMemHandle           *ebpf.Program `ebpf:"exit_cuIpcOpenMemHandle"`
 	ExitCuIpcOpenMemHandleV2         *ebpf.Program `ebpf:"exit_cuIpcOpenMemHandle_v2"`
@@ -362,6 +401,13 @@ type kvhPrograms struct {
 
 func (p *kvhPrograms) Close() error {
 	return _KvhClose(
+		p.BenchFill,
+		p.EnterCuCtxDestroy,
+		p.EnterCuCtxDestroyV2,
+		p.EnterCuDevicePrimaryCtxRelease,
+		p.EnterCuDevicePrimaryCtxReleaseV2,
+		p.EnterCuDevicePrimaryCtxReset,
+		p.EnterCuDevicePrimaryCtxResetV2,
 		p.EnterCuIpcCloseMemHandle,
 		p.EnterCuIpcOpenMemHandle,
 		p.EnterCuIpcOpenMemHandleV2,
@@ -395,6 +441,12 @@ func (p *kvhPrograms) Close() error {
 		p.EnterCudaMalloc,
 		p.EnterCudaMallocAsync,
 		p.EnterCudaMallocHost,
+		p.ExitCuCtxDestroy,
+		p.ExitCuCtxDestroyV2,
+		p.ExitCuDevicePrimaryCtxRelease,
+		p.ExitCuDevicePrimaryCtxReleaseV2,
+		p.ExitCuDevicePrimaryCtxReset,
+		p.ExitCuDevicePrimaryCtxResetV2,
 		p.ExitCuIpcCloseMemHandle,
 		p.ExitCuIpcOpenMemHandle,
 		p.ExitCuIpcOpenMemHandleV2,

@@ -16,6 +16,8 @@ var fnNames = []string{
 	"cuMemAlloc", "cuMemFree", "cuMemAllocPitch", "cuMemAllocPitch_v2", "cuMemAllocHost", "cuMemAllocManaged",
 	"cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemHostRegister", "cuMemHostRegister_v2",
 	"cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2", "cuIpcCloseMemHandle",
+	"cuCtxDestroy", "cuCtxDestroy_v2", "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2",
+	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2",
 }
 
 // Event is one witnessed call that succeeded: the witness reports a call on
@@ -35,6 +37,12 @@ type Event struct {
 	// it is not a Free. Neither: an allocation.
 	Free   bool
 	Import bool
+	// Context: the call handed a context's memory back to the driver with
+	// no free call (cuCtxDestroy: Ptr is the context handle;
+	// cuDevicePrimaryCtxRelease/Reset: Ptr is the device ordinal, and a
+	// release frees only when it drops the last reference, which the probe
+	// cannot tell). It is not a Free: there is no one pointer to join.
+	Context bool
 }
 
 // Driver reports whether the event came from the driver library (libcuda),

@@ -12,7 +12,7 @@ func Start(Options) (*Witness, error) {
 	return nil, fmt.Errorf("%w: built for linux/amd64 and linux/arm64 only", ErrUnavailable)
 }
 
-func (*Witness) Events() <-chan Event      { return nil }
+func (*Witness) Events() <-chan []Event    { return nil }
 func (*Witness) Attached() []string        { return nil }
 func (*Witness) Lost() uint64              { return 0 }
 func (*Witness) Failed() map[string]uint64 { return nil }

@@ -44,9 +44,11 @@ func collect(w *Witness, pid int, d time.Duration) []Event {
 	deadline := time.After(d)
 	for {
 		select {
-		case e := <-w.Events():
-			if int(e.TGID) == pid {
-				out = append(out, e)
+		case batch := <-w.Events():
+			for _, e := range batch {
+				if int(e.TGID) == pid {
+					out = append(out, e)
+				}
 			}
 		case <-deadline:
 			return out
@@ -132,5 +134,46 @@ __attribute__((visibility("default"))) int cuGetProcAddress_v2(const char *s, vo
 	bad, err := SelfTest(lib)
 	if err != nil || len(bad) != 1 || !strings.Contains(bad[0], "cuMemFree") {
 		t.Fatalf("%v %v", err, bad)
+	}
+}
+
+// Destroying a context, and releasing or resetting a primary context, hand
+// the context's memory back to the driver with no free call: the witness
+// reports each that succeeded as a Context event (never a Free), with the
+// context handle or the device ordinal — device 0 included — and the v1
+// names cuGetProcAddress hands out at old versions are probed too. A call
+// the driver refuses is counted, not reported.
+func TestWitnessSeesContextTeardown(t *testing.T) {
+	w := needWitness(t)
+	before := w.Failed()["cuCtxDestroy_v2"]
+	run := libkvhtest.Exec("ctx", "", nil)
+	if run.Err != nil || !strings.Contains(run.Stdout, "REFUSED 1") {
+		t.Fatal(run.Err, run.Stdout, run.Stderr)
+	}
+	got := map[string][]uint64{}
+	for _, e := range collect(w, run.PID, 500*time.Millisecond) {
+		if e.Context {
+			if e.Free || e.Import {
+				t.Errorf("a context event is also free=%v import=%v: %+v", e.Free, e.Import, e)
+			}
+			got[e.Fn] = append(got[e.Fn], e.Ptr)
+		}
+	}
+	// client_ctx: cuCtxDestroy as cuGetProcAddress hands it out at 3020 (v1),
+	// two cuDevicePrimaryCtxRelease_v2(0), cuDevicePrimaryCtxReset at 10000 (v1).
+	if d := got["cuCtxDestroy"]; len(d) != 1 || d[0] == 0 {
+		t.Errorf("cuCtxDestroy: %v", d)
+	}
+	if r := got["cuDevicePrimaryCtxRelease_v2"]; len(r) != 2 || r[0] != 0 || r[1] != 0 {
+		t.Errorf("cuDevicePrimaryCtxRelease_v2: %v", r)
+	}
+	if r := got["cuDevicePrimaryCtxReset"]; len(r) != 1 || r[0] != 0 {
+		t.Errorf("cuDevicePrimaryCtxReset: %v", r)
+	}
+	if len(got) != 3 {
+		t.Errorf("context events: %v", got)
+	}
+	if n := w.Failed()["cuCtxDestroy_v2"]; n != before+1 {
+		t.Errorf("the refused cuCtxDestroy_v2(NULL): failed count %d, was %d", n, before)
 	}
 }

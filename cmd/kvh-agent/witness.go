@@ -66,10 +66,13 @@ func runWitness(ctx context.Context, wg *sync.WaitGroup, w *bpf.Witness, corr *i
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		for ev := range w.Events() {
-			events.Inc()
-			if ev.Driver() && int(ev.TGID) != self {
-				corr.Witness(ingest.Witnessed{PID: int(ev.TGID), Ptr: ev.Ptr, Fn: ev.Fn, Free: ev.Free, At: time.Now()})
+		for batch := range w.Events() {
+			events.Add(float64(len(batch)))
+			at := time.Now()
+			for _, ev := range batch {
+				if ev.Driver() && int(ev.TGID) != self {
+					corr.Witness(ingest.Witnessed{PID: int(ev.TGID), Ptr: ev.Ptr, Fn: ev.Fn, Free: ev.Free, At: at})
+				}
 			}
 		}
 	}()

@@ -603,6 +603,9 @@ int main(int argc, char **argv) {
   int reset_residue = residue_device(b, N);
   printf("RESET_RESIDUE %d\n", reset_residue);
   CHECK(cuMemFree_v2(b));
+  /* a destroy the driver refuses frees nothing (the witness counts it) */
+  extern CUresult cuCtxDestroy_v2(CUcontext);
+  printf("REFUSED %d\n", cuCtxDestroy_v2(NULL) != CUDA_SUCCESS);
   free(buf);
   printf("RESIDUE %d\n", ctx_residue + release_residue + reset_residue);
 #elif defined(WAY_v1)
