@@ -1,6 +1,7 @@
 package forensic
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
@@ -18,7 +19,10 @@ var rangeFactory = compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren
 type chain struct {
 	rng  *compact.Range
 	prev [32]byte
-	mac  hash.Hash // nil: MACs are not checked (or not written)
+	mac  hash.Hash // nil: MACs are not checked (or not written); set with setMAC
+	// macKey is the key mac was made from: a verifier's workers check MACs
+	// ahead with a key, and accept uses their verdict only for this one.
+	macKey []byte
 	// macAlg is what the trail declared; when it is hmac-sha256 every record
 	// must carry a MAC whether or not it can be checked.
 	macAlg string
@@ -42,9 +46,21 @@ func (c *chain) root() []byte {
 	return r
 }
 
+// setMAC makes MACs checked (or written) with key; nil turns them off.
+func (c *chain) setMAC(key []byte) {
+	c.mac, c.macKey = newMAC(key), key
+}
+
 // accept checks that line is the next record of the chain and appends it.
 // First-record-after-prune callers pass skipPrev.
 func (c *chain) accept(line []byte, p *parsed, skipPrev bool) error {
+	return c.acceptPre(line, p, skipPrev, nil)
+}
+
+// acceptPre is accept given what a verifier's worker computed ahead for
+// the line (pre.p must be p): its leaf hash, and its MAC verdict when the
+// worker checked it with this chain's key. pre nil computes both here.
+func (c *chain) acceptPre(line []byte, p *parsed, skipPrev bool, pre *preLine) error {
 	if p.seq != c.size() {
 		return fmt.Errorf("seq %d, expected %d", p.seq, c.size())
 	}
@@ -56,15 +72,74 @@ func (c *chain) accept(line []byte, p *parsed, skipPrev bool) error {
 		return errors.New("MAC missing (the trail declares hmac-sha256)")
 	case c.macAlg == MACAlgNone && p.mac != nil:
 		return errors.New("MAC present but the trail declares none")
-	case p.mac != nil && c.mac != nil && !checkMAC(line, p, c.mac):
+	case p.mac != nil && c.mac != nil && !c.macValid(line, p, pre):
 		return errors.New("MAC invalid")
 	}
-	leaf := rfc6962.DefaultHasher.HashLeaf(line)
+	var leaf []byte
+	if pre != nil {
+		leaf = pre.leaf[:]
+	} else {
+		leaf = rfc6962.DefaultHasher.HashLeaf(line)
+	}
 	if err := c.rng.Append(leaf, nil); err != nil {
 		return err
 	}
 	copy(c.prev[:], leaf)
 	return nil
+}
+
+func (c *chain) macValid(line []byte, p *parsed, pre *preLine) bool {
+	if pre != nil && pre.mac != macUnchecked && bytes.Equal(pre.macKey, c.macKey) {
+		return pre.mac == macOK
+	}
+	return checkMAC(line, p, c.mac)
+}
+
+// preLine is what a verifier's worker computes for a line ahead of the
+// sequential walk: everything that needs no state from earlier lines.
+type preLine struct {
+	p      parsed
+	perr   error
+	leaf   [32]byte
+	mac    int8   // macUnchecked, macOK or macBad
+	macKey []byte // the key the MAC was checked with
+}
+
+const (
+	macUnchecked int8 = iota
+	macOK
+	macBad
+)
+
+// lineWorker is one verify worker's private state.
+type lineWorker struct {
+	leaf   hash.Hash
+	mac    hash.Hash
+	macKey []byte
+}
+
+func newLineWorker(macKey []byte) *lineWorker {
+	return &lineWorker{leaf: sha256.New(), mac: newMAC(macKey), macKey: macKey}
+}
+
+var leafPrefix = []byte{rfc6962.RFC6962LeafHashPrefix}
+
+// prepLine parses a record line, hashes its leaf and checks its MAC.
+func prepLine(w *lineWorker, line []byte, out *preLine) {
+	out.mac, out.macKey = macUnchecked, nil
+	if out.perr = parseLine(line, &out.p); out.perr != nil {
+		return
+	}
+	w.leaf.Reset()
+	w.leaf.Write(leafPrefix)
+	w.leaf.Write(line)
+	w.leaf.Sum(out.leaf[:0])
+	if w.mac != nil && out.p.mac != nil {
+		out.mac, out.macKey = macBad, w.macKey
+		if checkMAC(line, &out.p, w.mac) {
+			out.mac = macOK
+		}
+	}
 }
 
 func newMAC(key []byte) hash.Hash {

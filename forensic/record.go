@@ -172,8 +172,9 @@ type parsed struct {
 	kind     []byte
 	prev     [32]byte
 	body     []byte
-	mac      []byte // decoded, nil if absent
+	mac      []byte // decoded, nil if absent (points into macSum)
 	macStart int    // offset of `,"mac":"` when present
+	macSum   [32]byte
 }
 
 var errLineShape = errors.New("not a kvh record line")
@@ -239,7 +240,8 @@ func parseLine(line []byte, p *parsed) error {
 		if k, err := base64.StdEncoding.Decode(dec[:], rest[m+len(macKey):n-2]); err != nil || k != 32 {
 			return errors.New("bad mac field")
 		}
-		p.mac = dec[:32:32]
+		copy(p.macSum[:], dec[:32])
+		p.mac = p.macSum[:]
 		p.macStart = len(line) - n + m
 		p.body = rest[:m]
 	} else if n >= 2 && rest[n-1] == '}' {
@@ -250,10 +252,55 @@ func parseLine(line []byte, p *parsed) error {
 	if len(p.body) < 2 || p.body[0] != '{' || !json.Valid(p.body) {
 		return errors.New("body is not a JSON object")
 	}
-	if _, err := time.Parse(time.RFC3339Nano, string(p.ts)); err != nil {
-		return errors.New("bad ts field")
+	if !isWriterTS(p.ts) {
+		if _, err := time.Parse(time.RFC3339Nano, string(p.ts)); err != nil {
+			return errors.New("bad ts field")
+		}
 	}
 	return nil
+}
+
+// isWriterTS is the fast path of the ts check for the form tsNow writes,
+// "2006-01-02T15:04:05[.fraction]Z" with fields in range: it accepts only
+// what time.Parse(time.RFC3339Nano) accepts (TestWriterTS pins it), and
+// anything else goes to time.Parse.
+func isWriterTS(b []byte) bool {
+	if len(b) < 20 || len(b) > 30 || b[len(b)-1] != 'Z' || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
+		return false
+	}
+	num := func(i, n int) int {
+		v := 0
+		for _, c := range b[i : i+n] {
+			if c < '0' || c > '9' {
+				return -1
+			}
+			v = v*10 + int(c-'0')
+		}
+		return v
+	}
+	year, mon, day, hh, mm, ss := num(0, 4), num(5, 2), num(8, 2), num(11, 2), num(14, 2), num(17, 2)
+	if year < 0 || mon < 1 || mon > 12 || day < 1 || day > 28 && day > daysIn(mon, year) || hh < 0 || hh > 23 || mm < 0 || mm > 59 || ss < 0 || ss > 59 {
+		return false
+	}
+	if frac := b[19 : len(b)-1]; len(frac) > 0 {
+		if len(frac) < 2 || frac[0] != '.' || num(20, len(frac)-1) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func daysIn(mon, year int) int {
+	switch mon {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
 }
 
 func isKindName(b []byte) bool {

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
@@ -207,7 +210,8 @@ func (v *verifier) run(dir string) error {
 	if err != nil {
 		return fail(first.name, 1, seqp(first.first.seq), "frontier: %v", err)
 	}
-	c.mac, c.macAlg = newMAC(v.opts.MACKey), first.head.MACAlg
+	c.setMAC(v.opts.MACKey)
+	c.macAlg = first.head.MACAlg
 	if first.index == 0 {
 		c.prev = [32]byte{}
 	} else {
@@ -354,17 +358,14 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 		return nil, err
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, MaxLine+1)
-	var p parsed
+	lp := newLinePipe(f, MaxLine, func() *lineWorker { return newLineWorker(v.opts.MACKey) }, prepLine)
+	defer lp.stop()
 	var off int64
 	lineNo := 0
 	closed := false
 	for {
-		line, rerr := readLine(br)
+		line, pre, rerr := lp.next()
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
-			if len(line) >= MaxLine {
-				rerr = fmt.Errorf("record line longer than %d bytes", MaxLine)
-			}
 			return v.tornOrFail(s, f, off, lineNo+1, last, closed, rerr.Error())
 		}
 		if errors.Is(rerr, io.EOF) {
@@ -378,18 +379,19 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 		if closed {
 			return nil, fail(s.name, lineNo, nil, "data after the close record")
 		}
-		if err := parseLine(line, &p); err != nil {
-			return v.tornOrFail(s, f, off, lineNo, last, closed, err.Error())
+		if pre.perr != nil {
+			return v.tornOrFail(s, f, off, lineNo, last, closed, pre.perr.Error())
 		}
+		p := &pre.p
 		switch kind := string(p.kind); {
 		case lineNo == 1:
-			if err := c.accept(line, &p, prevName == ""); err != nil {
+			if err := c.acceptPre(line, p, prevName == "", pre); err != nil {
 				return nil, fail(s.name, lineNo, seqp(p.seq), "%v", err)
 			}
 		case kind == KindSegment:
 			return nil, fail(s.name, lineNo, seqp(p.seq), "segment record inside a segment")
 		default:
-			if err := c.accept(line, &p, false); err != nil {
+			if err := c.acceptPre(line, p, false, pre); err != nil {
 				return nil, fail(s.name, lineNo, seqp(p.seq), "%v", err)
 			}
 			switch kind {
@@ -501,6 +503,10 @@ func (v *verifier) loadCheckpoints() error {
 		return fail(CheckpointFile, 0, nil, "missing: nothing in the trail is signed")
 	}
 	lines := bytes.Split(data, []byte("\n"))
+	// Signatures are checked on every core first (one Ed25519 verification
+	// per group commit is most of this file's cost); the loop below then
+	// judges the lines in order, as before.
+	opened := v.openCheckpoints(lines)
 	for i, line := range lines {
 		if len(line) == 0 {
 			if i != len(lines)-1 {
@@ -517,7 +523,7 @@ func (v *verifier) loadCheckpoints() error {
 			}
 			return fail(CheckpointFile, i+1, nil, "malformed checkpoint line")
 		}
-		cp, err := v.openCheckpoint([]byte(cl.Note))
+		cp, err := opened[i].cp, opened[i].err
 		if err != nil {
 			return fail(CheckpointFile, i+1, nil, "%v", err)
 		}
@@ -537,6 +543,34 @@ func (v *verifier) loadCheckpoints() error {
 		v.ext[cp.Size] = cp.Hash
 	}
 	return nil
+}
+
+type openedCheckpoint struct {
+	cp  *log.Checkpoint
+	err error
+}
+
+// openCheckpoints opens the note of every well-formed checkpoint line, on
+// all cores.
+func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
+	out := make([]openedCheckpoint, len(lines))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), max(len(lines)/64, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(lines); i = int(next.Add(1) - 1) {
+				var cl checkpointLine
+				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || strictUnmarshal(lines[i], &cl) != nil {
+					continue
+				}
+				out[i].cp, out[i].err = v.openCheckpoint([]byte(cl.Note))
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 func (v *verifier) openCheckpoint(n []byte) (*log.Checkpoint, error) {
