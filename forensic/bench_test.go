@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +20,9 @@ import (
 func BenchmarkAppendDurable(b *testing.B) {
 	k := newKeys(b, "kvh-bench")
 	body := []byte(`{"ev":"free","tenant":"tenant-a","request":"req-000123","bytes":2097152,"coverage_pct":100,"method":"memset+full"}`)
+	// The reference, in the same run: the seed's ForensicLogger.append (no
+	// fsync at all) with HMAC, 256 threads, the same record body.
+	seed := seedRef(b, b.TempDir(), "append", "100000", "256", string(body))["appends_per_s"]
 	for _, producers := range []int{1, 64, 256} {
 		for _, mac := range []bool{false, true} {
 			name := fmt.Sprintf("producers=%d/mac=%v", producers, mac)
@@ -56,6 +62,8 @@ func BenchmarkAppendDurable(b *testing.B) {
 				l.Close()
 				b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
 				b.ReportMetric(float64(b.N)/float64(max(st.Commits, 1)), "records/commit")
+				b.ReportMetric(seed, "seed-records/s")
+				b.ReportMetric(float64(b.N)/el.Seconds()/seed, "x-seed")
 			})
 		}
 	}
@@ -155,3 +163,56 @@ func hashLimit(b *testing.B, files []string) float64 {
 }
 
 var sink byte
+
+// seedRef runs the seed's own code (testdata/seed/seedref.py, a faithful
+// copy of its ForensicLogger) with the HMAC key in FORENSIC_HMAC_SECRET, as
+// the seed reads it, and returns the figures it prints.
+func seedRef(b *testing.B, dir string, args ...string) map[string]float64 {
+	b.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		b.Fatal("python3 runs the seed's code, the reference these figures are measured against: install it (make deps)")
+	}
+	script, _ := filepath.Abs("testdata/seed/seedref.py")
+	cmd := exec.Command(py, append([]string{script}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "FORENSIC_HMAC_SECRET="+string(testMAC))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("seed reference %v: %v\n%s", args, err, out)
+	}
+	f := strings.Fields(string(out))
+	m := map[string]float64{}
+	for i := 0; i+1 < len(f); i += 2 {
+		v, err := strconv.ParseFloat(f[i+1], 64)
+		if err != nil {
+			b.Fatalf("seed reference %v printed %q", args, out)
+		}
+		m[f[i]] = v
+	}
+	return m
+}
+
+// BenchmarkVerifySeed verifies a 60k-line HMAC'd log written by the seed's
+// code, against the seed's own verify_chain on the same file in the same run.
+func BenchmarkVerifySeed(b *testing.B) {
+	dir := b.TempDir()
+	log := filepath.Join(dir, "kv_cache.log")
+	w := seedRef(b, dir, "write", log, "60000")
+	ref := seedRef(b, dir, "verify", log)
+	if ref["ok"] != 1 || ref["lines"] != 60000 {
+		b.Fatalf("the seed's verify_chain says %v", ref)
+	}
+	b.SetBytes(int64(w["bytes"]))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rep, err := VerifySeed(log, testMAC)
+		if err != nil || !rep.OK || rep.Files[0].Lines != 60000 {
+			b.Fatal(err, rep)
+		}
+	}
+	rate := 60000 * float64(b.N) / b.Elapsed().Seconds()
+	b.ReportMetric(rate, "lines/s")
+	b.ReportMetric(ref["lines_per_s"], "seed-lines/s")
+	b.ReportMetric(rate/ref["lines_per_s"], "x-seed")
+}

@@ -22,6 +22,7 @@ import (
 // does not grow with the file.
 type linePipe[T any] struct {
 	ordered chan *lineBlock[T]
+	free    chan []byte // block buffers the consumer is done with
 	quit    chan struct{}
 	wg      sync.WaitGroup
 	cur     *lineBlock[T]
@@ -55,6 +56,7 @@ func newLinePipe[T any, W any](r io.Reader, maxLine int, newWorker func() W, pre
 	p := &linePipe[T]{
 		ordered: make(chan *lineBlock[T], 2*workers+2),
 		quit:    make(chan struct{}),
+		free:    make(chan []byte, 2*workers+2),
 		maxLine: maxLine,
 	}
 	work := make(chan *lineBlock[T], 2*workers+2)
@@ -81,7 +83,15 @@ func (p *linePipe[T]) read(r io.Reader, work chan<- *lineBlock[T]) {
 	defer close(p.ordered)
 	var carry []byte
 	for {
-		b := &lineBlock[T]{buf: make([]byte, 0, max(pipeBlock, 2*len(carry))), done: make(chan struct{})}
+		b := &lineBlock[T]{done: make(chan struct{})}
+		select {
+		case b.buf = <-p.free:
+		default:
+		}
+		if cap(b.buf) < max(pipeBlock, 2*len(carry)) {
+			b.buf = make([]byte, 0, max(pipeBlock, 2*len(carry)))
+		}
+		b.buf = b.buf[:0]
 		b.buf = append(b.buf, carry...)
 		var rerr error
 		for {
@@ -149,7 +159,7 @@ func (p *linePipe[T]) split(b *lineBlock[T], rerr error) bool {
 }
 
 // next returns the next line (without its newline) and what prep computed
-// for it. At the end it returns the bytes after the last newline, a nil out
+// for it; the line is valid until next returns a line of a later block. At the end it returns the bytes after the last newline, a nil out
 // and io.EOF; an over-long line or a read error ends it the same way with
 // that error.
 func (p *linePipe[T]) next() (line []byte, out *T, err error) {
@@ -162,6 +172,12 @@ func (p *linePipe[T]) next() (line []byte, out *T, err error) {
 			return nil, nil, errors.New("line reader stopped")
 		}
 		<-b.done
+		if p.cur != nil {
+			select { // lines of a block are valid until next moves past it
+			case p.free <- p.cur.buf:
+			default:
+			}
+		}
 		p.cur, p.i = b, 0
 	}
 	s := p.cur.spans[p.i]

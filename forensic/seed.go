@@ -1,15 +1,17 @@
 package forensic
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/kvhygiene/kvh/internal/pyjson"
+	"hash"
+	"io"
 	"os"
+
+	"github.com/kvhygiene/kvh/internal/pyjson"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -151,7 +153,6 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 	}
 	defer f.Close()
 	sf := &SeedFile{File: filepath.Base(path), OK: true, seedOK: true}
-	br := bufio.NewReaderSize(f, MaxLine+1)
 	prev := "GENESIS"
 	var mac = newMAC(key)
 	bad := func(i int, reason string) {
@@ -159,56 +160,71 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 			sf.OK, sf.BadLine, sf.Reason = false, &i, reason
 		}
 	}
+	newWorker := func() *seedWorker { return &seedWorker{mac: newMAC(key)} }
+	lp := newLinePipe(f, MaxLine, newWorker, prepSeedLine)
+	defer lp.stop()
+	var tailPre seedPre
 	var buf []byte
 	for i := 0; ; i++ {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
+		line, pre, rerr := lp.next()
+		if _, long := rerr.(errLineTooLong); long {
 			bad(i, fmt.Sprintf("line longer than %d bytes", MaxLine))
 			sf.seedCrash = sf.seedOK
 			break
 		}
-		if len(line) == 0 && err != nil {
-			break
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			return nil, fmt.Errorf("reading %s: %w", path, rerr)
 		}
-		if len(bytes.TrimSpace(line)) == 0 {
+		if rerr != nil { // the last line, without a newline
+			if len(line) == 0 {
+				break
+			}
+			prepSeedLine(newWorker(), line, &tailPre)
+			pre = &tailPre
+		}
+		if pre.blank {
+			if rerr != nil {
+				break
+			}
 			continue
 		}
-		v, perr := pyjson.Parse(line)
-		if perr == nil && v.Kind != 'o' {
-			perr = errors.New("not a JSON object")
-		}
-		if perr != nil {
-			bad(i, "not a seed record: "+perr.Error())
+		if pre.perr != nil {
+			bad(i, "not a seed record: "+pre.perr.Error())
 			if sf.seedOK {
 				sf.seedCrash, sf.seedOK = true, false
 			}
 			break
 		}
 		if sf.first == nil {
-			sf.first = v
+			sf.first, _ = pyjson.Parse(line)
 		}
-		buf = append(buf[:0], prev...)
-		buf = v.Canonical(buf, "curr_hash", "hmac")
-		calc := hexSHA(buf)
-		curr, _ := v.Str("curr_hash")
-		if curr != calc {
+		calc, macOK := pre.calc, pre.macOK
+		if !pre.spec || prev != pre.prevField {
+			// The line's prev_hash is not the chain's: hash what the seed
+			// hashes, the chain's prev and the line's canonical form.
+			var c pyjson.Canonicalizer
+			buf = append(buf[:0], prev...)
+			buf, _ = c.Object(buf, line, "curr_hash", "hmac")
+			calc = hexSHA(buf)
+			if mac != nil {
+				mac.Reset()
+				mac.Write(buf)
+				macOK = hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(pre.hmac))
+			}
+		}
+		if pre.curr != calc {
 			bad(i, "hash chain broken (record edited, inserted, removed or reordered)")
 			sf.seedOK = false
 			break
 		}
 		if mac != nil {
-			got, _ := v.Str("hmac")
-			if got == "" {
+			if pre.hmac == "" {
 				sf.MissingMAC++
 				bad(i, "HMAC missing (stripped?)")
-			} else {
-				mac.Reset()
-				mac.Write(buf)
-				if !hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(got)) {
-					bad(i, "HMAC invalid")
-					sf.seedOK = false
-					break
-				}
+			} else if !macOK {
+				bad(i, "HMAC invalid")
+				sf.seedOK = false
+				break
 			}
 		}
 		prev = calc
@@ -216,7 +232,7 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 		if sf.OK {
 			sf.Lines++
 		}
-		if err != nil {
+		if rerr != nil {
 			break
 		}
 	}
@@ -256,4 +272,63 @@ func seedVerdict(files []*SeedFile) string {
 func hexSHA(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// seedPre is what a worker computes for one seed line ahead of the chain
+// walk: its canonical form hashed on the prev_hash the line itself names
+// (which is the chain's for every line that verifies; the walk redoes the
+// hash whenever it is not), and its MAC checked the same way.
+type seedPre struct {
+	blank     bool
+	perr      error
+	spec      bool // calc and macOK were computed, on prevField
+	prevField string
+	curr      string
+	hmac      string
+	calc      string
+	macOK     bool
+}
+
+type seedWorker struct {
+	c    pyjson.Canonicalizer
+	buf  []byte
+	sha  hash.Hash
+	mac  hash.Hash
+	sum  [32]byte
+	hexd [64]byte
+}
+
+func prepSeedLine(w *seedWorker, line []byte, out *seedPre) {
+	*out = seedPre{}
+	if len(bytes.TrimSpace(line)) == 0 {
+		out.blank = true
+		return
+	}
+	var err error
+	if w.buf, err = w.c.Object(w.buf[:0], line, "curr_hash", "hmac"); err != nil {
+		out.perr = err
+		return
+	}
+	out.curr, _ = w.c.Str("curr_hash")
+	out.hmac, _ = w.c.Str("hmac")
+	pf, ok := w.c.Str("prev_hash")
+	if !ok {
+		return
+	}
+	out.prevField, out.spec = pf, true
+	if w.sha == nil {
+		w.sha = sha256.New()
+	}
+	w.sha.Reset()
+	w.sha.Write([]byte(pf))
+	w.sha.Write(w.buf)
+	hex.Encode(w.hexd[:], w.sha.Sum(w.sum[:0]))
+	out.calc = string(w.hexd[:])
+	if w.mac != nil && out.hmac != "" {
+		w.mac.Reset()
+		w.mac.Write([]byte(pf))
+		w.mac.Write(w.buf)
+		hex.Encode(w.hexd[:], w.mac.Sum(w.sum[:0]))
+		out.macOK = hmac.Equal(w.hexd[:], []byte(out.hmac))
+	}
 }

@@ -309,7 +309,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func quote(b []byte, s string) []byte {
+func quote[S string | []byte](b []byte, s S) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {

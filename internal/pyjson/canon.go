@@ -1,0 +1,289 @@
+package pyjson
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"unicode/utf8"
+)
+
+// Canonicalizer writes the canonical form of one JSON object (as
+// Value.Canonical does for what Parse returns) in one pass over the text,
+// without building a tree: a verifier of the seed's logs spends its time
+// here. It accepts exactly what Parse accepts; on an error, Parse says why.
+// A Canonicalizer is reused line after line by one goroutine.
+type Canonicalizer struct {
+	p      pyParser
+	vals   []byte   // canonical values, nested ones first
+	keys   []byte   // decoded keys
+	mem    []member // members of the objects being read, innermost last
+	top    []member // the top-level members of the last object
+	tmp    []member
+	seq    []byte           // the key sequence of the object being sorted
+	orders map[string][]int // key sequence -> the members in canonical order
+}
+
+type member struct {
+	k0, k1 int // decoded key in keys
+	v0, v1 int // canonical value in vals
+	kind   byte
+	s0, s1 int // for a string value: its decoded text in keys
+}
+
+// Object appends the canonical form of the object in line to dst, leaving
+// out the top-level keys in skip. Top then reads its top-level members.
+func (c *Canonicalizer) Object(dst, line []byte, skip ...string) ([]byte, error) {
+	c.p = pyParser{b: line}
+	c.vals, c.keys, c.mem, c.top = c.vals[:0], c.keys[:0], c.mem[:0], c.top[:0]
+	c.p.ws()
+	if c.p.i >= len(line) || line[c.p.i] != '{' {
+		return dst, c.fail(line)
+	}
+	v0, v1, _, ok := c.value(true)
+	if !ok {
+		return dst, c.fail(line)
+	}
+	c.p.ws()
+	if c.p.i != len(line) {
+		return dst, c.fail(line)
+	}
+	_ = v0
+	_ = v1
+	dst = append(dst, '{')
+	first := true
+	for _, m := range c.top {
+		if contains(skip, string(c.keys[m.k0:m.k1])) {
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = quote(dst, c.keys[m.k0:m.k1])
+		dst = append(dst, ':')
+		dst = append(dst, c.vals[m.v0:m.v1]...)
+	}
+	return append(dst, '}'), nil
+}
+
+// sorted orders members by key, keeping the last of equal keys. A log's
+// lines repeat a few key sequences (one per event type), so the order found
+// for a sequence is remembered and reused.
+func (c *Canonicalizer) sorted(ms []member) []member {
+	c.seq = c.seq[:0]
+	for _, m := range ms {
+		c.seq = append(c.seq, c.keys[m.k0:m.k1]...)
+		c.seq = append(c.seq, 0xff) // never in UTF-8
+	}
+	perm, ok := c.orders[string(c.seq)]
+	if !ok {
+		idx := make([]int, len(ms))
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortStableFunc(idx, func(x, y int) int {
+			return bytes.Compare(c.keys[ms[x].k0:ms[x].k1], c.keys[ms[y].k0:ms[y].k1])
+		})
+		for i := range idx {
+			if i+1 < len(idx) && bytes.Equal(c.keys[ms[idx[i]].k0:ms[idx[i]].k1], c.keys[ms[idx[i+1]].k0:ms[idx[i+1]].k1]) {
+				continue
+			}
+			perm = append(perm, idx[i])
+		}
+		if c.orders == nil || len(c.orders) > 64 {
+			c.orders = map[string][]int{}
+		}
+		c.orders[string(c.seq)] = perm
+	}
+	c.tmp = append(c.tmp[:0], ms...)
+	for i, j := range perm {
+		ms[i] = c.tmp[j]
+	}
+	return ms[:len(perm)]
+}
+
+// Str returns the top-level string member key of the last object.
+func (c *Canonicalizer) Str(key string) (string, bool) {
+	for _, m := range c.top {
+		if string(c.keys[m.k0:m.k1]) == key {
+			if m.kind != 's' {
+				return "", false
+			}
+			return string(c.keys[m.s0:m.s1]), true
+		}
+	}
+	return "", false
+}
+
+func (c *Canonicalizer) fail(line []byte) error {
+	if _, err := Parse(line); err != nil {
+		return err
+	}
+	return errors.New("not a JSON object")
+}
+
+// value reads one value and writes its canonical form at the end of vals,
+// returning its span and kind. For the top-level object the members are
+// kept in c.top instead of being written out.
+func (c *Canonicalizer) value(top bool) (v0, v1 int, kind byte, ok bool) {
+	p := &c.p
+	if p.i >= len(p.b) {
+		return 0, 0, 0, false
+	}
+	p.depth++
+	defer func() { p.depth-- }()
+	if p.depth > 512 {
+		return 0, 0, 0, false
+	}
+	switch ch := p.b[p.i]; {
+	case ch == '{':
+		p.i++
+		base := len(c.mem)
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == '}' {
+			p.i++
+		} else {
+			for {
+				p.ws()
+				if p.i >= len(p.b) || p.b[p.i] != '"' {
+					return 0, 0, 0, false
+				}
+				k0 := len(c.keys)
+				if !c.str() {
+					return 0, 0, 0, false
+				}
+				k1 := len(c.keys)
+				p.ws()
+				if p.i >= len(p.b) || p.b[p.i] != ':' {
+					return 0, 0, 0, false
+				}
+				p.i++
+				p.ws()
+				s0 := len(c.keys)
+				a, b, kd, ok := c.value(false)
+				if !ok {
+					return 0, 0, 0, false
+				}
+				c.mem = append(c.mem, member{k0: k0, k1: k1, v0: a, v1: b, kind: kd, s0: s0, s1: len(c.keys)})
+				p.ws()
+				if p.i < len(p.b) && p.b[p.i] == ',' {
+					p.i++
+					continue
+				}
+				if p.i < len(p.b) && p.b[p.i] == '}' {
+					p.i++
+					break
+				}
+				return 0, 0, 0, false
+			}
+		}
+		ms := c.sorted(c.mem[base:])
+		if top {
+			c.top = append(c.top[:0], ms...)
+			c.mem = c.mem[:base]
+			return 0, 0, 'o', true
+		}
+		v0 = len(c.vals)
+		c.vals = append(c.vals, '{')
+		for i, m := range ms {
+			if i > 0 {
+				c.vals = append(c.vals, ',')
+			}
+			c.vals = quote(c.vals, c.keys[m.k0:m.k1])
+			c.vals = append(c.vals, ':')
+			c.vals = append(c.vals, c.vals[m.v0:m.v1]...)
+		}
+		c.vals = append(c.vals, '}')
+		c.mem = c.mem[:base]
+		return v0, len(c.vals), 'o', true
+	case ch == '[':
+		p.i++
+		var elems [][2]int
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == ']' {
+			p.i++
+		} else {
+			for {
+				p.ws()
+				a, b, _, ok := c.value(false)
+				if !ok {
+					return 0, 0, 0, false
+				}
+				elems = append(elems, [2]int{a, b})
+				p.ws()
+				if p.i < len(p.b) && p.b[p.i] == ',' {
+					p.i++
+					continue
+				}
+				if p.i < len(p.b) && p.b[p.i] == ']' {
+					p.i++
+					break
+				}
+				return 0, 0, 0, false
+			}
+		}
+		v0 = len(c.vals)
+		c.vals = append(c.vals, '[')
+		for i, e := range elems {
+			if i > 0 {
+				c.vals = append(c.vals, ',')
+			}
+			c.vals = append(c.vals, c.vals[e[0]:e[1]]...)
+		}
+		c.vals = append(c.vals, ']')
+		return v0, len(c.vals), 'a', true
+	case ch == '"':
+		s0 := len(c.keys)
+		if !c.str() {
+			return 0, 0, 0, false
+		}
+		v0 = len(c.vals)
+		c.vals = quote(c.vals, c.keys[s0:])
+		return v0, len(c.vals), 's', true
+	default:
+		start := p.i
+		for _, lit := range literals {
+			if bytes.HasPrefix(p.b[p.i:], lit) {
+				p.i += len(lit)
+				v0 = len(c.vals)
+				c.vals = append(c.vals, lit...)
+				return v0, len(c.vals), 'n', true
+			}
+		}
+		if !p.number() {
+			return 0, 0, 0, false
+		}
+		v0 = len(c.vals)
+		c.vals = append(c.vals, p.b[start:p.i]...)
+		return v0, len(c.vals), 'n', true
+	}
+}
+
+var literals = [][]byte{[]byte("true"), []byte("false"), []byte("null"), []byte("NaN"), []byte("Infinity"), []byte("-Infinity")}
+
+// str decodes the string at p.i onto the end of c.keys. A string with no
+// escape is copied as it is.
+func (c *Canonicalizer) str() bool {
+	p := &c.p
+	p.i++
+	j := p.i
+	for j < len(p.b) && p.b[j] != '"' && p.b[j] != '\\' && p.b[j] >= 0x20 {
+		j++
+	}
+	if j < len(p.b) && p.b[j] == '"' {
+		if !utf8.Valid(p.b[p.i:j]) {
+			return false
+		}
+		c.keys = append(c.keys, p.b[p.i:j]...)
+		p.i = j + 1
+		return true
+	}
+	// Escapes or an error: the general decoder.
+	p.i--
+	s, err := p.str()
+	if err != nil {
+		return false
+	}
+	c.keys = append(c.keys, s...)
+	return true
+}
