@@ -15,6 +15,7 @@ need=("${need[@]/llvm-strip/llvm}")
 command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || need+=(bpftool)
 dpkg -s libasan8 >/dev/null 2>&1 || need+=(libasan8 libubsan1)
 command -v chromium >/dev/null || need+=(chromium)
+command -v python3 >/dev/null || need+=(python3) # make bench runs the seed's own code as its reference
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "install-test-deps: needs root to install ${need[*]} (or install them yourself)" >&2; exit 1; }
   apt-get -o DPkg::Lock::Timeout=600 update -q
