@@ -128,10 +128,11 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null; \
 	  done; done
 
-bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run
+bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run; summary in build/bench.md
 	@mkdir -p $(BUILD)
 	$(GO) test -run '^$$' -bench AppendDurable -benchtime 100000x ./forensic/ | tee $(BUILD)/bench-forensic.txt
-	$(GO) test -run '^$$' -bench Verify -benchtime 3x ./forensic/ | tee -a $(BUILD)/bench-forensic.txt
+	$(GO) test -run '^$$' -bench 'Verify$$' -benchtime 3x -cpu 1,2 ./forensic/ | tee -a $(BUILD)/bench-forensic.txt
+	$(GO) test -run '^$$' -bench VerifySeed -benchtime 3x -cpu 1,2 ./forensic/ | tee -a $(BUILD)/bench-forensic.txt
 	$(GO) test -run '^$$' -bench Report -benchtime 3x ./report/ | tee $(BUILD)/bench-report.txt
 	$(GO) test -run '^$$' -bench Zeroize -benchtime 2s ./zeroize/ | tee $(BUILD)/bench-zeroize.txt
 	$(GO) test -run '^$$' -bench LifecycleDurable -benchtime 200000x ./tracer/ | tee $(BUILD)/bench-tracer.txt
@@ -139,6 +140,8 @@ bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as
 	$(GO) test -run '^$$' -bench Interposer -benchtime 5x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
 	$(GO) test -run '^$$' -bench Agent -benchtime 1x ./cmd/kvh-agent/ | tee $(BUILD)/bench-agent.txt
 	$(GO) test -run '^$$' -bench Witness -benchtime 1x ./bpf/ | tee $(BUILD)/bench-witness.txt
+	@# one page: each figure, its target, its reference in the same run, the ratio, a verdict
+	$(GO) run ./internal/benchsum/cmd/benchsum -o $(BUILD)/bench.md -machine "$${BENCH_MACHINE:-$$(nproc)-core $$(systemd-detect-virt -q && echo VM || echo machine)}" $(BUILD)/bench-*.txt
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || (gofmt -l . ; exit 1)

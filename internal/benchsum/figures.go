@@ -1,0 +1,29 @@
+package benchsum
+
+// Figures are the targets of make bench (issue 14, docs in README
+// "Measured"): where each figure comes from and what it must be. Units
+// list the names a figure has had; the first one a run reports is used.
+var Figures = []Figure{
+	{What: "agent ingest, interposer events end to end", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"events/s"}, Op: ">=", Target: 1e6},
+	{What: "agent ingest: events dropped", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"dropped"}, Op: "==", Target: 0},
+	{What: "agent ingest: events neither ingested nor counted (outside count)", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"unaccounted"}, Op: "==", Target: 0},
+	{What: "agent cost per event", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"agent-cpu-us/event"}, Op: "<=", Target: 1},
+	{What: "agent RSS under load", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"rss-MiB", "rss-after-1M-MiB"}, Op: "<=", Target: 128},
+	{What: "durable trail append, 256 producers, HMAC, vs the seed's unsynced append", Pkg: "/forensic", Bench: `BenchmarkAppendDurable/producers=256/mac=true`, Units: []string{"records/s"}, Ref: "seed-records/s", Ratio: "x-seed", Op: ">=", Target: 10, OnRate: true},
+	{What: "durable trail append, 1 and 64 producers, HMAC", Pkg: "/forensic", Bench: `BenchmarkAppendDurable/producers=(1|64)/mac=true`, Units: []string{"records/s"}, Ref: "seed-records/s", Ratio: "x-seed"},
+	{What: "trail verify per core, HMAC, vs one SHA-256 per line", Pkg: "/forensic", Bench: `BenchmarkVerify/mac=true`, Procs: 1, Units: []string{"records/s/core"}, Ref: "sha256-lines/s/core", Ratio: "x-sha256/core", Op: ">=", Target: 1e6},
+	{What: "trail verify, HMAC, 2 cores vs 1", Pkg: "/forensic", Bench: `BenchmarkVerify/mac=true`, Procs: 2, Units: []string{"records/s"}, Ref: "records/s", RefProcs: 1},
+	{What: "trail verify per core, no MAC", Pkg: "/forensic", Bench: `BenchmarkVerify/mac=false`, Units: []string{"records/s/core"}, Ref: "sha256-lines/s/core", Ratio: "x-sha256/core"},
+	{What: "seed-format verify of a 60k-line HMAC'd seed log vs the seed's verify_chain", Pkg: "/forensic", Bench: `BenchmarkVerifySeed`, Units: []string{"lines/s"}, Ref: "seed-lines/s", Ratio: "x-seed", Op: ">=", Target: 5, OnRate: true},
+	{What: "ledger lifecycle, durable, 256 goroutines", Pkg: "/tracer", Bench: `BenchmarkLifecycleDurable`, Units: []string{"lifecycles/s"}, Op: ">=", Target: 1e5},
+	{What: "ledger heap after 1M lifecycles", Pkg: "/tracer", Bench: `BenchmarkRSSAfterLifecycles`, Units: []string{"heap-MiB"}},
+	{What: "host zeroize / clear()", Pkg: "/zeroize", Bench: `BenchmarkZeroize/.*`, Units: []string{"zero/clear"}, Op: ">=", Target: 0.9},
+	{What: "full verify / plain read scan", Pkg: "/zeroize", Bench: `BenchmarkZeroize/.*`, Units: []string{"verify/read"}, Op: ">=", Target: 0.8},
+	{What: "interposer overhead per alloc", Pkg: "/internal/libkvhtest", Bench: `BenchmarkInterposer`, UnitRe: `.*-alloc-overhead-ns`, Op: "<=", Target: 300},
+	{What: "interposer overhead per free (excluding the memset)", Pkg: "/internal/libkvhtest", Bench: `BenchmarkInterposer`, UnitRe: `.*-free-overhead-ns`, Op: "<=", Target: 2000},
+	{What: "witness ring buffer", Pkg: "/bpf", Bench: `BenchmarkWitness.*`, Units: []string{"events/s", "ring-events/s"}, Op: ">=", Target: 1e6},
+	{What: "witness ring buffer: events lost", Pkg: "/bpf", Bench: `BenchmarkWitness.*`, Units: []string{"lost", "ring-lost"}, Op: "==", Target: 0},
+	{What: "witness probe cost, probed / unprobed driver call", Pkg: "/bpf", Bench: `BenchmarkWitness.*`, Units: []string{"probed/unprobed"}},
+	{What: "evidence report pass", Pkg: "/report", Bench: `BenchmarkReport`, Units: []string{"report-records/s"}},
+	{What: "evidence report peak heap", Pkg: "/report", Bench: `BenchmarkReport`, Units: []string{"peak-heap-MiB"}},
+}
