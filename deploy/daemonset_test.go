@@ -162,6 +162,9 @@ func TestSecurityContext(t *testing.T) {
 		if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
 			t.Errorf("%s: seccomp profile %v, want RuntimeDefault", o, seccomp)
 		}
+		if sc.AppArmorProfile == nil || (sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeRuntimeDefault) {
+			t.Errorf("%s: AppArmor profile %v: say which, and why (daemonset.yaml)", o, sc.AppArmorProfile)
+		}
 		if ps := r.ds.Spec.Template.Spec.SecurityContext; ps != nil && (len(ps.Sysctls) > 0 || ps.WindowsOptions != nil) {
 			t.Errorf("%s: pod security context sets sysctls or Windows options", o)
 		}
@@ -344,6 +347,12 @@ func TestMountsMatchFlags(t *testing.T) {
 			}
 			if m.ReadOnly == want.writable {
 				t.Errorf("%s: host path %s mounted readOnly=%v; the agent %s it", o, hp, m.ReadOnly, map[bool]string{true: "writes", false: "only reads"}[want.writable])
+			}
+			// NRI mounts the socket's and libkvh's directories into
+			// containers from the paths the agent names, which are host
+			// paths: the agent must see them where the host has them.
+			if (want.flag == "socket" || want.flag == "libkvh-dir") && m.MountPath != hp {
+				t.Errorf("%s: host path %s is mounted at %s: NRI would bind-mount %s from the host", o, hp, m.MountPath, m.MountPath)
 			}
 			if m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone {
 				t.Errorf("%s: %s has mount propagation %s", o, m.MountPath, *m.MountPropagation)
