@@ -24,7 +24,11 @@ type checkpointLine struct {
 
 func (l *Log) checkpoint(size uint64, root []byte) error {
 	cp := log.Checkpoint{Origin: l.origin, Size: size, Hash: root}
-	signed, err := note.Sign(&note.Note{Text: string(cp.Marshal())}, l.opts.Signer)
+	signers := l.signers // both keys at a rekey boundary
+	if signers == nil {
+		signers = []note.Signer{l.opts.Signer}
+	}
+	signed, err := note.Sign(&note.Note{Text: string(cp.Marshal())}, signers...)
 	if err != nil {
 		return fmt.Errorf("signing checkpoint: %w", err)
 	}

@@ -26,6 +26,16 @@
 // one the trail's checkpoints carry (a second key would leave the trail
 // verifiable by neither).
 //
+// Key rotation (rekey.go): given the trail's key as Options.PreviousSigner
+// (and its MAC key as PreviousMACKey), Open writes a rekey record naming the
+// new verifier key and MAC key id, MAC'd under the old MAC key and sealed by
+// a checkpoint the old key signs and the new key cosigns, then continues
+// with the new keys. Verify follows the chain from any key the auditor
+// trusts: a rekey record counts only when its seal is signed by the key it
+// retires and that key is the current one; a retired key signs nothing
+// after its seal. Prune carries pruned rekey records, with the frontier that
+// proves each against its seal, in its prune record.
+//
 // Locking: one writer goroutine owns the files; Append is safe for concurrent
 // use; a second Open of the same directory, in any process, fails with
 // ErrLocked. Verify and VerifySeed only read and need no lock.

@@ -28,7 +28,7 @@ func newKeys(t testing.TB, name string) keys {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := note.NewSigner(skey)
+	s, err := NewSigner(skey)
 	if err != nil {
 		t.Fatal(err)
 	}

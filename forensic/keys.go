@@ -60,7 +60,7 @@ func LoadSigner(path string) (note.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := note.NewSigner(strings.TrimSpace(string(b)))
+	s, err := NewSigner(strings.TrimSpace(string(b)))
 	if err != nil {
 		return nil, fmt.Errorf("signing key %s: %w", path, err)
 	}

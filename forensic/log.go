@@ -38,6 +38,17 @@ type Options struct {
 	Origin string
 	// Signer signs checkpoints (an Ed25519 note signer from LoadSigner).
 	Signer note.Signer
+	// PreviousSigner and PreviousMACKey rotate keys: when the trail's latest
+	// checkpoint is PreviousSigner's (or its current records carry MACs under
+	// PreviousMACKey), Open writes a rekey record naming the new verifier
+	// key and MAC key id, MAC'd with the old MAC key and sealed by a
+	// checkpoint that PreviousSigner signs and Signer cosigns, and continues
+	// with Signer and MACKey. When the trail already uses Signer and MACKey
+	// they are ignored, so an agent may keep them across restarts.
+	PreviousSigner note.Signer
+	PreviousMACKey []byte
+	// RekeyReason is written in the rekey record (default "key rotation").
+	RekeyReason string
 	// MACKey, when set on a new trail, makes a MAC mandatory on every record.
 	// An existing trail must be reopened with the key it declared.
 	MACKey []byte
@@ -71,6 +82,9 @@ type Stats struct {
 	// Tamper is set when Open found tampering, accepted it (AcceptTampered)
 	// and started a new log: the body of its tamper_detected record.
 	Tamper *TamperBody
+	// Rekeyed is set when Open rotated keys: the rekey record it wrote (empty
+	// when it only sealed one written before a crash).
+	Rekeyed *RekeyBody
 }
 
 // TamperError is the ErrTampered that Open returns: the first thing in the
@@ -127,8 +141,13 @@ type Log struct {
 	tamper    *TamperBody // written after the genesis of a log started over tampering
 	c         *chain
 	mac       hash.Hash
-	buf       []byte
-	batch     []*request
+	signers   []note.Signer // set only while sealing a rekey record
+	// Found by replay: the last segment's current records are MAC'd with
+	// the previous MAC key; a rekey record to our signer is in the unsealed tail.
+	macOld      bool
+	rekeyedTail bool
+	buf         []byte
+	batch       []*request
 
 	// The encoder (run) writes batches and hands them to the syncer, which
 	// fdatasyncs, signs the checkpoint and acknowledges: encoding the next
@@ -223,7 +242,8 @@ func (l *Log) recover() error {
 		return err
 	}
 	latest, latestNote := latestCheckpoint(parseCheckpointLines(data))
-	if err := l.checkKey(latestNote); err != nil {
+	signerOld, err := l.checkKey(latestNote)
+	if err != nil {
 		return err
 	}
 	head, err := l.replay(segs, latest)
@@ -238,6 +258,14 @@ func (l *Log) recover() error {
 		return err
 	}
 	l.setAppendOnly(l.ckpt)
+	rot, err := l.planRotation(signerOld && l.tamper == nil, l.macOld && l.tamper == nil, l.rekeyedTail)
+	if err != nil {
+		return err
+	}
+	if rot != nil && rot.oldMAC != nil {
+		// Up to and including the rekey record, records are the old epoch's.
+		l.mac = newMAC(rot.oldMAC)
+	}
 	if err := l.startSegment(head); err != nil {
 		return err
 	}
@@ -247,29 +275,42 @@ func (l *Log) recover() error {
 			return err
 		}
 	}
-	if err := l.flushSync(); err != nil {
+	if rot != nil {
+		err = l.rekey(rot)
+	} else {
+		err = l.flushSync()
+	}
+	if err != nil {
 		return err
 	}
 	return l.syncCheckpoints()
 }
 
-// checkKey refuses to continue a trail whose latest checkpoint the given
-// signer did not sign: a checkpoint by another key would leave the trail
-// verifiable by neither key. Rotation needs its own record; there is none yet.
-func (l *Log) checkKey(latestNote string) error {
+// checkKey refuses to continue a trail whose latest checkpoint neither the
+// given signer nor the previous signer (a rotation) signed: a checkpoint by
+// another key would leave the trail verifiable by neither key. It reports
+// whether the previous signer's key must hand over to the signer's.
+func (l *Log) checkKey(latestNote string) (previous bool, err error) {
 	if latestNote == "" {
-		return nil // a new trail, or one that crashed before its first checkpoint
+		return false, nil // a new trail, or one that crashed before its first checkpoint
 	}
 	ours := keyID(l.opts.Signer.Name(), l.opts.Signer.KeyHash())
 	theirs := noteSigners(latestNote)
 	if slices.Contains(theirs, ours) {
-		return nil
+		return false, nil
+	}
+	if p := l.opts.PreviousSigner; p != nil && slices.Contains(theirs, keyID(p.Name(), p.KeyHash())) {
+		return true, nil
 	}
 	trail := "no readable key"
 	if len(theirs) > 0 {
 		trail = "key " + strings.Join(theirs, ", ")
 	}
-	return fmt.Errorf("trail %s is signed with %s, not with the given signing key %s: a trail keeps one signing key (rotation is not supported); use the trail's key, or another trail directory", l.d.path, trail, ours)
+	prev := ""
+	if p := l.opts.PreviousSigner; p != nil {
+		prev = " nor with the given previous signing key " + keyID(p.Name(), p.KeyHash())
+	}
+	return false, fmt.Errorf("trail %s is signed with %s, not with the given signing key %s%s: use the trail's key, rotate to a new key by giving the trail's key as the previous signing key, or use another trail directory", l.d.path, trail, ours, prev)
 }
 
 // replay rebuilds the chain from the last segment and returns the record
@@ -315,8 +356,15 @@ func (l *Log) replay(segs []segFile, want *log.Checkpoint) (SegmentBody, error) 
 	if err != nil {
 		return SegmentBody{}, tampered(last.name, 1, last.first.seq, "segment record: %v", err)
 	}
-	c.mac, c.macAlg = l.mac, last.head.MACAlg
+	c.macAlg = last.head.MACAlg
 	c.prev = last.first.prev
+	if first := bytes.IndexByte(data, '\n'); first >= 0 && c.macAlg == MACAlgHMACSHA256 {
+		var key []byte
+		key, l.macOld = l.replayMAC(data[:first])
+		c.setMAC(key)
+	} else {
+		c.setMAC(l.opts.MACKey)
+	}
 	var rootAt []byte
 	rootLine, lineNo, validLen, lastKind := 0, 0, 0, ""
 	var p parsed
@@ -336,6 +384,12 @@ func (l *Log) replay(segs []segFile, want *log.Checkpoint) (SegmentBody, error) 
 		}
 		if err == nil && lineNo > 1 && string(p.kind) == KindSegment {
 			err = errors.New("segment record inside a segment")
+		}
+		if err == nil && string(p.kind) == KindRekey {
+			var toUs bool
+			if l.macOld, toUs, err = l.replayRekey(c, p.body); err == nil {
+				l.rekeyedTail = toUs && (want == nil || p.seq >= want.Size)
+			}
 		}
 		if err != nil {
 			if lineNo == 1 {
@@ -363,6 +417,7 @@ func (l *Log) replay(segs []segFile, want *log.Checkpoint) (SegmentBody, error) 
 			return SegmentBody{}, tampered(last.name, rootLine, want.Size-1, "the root at size %d does not match the latest checkpoint", want.Size)
 		}
 	}
+	c.setMAC(l.opts.MACKey) // the writer's chain does not check MACs; encode writes them with l.mac
 	l.c = c
 	head := SegmentBody{Origin: l.origin, Segment: last.index + 1, PrevFile: last.name, MACAlg: last.head.MACAlg}
 	if lastKind != KindClose || validLen != len(data) {

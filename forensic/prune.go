@@ -97,7 +97,13 @@ func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the trail to record the prune: %w", err)
 	}
-	seq, err := l.appendPrune(PruneBody{BeforeSegment: keep.index, BeforeSeq: keep.head.Size, Reason: reason, Files: rep.Removed})
+	var rekeys []RekeyProof
+	for _, r := range before.rekeyProofs {
+		if r.Seq < keep.head.Size {
+			rekeys = append(rekeys, r)
+		}
+	}
+	seq, err := l.appendPrune(PruneBody{BeforeSegment: keep.index, BeforeSeq: keep.head.Size, Reason: reason, Files: rep.Removed, Rekeys: rekeys})
 	if cerr := l.Close(); err == nil {
 		err = cerr
 	}

@@ -83,6 +83,10 @@ type PruneBody struct {
 	BeforeSeq     uint64   `json:"before_seq"`
 	Reason        string   `json:"reason"`
 	Files         []string `json:"files,omitempty"`
+	// Rekeys carries the rekey records that the removed segments held, so
+	// that an auditor who trusts an earlier key can still follow the key
+	// chain: each proves itself against its old-key seal.
+	Rekeys []RekeyProof `json:"rekeys,omitempty"`
 }
 
 // TamperBody is the body of a tamper_detected record: where the previous

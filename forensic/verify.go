@@ -21,12 +21,22 @@ import (
 
 // VerifyOptions say what an auditor trusts.
 type VerifyOptions struct {
-	// Verifier is the trail's public key. Nil is refused unless NoSignatures.
+	// Verifier is the trail's public key. Nil is refused unless NoSignatures
+	// (or a Keyring is given).
 	Verifier note.Verifier
+	// Keyring holds further keys the auditor trusts, for a trail whose keys
+	// rotated. Keys a sealed rekey record introduces need not be listed: the
+	// verifier follows the chain from any trusted key.
+	Keyring []note.Verifier
 	// NoSignatures skips checkpoint signatures; the report says so loudly.
 	NoSignatures bool
 	// MACKey checks every record's MAC when the trail declares one.
 	MACKey []byte
+	// MACKeys are further MAC keys, for a trail whose MAC key rotated: each
+	// epoch's records are checked with the key whose id its rekey record
+	// names (an epoch whose key is not given is reported as not checked).
+	// Records under MACKey are checked fastest (ahead, on every core).
+	MACKeys [][]byte
 	// Origin, when set, pins the log's origin.
 	Origin string
 	// External holds signed checkpoints kept off the node; the trail must
@@ -81,12 +91,19 @@ type Report struct {
 	MAC                 string      `json:"mac"`
 	Open                bool        `json:"last_segment_open"`
 	Prunes              []PruneBody `json:"prunes,omitempty"`
+	// Keys is the signing key history: which key covered which records,
+	// one entry per key epoch (several after rekey records).
+	Keys []KeyEpoch `json:"keys,omitempty"`
 	// Tamper lists the tamper_detected records: this log was started over a
 	// trail found tampered with, whose files are kept in the named evidence
 	// directory (verify that directory on its own to see the tampering).
 	Tamper   []TamperBody `json:"tamper_detected,omitempty"`
 	Warnings []string     `json:"warnings,omitempty"`
 	Problem  *Problem     `json:"problem,omitempty"`
+
+	// rekeyProofs are the trail's rekey records with what proves them
+	// against their seals; Prune carries them in its prune record.
+	rekeyProofs []RekeyProof
 }
 
 type verifier struct {
@@ -103,6 +120,28 @@ type verifier struct {
 	tornReason string
 	done       int64
 	total      int64
+
+	// Keys (rekey.go): every key known so far, the signers of each verified
+	// checkpoint, checkpoints waiting for their key, and the roots seen at
+	// the sizes those claim.
+	keys       map[string]*keyState
+	known      note.Verifiers
+	sigs       map[uint64][]string
+	pend       []pendingNote
+	pendAt     map[uint64]bool
+	seen       map[uint64][]byte
+	cur        string
+	curVKey    string
+	epochStart uint64
+	curSeg     string
+	// MAC epochs: the given keys by id, the current epoch's key id ("?":
+	// none of the given keys verifies its first record).
+	macKeys      map[string][]byte
+	macID        string
+	macBad       *macFirstBad
+	macPicked    bool
+	macVerified  bool
+	macUnchecked []string
 }
 
 type prunedAt struct {
@@ -125,7 +164,7 @@ func seqp(s uint64) *uint64 { return &s }
 // OK false and Problem set, not an error; the error is for I/O trouble and
 // refused options.
 func Verify(dir string, opts VerifyOptions) (*Report, error) {
-	if opts.Verifier == nil && !opts.NoSignatures {
+	if opts.Verifier == nil && len(opts.Keyring) == 0 && !opts.NoSignatures {
 		return nil, errors.New("a verification key is required (or explicitly skip signatures)")
 	}
 	d, err := openTrailDir(dir, false)
@@ -134,6 +173,8 @@ func Verify(dir string, opts VerifyOptions) (*Report, error) {
 	}
 	defer d.close()
 	v := &verifier{d: d, opts: opts, rep: &Report{}, roots: map[uint64][]byte{}, ext: map[uint64][]byte{}}
+	v.sigs, v.pendAt, v.seen = map[uint64][]string{}, map[uint64]bool{}, map[uint64][]byte{}
+	v.initKeys()
 	err = v.run(dir)
 	var ve *verifyErr
 	switch {
@@ -189,12 +230,12 @@ func (v *verifier) run(dir string) error {
 	switch first.head.MACAlg {
 	case MACAlgHMACSHA256:
 		rep.MAC = "present on every record, NOT CHECKED (no key given)"
-		if v.opts.MACKey != nil {
+		if len(v.macKeys) > 0 {
 			rep.MAC = "verified"
 		}
 	case MACAlgNone:
 		rep.MAC = "none declared"
-		if v.opts.MACKey != nil {
+		if len(v.macKeys) > 0 {
 			return fail(first.name, 1, seqp(first.first.seq), "a MAC key was given but the trail declares no MAC (stripped?)")
 		}
 	default:
@@ -210,14 +251,20 @@ func (v *verifier) run(dir string) error {
 	if err != nil {
 		return fail(first.name, 1, seqp(first.first.seq), "frontier: %v", err)
 	}
-	c.setMAC(v.opts.MACKey)
-	c.macAlg = first.head.MACAlg
+	c.macAlg = first.head.MACAlg // the MAC key: pickMAC, on the first record
+	v.epochStart = first.head.Size
 	if first.index == 0 {
 		c.prev = [32]byte{}
 	} else {
 		c.prev = first.first.prev // the record it chains to was pruned
 	}
 	v.c = c
+	if first.index > 0 {
+		// Rekey records pruned away: the prune records carry them.
+		if err := v.prunedRekeys(segs); err != nil {
+			return err
+		}
+	}
 	if err := v.matchRoot(first.name, 1); err != nil {
 		return err
 	}
@@ -238,7 +285,15 @@ func (v *verifier) run(dir string) error {
 	}
 	rep.Segments = len(segs)
 	rep.Records = c.size() - rep.FirstSeq
+	if err := v.finishMAC(c.size() - 1); err != nil {
+		return err
+	}
 	// Truncation: anything a signed checkpoint attests must still be here.
+	for size := range v.roots {
+		if ok, why := v.signedAt(size); size > c.size() && !ok && !v.opts.NoSignatures {
+			return fail(CheckpointFile, 0, nil, "the checkpoint for size %d is signed by %s", size, why)
+		}
+	}
 	for size := range v.roots {
 		if size > c.size() {
 			return fail(segs[len(segs)-1].name, 0, seqp(c.size()), "TRUNCATION: a signed checkpoint attests %d records, only %d present", maxKey(v.roots), c.size())
@@ -254,6 +309,9 @@ func (v *verifier) run(dir string) error {
 	}
 	latest := maxKey(v.roots)
 	rep.LatestCheckpoint = latest
+	if err := v.finishKeys(c.size() - 1); err != nil {
+		return err
+	}
 	if latest == 0 && !v.opts.NoSignatures {
 		return fail(CheckpointFile, 0, nil, "no signed checkpoint covers the trail")
 	}
@@ -297,12 +355,20 @@ func maxKey(m map[uint64][]byte) uint64 {
 // matchRoot compares the running root against any checkpoint of this size.
 func (v *verifier) matchRoot(seg string, line int) error {
 	size := v.c.size()
+	if len(v.pendAt) > 0 {
+		v.notePending()
+	}
 	want, ok := v.roots[size]
 	ext, eok := v.ext[size]
 	if !ok && !eok {
 		return nil
 	}
 	root := v.c.root()
+	if !v.opts.NoSignatures {
+		if good, why := v.signedAt(size); !good {
+			return fail(seg, line, seqp(size-1), "the checkpoint for size %d is signed by %s", size, why)
+		}
+	}
 	if ok {
 		if !bytes.Equal(root, want) {
 			return fail(seg, line, seqp(size-1), "root at size %d does not match the signed checkpoint", size)
@@ -385,12 +451,22 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 		p := &pre.p
 		switch kind := string(p.kind); {
 		case lineNo == 1:
+			if !v.macPicked {
+				v.curSeg = s.name
+				v.pickMAC(line, p)
+			}
 			if err := c.acceptPre(line, p, prevName == "", pre); err != nil {
 				return nil, fail(s.name, lineNo, seqp(p.seq), "%v", err)
 			}
 		case kind == KindSegment:
 			return nil, fail(s.name, lineNo, seqp(p.seq), "segment record inside a segment")
 		default:
+			var before [][]byte
+			if kind == KindRekey { // rare: keep what proves it after a prune
+				for _, h := range c.rng.Hashes() { // Append reuses the slice
+					before = append(before, bytes.Clone(h))
+				}
+			}
 			if err := c.acceptPre(line, p, false, pre); err != nil {
 				return nil, fail(s.name, lineNo, seqp(p.seq), "%v", err)
 			}
@@ -412,6 +488,11 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 				if err := v.tamper(s.name, lineNo, p.seq, p.body); err != nil {
 					return nil, err
 				}
+			case KindRekey:
+				if err := v.rekey(s.name, lineNo, p.seq, p.body, nil); err != nil {
+					return nil, err
+				}
+				v.rep.rekeyProofs = append(v.rep.rekeyProofs, RekeyProof{Seq: p.seq, Record: bytes.Clone(line), Frontier: before})
 			case KindEvent, KindTick:
 			default:
 				return nil, fail(s.name, lineNo, seqp(p.seq), "unknown record kind %q", kind)
@@ -527,6 +608,12 @@ func (v *verifier) loadCheckpoints() error {
 		if err != nil {
 			return fail(CheckpointFile, i+1, nil, "%v", err)
 		}
+		if cp == nil { // signed by a key not known yet
+			v.pend = append(v.pend, pendingNote{note: []byte(cl.Note), size: cl.Size, line: i + 1})
+			v.pendAt[cl.Size] = true
+			continue
+		}
+		v.sigs[cp.Size] = append(v.sigs[cp.Size], opened[i].ids...)
 		if cp.Size != cl.Size {
 			return fail(CheckpointFile, i+1, nil, "size %d does not match the signed size %d", cl.Size, cp.Size)
 		}
@@ -536,10 +623,22 @@ func (v *verifier) loadCheckpoints() error {
 		v.roots[cp.Size] = cp.Hash
 	}
 	for i, n := range v.opts.External {
-		cp, err := v.openCheckpoint(n)
+		cp, ids, err := v.openCheckpoint(n)
 		if err != nil {
 			return fail("external checkpoint", i+1, nil, "%v", err)
 		}
+		if cp == nil {
+			size := uint64(0)
+			if t, ok := noteText(string(n)); ok {
+				if c, err := v.parseCheckpointText(t); err == nil {
+					size = c.Size
+				}
+			}
+			v.pend = append(v.pend, pendingNote{note: n, size: size, line: i + 1, ext: true})
+			v.pendAt[size] = true
+			continue
+		}
+		v.sigs[cp.Size] = append(v.sigs[cp.Size], ids...)
 		v.ext[cp.Size] = cp.Hash
 	}
 	return nil
@@ -547,6 +646,7 @@ func (v *verifier) loadCheckpoints() error {
 
 type openedCheckpoint struct {
 	cp  *log.Checkpoint
+	ids []string // the keys whose signatures verified
 	err error
 }
 
@@ -565,7 +665,7 @@ func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
 				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || strictUnmarshal(lines[i], &cl) != nil {
 					continue
 				}
-				out[i].cp, out[i].err = v.openCheckpoint([]byte(cl.Note))
+				out[i].cp, out[i].ids, out[i].err = v.openCheckpoint([]byte(cl.Note))
 			}
 		}()
 	}
@@ -573,21 +673,23 @@ func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
 	return out
 }
 
-func (v *verifier) openCheckpoint(n []byte) (*log.Checkpoint, error) {
-	var text string
+// openCheckpoint opens a signed checkpoint with the keys known so far (it
+// runs on several goroutines: it only reads the verifier). It returns nil
+// and no error for one signed by no key known yet (a later rekey record may
+// introduce it), and the ids of the keys whose signatures verified.
+func (v *verifier) openCheckpoint(n []byte) (*log.Checkpoint, []string, error) {
 	if v.opts.NoSignatures {
 		t, ok := noteText(string(n))
 		if !ok {
-			return nil, errors.New("not a signed note")
+			return nil, nil, errors.New("not a signed note")
 		}
-		text = t
-	} else {
-		nn, err := note.Open(n, note.VerifierList(v.opts.Verifier))
-		if err != nil {
-			return nil, fmt.Errorf("checkpoint signature does not verify with the given key: %v", err)
-		}
-		text = nn.Text
+		cp, err := v.parseCheckpointText(t)
+		return cp, nil, err
 	}
+	return v.openNote(n)
+}
+
+func (v *verifier) parseCheckpointText(text string) (*log.Checkpoint, error) {
 	cp := &log.Checkpoint{}
 	rest, err := cp.Unmarshal([]byte(text))
 	if err != nil {
