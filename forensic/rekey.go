@@ -29,11 +29,11 @@ const KindRekey = "rekey"
 // changes. The MAC key ids are KeyID values (never the keys), empty on a
 // trail without MACs.
 type RekeyBody struct {
-	OldKey      string `json:"old_key"`
-	NewKey      string `json:"new_key"`
-	OldMACKeyID string `json:"old_mac_key_id,omitempty"`
-	NewMACKeyID string `json:"new_mac_key_id,omitempty"`
-	Reason      string `json:"reason,omitempty"`
+	OldKey      string `json:"old_key" doc:"verifier key (note vkey) of the key it retires, which signs the checkpoint that seals this record"`
+	NewKey      string `json:"new_key" doc:"verifier key (note vkey) that signs every later checkpoint; equal to old_key when only the MAC key changes"`
+	OldMACKeyID string `json:"old_mac_key_id,omitempty" doc:"id (8 hex digits, never the key) of the MAC key of the records up to and including this one"`
+	NewMACKeyID string `json:"new_mac_key_id,omitempty" doc:"id of the MAC key of every later record"`
+	Reason      string `json:"reason,omitempty" doc:"why the keys rotated (the agent's --rekey-reason)"`
 }
 
 // KeyEpoch is one signing key's stretch of the trail, as Verify found it.

@@ -52,6 +52,23 @@ func Kinds() []Kind {
 	}
 }
 
+// Rekey is the body of a rekey record (record kind "rekey").
+type Rekey = forensic.RekeyBody
+
+// RecordKinds lists the trail's own record kinds, which the forensic layer
+// writes around the events: their body types where a reader needs them.
+func RecordKinds() []Kind {
+	return []Kind{
+		{Name: forensic.KindSegment, Doc: "First record of every segment: the origin, the segment index, the Merkle frontier of everything before it, the MAC algorithm, and a torn tail of the previous segment when there was one."},
+		{Name: forensic.KindEvent, Doc: "An event; its body is one of the events above."},
+		{Name: forensic.KindTick, Doc: "Idle heartbeat, so that silence is itself evidence."},
+		{Name: forensic.KindClose, Doc: "Last record of a cleanly closed segment."},
+		{Name: forensic.KindPrune, Doc: "Authorises the removal of older segments; carries the rekey records they held (`rekeys`), each with the frontier that proves it against its seal."},
+		{Name: forensic.KindTamper, Doc: "Opens a log started over a trail found tampered with: what was found, and the evidence files by SHA-256."},
+		kind[Rekey](forensic.KindRekey, "Hands the trail to a new signing key and/or MAC key. MAC'd under the old MAC key and sealed by a checkpoint the old key signs (the new key cosigns); every later checkpoint is signed by the new key and every later record MAC'd under the new MAC key. `kvh-verify log` follows these from the key the auditor trusts."),
+	}
+}
+
 var byName = func() map[string]reflect.Type {
 	m := map[string]reflect.Type{}
 	for _, k := range Kinds() {

@@ -42,6 +42,23 @@ func schema(t *testing.T) []byte {
 		fmt.Fprintf(&b, "\n## %s\n\n| field | JSON type | meaning |\n|---|---|---|\n", k.Type.Name())
 		fields(t, &b, k.Type, "")
 	}
+	b.WriteString("\n## Record kinds\n\nThe trail's own records (`forensic/`), around the events. Only `rekey` has a body a reader needs; `kvh-verify log` checks all of them.\n\n| kind | body | meaning |\n|---|---|---|\n")
+	for _, k := range RecordKinds() {
+		if k.Doc == "" {
+			t.Errorf("record kind %s has no description", k.Name)
+		}
+		body := "—"
+		if k.Type != nil {
+			body = fmt.Sprintf("[%s](#%s)", k.Type.Name(), strings.ToLower(k.Type.Name()))
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", k.Name, body, k.Doc)
+	}
+	for _, k := range RecordKinds() {
+		if k.Type != nil {
+			fmt.Fprintf(&b, "\n## %s\n\n| field | JSON type | meaning |\n|---|---|---|\n", k.Type.Name())
+			fields(t, &b, k.Type, "")
+		}
+	}
 	b.WriteString("\n## Violation kinds\n\nThe `kind` of a `violation`, `violations_overflow` or `action` record, and the `kind` label of `kvh_violations_total`.\n\n| kind | meaning |\n|---|---|\n")
 	for _, k := range violation.Kinds() {
 		if k.Doc() == "" {
