@@ -69,6 +69,21 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	if err != nil {
 		return nil, fmt.Errorf("hmac key: %w", err)
 	}
+	topts := forensic.Options{Signer: signer, MACKey: macKey, Origin: cfg.Origin, AppendOnly: cfg.AppendOnly,
+		AcceptTampered: cfg.AcceptTamperedTrail, RekeyReason: cfg.RekeyReason}
+	if cfg.PreviousSigningKey != "" {
+		if topts.PreviousSigner, err = forensic.LoadSigner(cfg.PreviousSigningKey); err != nil {
+			return nil, fmt.Errorf("previous signing key: %w", err)
+		}
+	}
+	if cfg.PreviousHMACKeyFile != "" {
+		if topts.PreviousMACKey, err = forensic.LoadMACKey(cfg.PreviousHMACKeyFile); err != nil {
+			return nil, fmt.Errorf("previous hmac key: %w", err)
+		}
+		if macKey == nil {
+			return nil, errors.New("--previous-hmac-key-file needs the new key in --hmac-key-file")
+		}
+	}
 	gid, err := lookupGroup(cfg.SocketGroup)
 	if err != nil {
 		return nil, err
@@ -84,8 +99,7 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	}
 	undo = append(undo, func() { httpLn.Close() })
 
-	trail, err := forensic.Open(cfg.TrailDir, forensic.Options{Signer: signer, MACKey: macKey, Origin: cfg.Origin, AppendOnly: cfg.AppendOnly,
-		AcceptTampered: cfg.AcceptTamperedTrail})
+	trail, err := forensic.Open(cfg.TrailDir, topts)
 	if err != nil {
 		if te := (*forensic.TamperError)(nil); errors.As(err, &te) {
 			log.Error("the trail has been tampered with: refusing to start; investigate, then --accept-tampered-trail keeps its files as evidence and starts a new log",
@@ -96,6 +110,10 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	if tb := trail.Stats().Tamper; tb != nil {
 		log.Warn("the trail had been tampered with (--accept-tampered-trail): its files are kept untouched as evidence, and a new log opens with a tamper_detected record",
 			"file", tb.File, "line", tb.Line, "seq", tb.Seq, "found", tb.Found, "evidence", filepath.Join(cfg.TrailDir, tb.Evidence))
+	}
+	if rb := trail.Stats().Rekeyed; rb != nil {
+		log.Info("the trail's keys rotated: a rekey record sealed by the previous signing key hands the trail to the new keys; the previous key files may now be destroyed",
+			"signing_key", fmt.Sprintf("%s+%08x", signer.Name(), signer.KeyHash()), "mac_key_id", rb.NewMACKeyID, "reason", rb.Reason)
 	}
 	undo = append(undo, func() { trail.Close() })
 	st := trail.Stats()

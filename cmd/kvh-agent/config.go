@@ -21,6 +21,11 @@ type Config struct {
 	TrailDir        string
 	SigningKey      string
 	HMACKeyFile     string
+	// Key rotation: the trail's current keys, when SigningKey/HMACKeyFile
+	// are new ones (forensic.Options.PreviousSigner/PreviousMACKey).
+	PreviousSigningKey  string
+	PreviousHMACKeyFile string
+	RekeyReason         string
 	Origin          string
 	MetricsJSON     string
 	MetricsTextfile string
@@ -61,6 +66,9 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.TrailDir, "trail-dir", "/var/lib/kvh/trail", "the tamper-evident trail's directory")
 	fs.StringVar(&c.SigningKey, "signing-key", "/etc/kvh/kvh.key", "checkpoint signing key (from kvh-verify keygen; mode 0600)")
 	fs.StringVar(&c.HMACKeyFile, "hmac-key-file", "", "HMAC key file for record MACs (default: $FORENSIC_HMAC_SECRET; none: no MACs)")
+	fs.StringVar(&c.PreviousSigningKey, "previous-signing-key", "", "key rotation: the trail's current signing key, when --signing-key is a new one; the agent writes a rekey record that this key seals and continues with the new key (harmless once rotated, so it may stay set until the old key file is destroyed)")
+	fs.StringVar(&c.PreviousHMACKeyFile, "previous-hmac-key-file", "", "key rotation: the trail's current HMAC key file, when --hmac-key-file is a new one (same rekey record)")
+	fs.StringVar(&c.RekeyReason, "rekey-reason", "", "why the keys rotate, written in the rekey record (default \"key rotation\")")
 	fs.StringVar(&c.Origin, "origin", "", "log origin for a new trail (default kvh/<hostname>/<random id>)")
 	fs.StringVar(&c.MetricsJSON, "metrics-json", "", "write the seed-compatible metrics JSON here periodically (atomic)")
 	fs.StringVar(&c.MetricsTextfile, "metrics-textfile", "", "write the seed-compatible node_exporter textfile here periodically (atomic)")

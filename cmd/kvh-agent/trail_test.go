@@ -136,3 +136,52 @@ func trailFiles(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// Key rotation: the agent, given a new signing key and HMAC key with the
+// trail's current ones as --previous-*, writes a rekey record that the old
+// key seals and continues with the new keys; restarted with the same flags
+// it does not rotate again; and the auditor's old public key still
+// verifies the whole trail, following the chain.
+func TestAgentRotatesKeys(t *testing.T) {
+	keys := t.TempDir()
+	mac0, mac1 := filepath.Join(keys, "mac0"), filepath.Join(keys, "mac1")
+	for p, k := range map[string]string{mac0: "old-mac-key", mac1: "new-mac-key"} {
+		if err := os.WriteFile(p, []byte(k), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := newAgent(t, "--hmac-key-file", mac0)
+	a.stop()
+	next := filepath.Join(keys, "next")
+	if _, _, err := forensic.GenerateKeys(next, "kvh-test-next"); err != nil {
+		t.Fatal(err)
+	}
+	a.extra = []string{"--signing-key", filepath.Join(next, forensic.SigningKeyFile), "--hmac-key-file", mac1,
+		"--previous-signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--previous-hmac-key-file", mac0, "--rekey-reason", "test rotation"}
+	for run := 0; run < 2; run++ {
+		a.start()
+		rotated := strings.Contains(a.log.String(), "keys rotated")
+		if rotated != (run == 0) {
+			t.Fatalf("run %d: rotated=%v:\n%s", run, rotated, a.log)
+		}
+		a.stop()
+	}
+	old, err := forensic.LoadVerifier(a.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k0, _ := forensic.LoadMACKey(mac0)
+	k1, _ := forensic.LoadMACKey(mac1)
+	rep, err := forensic.Verify(filepath.Join(a.dir, "trail"), forensic.VerifyOptions{Verifier: old, MACKeys: [][]byte{k0, k1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK || rep.MAC != "verified" || len(rep.Keys) != 2 || !strings.HasPrefix(rep.Keys[1].Key, "kvh-test-next+") || rep.Keys[1].MACKeyID != forensic.KeyID(k1) {
+		t.Fatalf("ok=%v %v mac=%s keys=%+v", rep.OK, rep.Problem, rep.MAC, rep.Keys)
+	}
+	// The old key alone can no longer start the agent on this trail.
+	a.extra = []string{"--hmac-key-file", mac0}
+	if code, out := a.runToExit(); code == 0 || !strings.Contains(out, "kvh-test-next+") {
+		t.Fatalf("the retired key reopened the trail (exit %d):\n%s", code, out)
+	}
+}
