@@ -18,6 +18,8 @@ import (
 const (
 	SigningKeyFile      = "kvh.key"
 	VerificationKeyFile = "kvh.pub"
+	// MACKeyFile is written by GenerateMACKey.
+	MACKeyFile = "kvh.hmac"
 )
 
 // EnvHMACSecret is the seed's variable for the HMAC secret, kept for compatibility.
@@ -51,6 +53,27 @@ func GenerateKeys(dir, name string) (skeyPath, vkeyPath string, err error) {
 		return "", "", err
 	}
 	return skeyPath, vkeyPath, nil
+}
+
+// GenerateMACKey writes a new random HMAC key (32 bytes, as 64 hex digits
+// and a newline, mode 0600) into dir and returns its path. It refuses to
+// overwrite one.
+func GenerateMACKey(dir string) (string, error) {
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, MACKeyFile)
+	if _, err := os.Lstat(p); err == nil {
+		return "", fmt.Errorf("%s already exists; refusing to overwrite a key", p)
+	}
+	if err := atomicfile.WriteNew(p, []byte(hex.EncodeToString(k[:])+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return p, nil
 }
 
 // LoadSigner reads a note signing key file. The file must not be readable by

@@ -412,6 +412,10 @@ func (v *verifier) rekey(seg string, line int, seq uint64, body []byte, proved [
 			// The old key is not one the auditor trusts (or it is retired):
 			// the seal must carry a signature by a key valid there.
 			if ok, _ := v.signedAt(seal); !ok {
+				if len(v.sigs) == 0 {
+					// Nothing so far was signed by a key given: the key is wrong.
+					return fail(CheckpointFile, 0, nil, "checkpoint signature does not verify with the given key: no checkpoint up to the rekey record at seq %d (from %s to %s) is signed by a key given", seq, oldID, newID)
+				}
 				return fail(seg, line, seqp(seq), "rekey record from %s to %s is sealed by no key the auditor trusts (give the trail's original key, or a keyring holding one of its keys)", oldID, newID)
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +59,17 @@ func wrongKey(dir string, rep *forensic.Report, opts forensic.VerifyOptions) err
 	if p == nil {
 		return nil
 	}
+	if opts.Verifier == nil && len(opts.Keyring) > 0 && p.Segment == forensic.CheckpointFile && strings.Contains(p.Reason, "signature does not verify") {
+		var first error
+		for _, k := range opts.Keyring {
+			err := wrongPublicKey(dir, k)
+			if err == nil {
+				return nil // some key of the keyring signed a checkpoint: evidence
+			}
+			first = cmp.Or(first, err)
+		}
+		return fmt.Errorf("no key of the keyring signed this trail's checkpoints: %w", first)
+	}
 	if opts.Verifier != nil && strings.Contains(p.Reason, "signature does not verify") {
 		switch p.Segment {
 		case forensic.CheckpointFile:
@@ -77,7 +89,7 @@ func wrongKey(dir string, rep *forensic.Report, opts forensic.VerifyOptions) err
 		// record without the MAC key, the bytes are what the signer wrote,
 		// so the key is not the one the trail was written with.
 		o := opts
-		o.MACKey, o.Progress = nil, nil
+		o.MACKey, o.MACKeys, o.Progress = nil, nil, nil
 		if r, err := forensic.Verify(dir, o); err == nil && r.OK {
 			return errors.New("the HMAC key does not match this trail: the first record's MAC fails, yet every record verifies by its signatures without the key (wrong --hmac-key-file, or $FORENSIC_HMAC_SECRET set for another trail?)")
 		}

@@ -13,8 +13,7 @@ import (
 
 func cmdLog(args []string, stdout, stderr io.Writer) int {
 	fs := newCommand("log", stdout, stderr)
-	pubkey := fs.String("pubkey", "", "the trail's verification key (note vkey format, from keygen)")
-	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
+	keys := trustFlags(fs)
 	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
 	noSigs := fs.Bool("no-signatures", false, "verify without a public key (checkpoint signatures are NOT checked)")
 	allowUnsealed := fs.Bool("allow-unsealed", false, "accept records after the latest signed checkpoint with a warning (a live trail, or a crashed writer not yet restarted)")
@@ -29,25 +28,24 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		return fs.usageError("exactly one trail directory (or, with --format seed, seed log) is required, %d given", fs.NArg())
 	}
 	path := fs.Arg(0)
-	key, err := forensic.LoadMACKey(*macFile)
-	if err != nil {
-		return errorf(stderr, "log: %v", err)
-	}
 	switch *format {
 	case "seed":
+		key, err := keys.macKey()
+		if err != nil {
+			return errorf(stderr, "log: %v", err)
+		}
 		return logSeed(path, key, *asJSON, *out, stdout, stderr)
 	case "kvh":
 	default:
 		return fs.usageError("unknown --format %q (kvh or seed)", *format)
 	}
-	opts := forensic.VerifyOptions{MACKey: key, Origin: *origin, NoSignatures: *noSigs, AllowUnsealed: *allowUnsealed}
-	switch {
-	case *pubkey != "":
-		if opts.Verifier, err = forensic.LoadVerifier(*pubkey); err != nil {
-			return errorf(stderr, "log: %v", err)
-		}
-	case !*noSigs:
-		return fs.usageError("--pubkey is required; without it nothing proves who wrote the trail (use --no-signatures to check structure only)")
+	opts := forensic.VerifyOptions{Origin: *origin, NoSignatures: *noSigs, AllowUnsealed: *allowUnsealed}
+	if !keys.given() && !*noSigs {
+		return fs.usageError("--pubkey is required (or --keyring); without it nothing proves who wrote the trail (use --no-signatures to check structure only)")
+	}
+	err := keys.load(&opts)
+	if err != nil {
+		return errorf(stderr, "log: %v", err)
 	}
 	for _, c := range *ckpts {
 		b, err := os.ReadFile(c)
@@ -178,11 +176,16 @@ func printReport(w io.Writer, path string, r *forensic.Report, opts forensic.Ver
 		fmt.Fprintf(w, "  off-node     none given: truncation together with deletion of local checkpoints would not be detected\n")
 	}
 	sig := r.Signatures
-	if opts.Verifier != nil && sig == "verified" {
+	if opts.Verifier != nil && sig == "verified" && len(r.Keys) < 2 {
 		sig += " with " + opts.Verifier.Name()
 	}
 	fmt.Fprintf(w, "  signatures   %s\n", sig)
 	fmt.Fprintf(w, "  MACs         %s\n", r.MAC)
+	if len(r.Keys) > 1 || len(opts.Keyring) > 0 {
+		for _, k := range r.Keys {
+			fmt.Fprintf(w, "  key          %s\n", keyEpochLine(k))
+		}
+	}
 	for _, p := range r.Prunes {
 		fmt.Fprintf(w, "  pruned       before segment %d (seq %d): %s\n", p.BeforeSegment, p.BeforeSeq, p.Reason)
 	}
@@ -236,4 +239,25 @@ func logSeed(path string, key []byte, asJSON bool, out string, stdout, stderr io
 		return exitFail
 	}
 	return exitOK
+}
+
+// keyEpochLine says which key covered which records, and how the verifier
+// came to trust it.
+func keyEpochLine(k forensic.KeyEpoch) string {
+	s := fmt.Sprintf("%s signed seq %d..%d", k.Key, k.FirstSeq, k.LastSeq)
+	if k.Pruned {
+		s += " (pruned)"
+	}
+	if k.Trusted {
+		s += "; trusted (given)"
+	} else {
+		s += "; introduced by a sealed rekey record"
+	}
+	if k.RekeySeq != nil {
+		s += fmt.Sprintf("; retired by the rekey record at seq %d, sealed at size %d", *k.RekeySeq, k.SealSize)
+	}
+	if k.MACKeyID != "" {
+		s += fmt.Sprintf("; MAC key %s %s", k.MACKeyID, k.MAC)
+	}
+	return s
 }

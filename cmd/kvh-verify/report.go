@@ -19,8 +19,7 @@ import (
 // not parse) exit 1.
 func cmdReport(args []string, stdout, stderr io.Writer) int {
 	fs := newCommand("report", stdout, stderr)
-	pubkey := fs.String("pubkey", "", "the trail's verification key (note vkey format, from keygen)")
-	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
+	keys := trustFlags(fs)
 	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
 	allowUnsealed := fs.Bool("allow-unsealed", false, "accept records after the latest signed checkpoint (the report says no signature covers them)")
 	origin := fs.String("origin", "", "pin the log origin enrolled for this node")
@@ -44,16 +43,12 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 	default:
 		return fs.usageError("unknown --format %q (html, json or markdown)", *format)
 	}
-	if *pubkey == "" {
-		return fs.usageError("--pubkey is required: a report rests on the trail's signatures")
+	if !keys.given() {
+		return fs.usageError("--pubkey is required (or --keyring): a report rests on the trail's signatures")
 	}
 	path := fs.Arg(0)
-	key, err := forensic.LoadMACKey(*macFile)
-	if err != nil {
-		return errorf(stderr, "report: %v", err)
-	}
-	opts := forensic.VerifyOptions{MACKey: key, Origin: *origin, AllowUnsealed: *allowUnsealed}
-	if opts.Verifier, err = forensic.LoadVerifier(*pubkey); err != nil {
+	opts := forensic.VerifyOptions{Origin: *origin, AllowUnsealed: *allowUnsealed}
+	if err := keys.load(&opts); err != nil {
 		return errorf(stderr, "report: %v", err)
 	}
 	for _, c := range *ckpts {
@@ -69,6 +64,7 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 	}
 	var ctl *compliance.File
 	if *controls != "" {
+		var err error
 		if ctl, err = compliance.Load(*controls); err != nil {
 			return errorf(stderr, "report: controls: %v", err)
 		}
