@@ -223,34 +223,50 @@ func TestRekeyForgedRefused(t *testing.T) {
 	k0, k1, att := newKeys(t, "kvh-old"), newKeys(t, "kvh-new"), newKeys(t, "kvh-attacker")
 	ev := Record{Kind: KindEvent, Body: json.RawMessage(`{"ev":"free","forged":true}`)}
 	for _, tc := range []struct {
-		name string
-		make func(t *testing.T) string
-		want string
+		name  string
+		make  func(t *testing.T) string
+		want  string
+		noMAC bool
 	}{
 		{"rekey naming the trail's key, sealed by the attacker's", func(t *testing.T) string {
 			dir := buildTrail(t, k0, testMAC, 50, 0)
 			forgeAppend(t, dir, testMAC, []Record{rekeyRecord(t, k0, att, testMAC, testMAC), ev}, att.signer)
 			return dir
-		}, "not sealed by the key it retires"},
+		}, "not sealed by the key it retires", false},
 		{"rekey from the attacker's own key", func(t *testing.T) string {
 			dir := buildTrail(t, k0, testMAC, 50, 0)
 			forgeAppend(t, dir, testMAC, []Record{rekeyRecord(t, att, att, testMAC, testMAC), ev}, att.signer)
 			return dir
-		}, "sealed by no key the auditor trusts"},
+		}, "sealed by no key the auditor trusts", false},
 		{"second rekey from a key that is not the current one", func(t *testing.T) string {
 			dir, _ := rotatedTrail(t, k0, k1, testMAC, testMAC2)
 			forgeAppend(t, dir, testMAC2, []Record{rekeyRecord(t, k0, att, testMAC2, testMAC2), ev}, k0.signer, att.signer)
 			return dir
-		}, "but the current key is"},
+		}, "but the current key is", false},
 		{"old key stolen after the rotation extends the trail", func(t *testing.T) string {
 			dir, _ := rotatedTrail(t, k0, k1, testMAC, testMAC2)
 			forgeAppend(t, dir, testMAC2, []Record{ev}, k0.signer)
 			return dir
-		}, "retired by the rekey record"},
+		}, "retired by the rekey record", false},
+		{"new key stolen later rewrites the old key's epoch", func(t *testing.T) string {
+			dir, rekeySeq := rotatedTrail(t, k0, k1, nil, nil)
+			rewriteChain(t, dir, func(seq uint64, body []byte) []byte {
+				if seq == rekeySeq-10 {
+					return []byte(`{"ev":"free","i":0,"tenant":"rewritten"}`)
+				}
+				return body
+			})
+			resignAll(t, dir, k1.signer)
+			return dir
+		}, "not sealed by the key it retires", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := tc.make(t)
-			rep, err := Verify(dir, VerifyOptions{Verifier: k0.verifier, MACKeys: [][]byte{testMAC, testMAC2}})
+			o := VerifyOptions{Verifier: k0.verifier, MACKeys: [][]byte{testMAC, testMAC2}}
+			if tc.noMAC {
+				o.MACKeys = nil
+			}
+			rep, err := Verify(dir, o)
 			must(t, err)
 			if rep.OK || !strings.Contains(rep.Problem.String(), tc.want) {
 				t.Fatalf("want %q, got OK=%v %v", tc.want, rep.OK, rep.Problem)
@@ -384,4 +400,23 @@ func must1[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// resignAll replaces every checkpoint with one, over the whole trail as it
+// now is, signed by s.
+func resignAll(t *testing.T, dir string, s note.Signer) {
+	t.Helper()
+	segs, _, err := listDir(dir)
+	must(t, err)
+	c, _ := newChain(0, nil)
+	for _, sf := range segs {
+		for _, line := range readLines(t, sf.path) {
+			c.rng.Append(rfc6962.DefaultHasher.HashLeaf(bytes.TrimSuffix(line, []byte("\n"))), nil)
+		}
+	}
+	cp := log.Checkpoint{Origin: segs[0].head.Origin, Size: c.size(), Hash: c.root()}
+	signed, err := note.Sign(&note.Note{Text: string(cp.Marshal())}, s)
+	must(t, err)
+	cl, _ := json.Marshal(checkpointLine{Size: c.size(), Note: string(signed)})
+	must(t, os.WriteFile(filepath.Join(dir, CheckpointFile), append(cl, '\n'), 0o600))
 }
