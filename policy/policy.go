@@ -13,6 +13,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +28,13 @@ const (
 	ActionDeny    = "deny"
 	ActionFreeze  = "freeze"
 	ActionKill    = "kill"
+)
+
+// Tenant keys: what names a pod's tenant (TenantKeyLabel is a prefix, followed
+// by the label's name).
+const (
+	TenantKeyNamespace = "namespace"
+	TenantKeyLabel     = "label:"
 )
 
 // TTL clocks.
@@ -56,6 +64,12 @@ type Config struct {
 	MaxLiveBuffers     int     `yaml:"max_live_buffers" json:"max_live_buffers" doc:"live buffers one process may hold in the agent's ledger; more is a live_buffer_limit violation and is summarised, not recorded one by one"`
 	MaxLiveBuffersNode int     `yaml:"max_live_buffers_node" json:"max_live_buffers_node" doc:"live buffers all processes together may hold in the agent's ledger (about 0.5 KiB of agent memory each); more is a live_buffer_limit violation of the process that asks, summarised"`
 	MaxEventRate       float64 `yaml:"max_event_rate" json:"max_event_rate" doc:"interposer events per second one process may send (a burst of one second is allowed); more is an event_rate_limit violation and is summarised, not ingested one by one"`
+	// TenantKey says which of the orchestrator's facts about a pod (from
+	// NRI) is its tenant: its namespace, or the value of one of its labels.
+	TenantKey string `yaml:"tenant_key" json:"tenant_key" doc:"what names a pod's tenant when the agent learns pods from the orchestrator (--nri): namespace, or label:<label-name> (a pod without that label is its pod:<uid>)"`
+	// AllowOptOut honours the kvh.io/opt-out annotation (the pod is not
+	// injected); either way the request is recorded.
+	AllowOptOut bool `yaml:"allow_opt_out" json:"allow_opt_out" doc:"honour a pod's kvh.io/opt-out: \"true\" annotation (its containers are not injected with libkvh); an opt-out is recorded in the trail (opt_out) whether or not it is honoured"`
 }
 
 // Override changes some fields for one tenant.
@@ -79,6 +93,7 @@ func Default() Config {
 		MaxLiveBuffers:     65536,
 		MaxLiveBuffersNode: 131072,
 		MaxEventRate:       100000,
+		TenantKey:          TenantKeyNamespace,
 	}
 }
 
@@ -144,6 +159,9 @@ func (c Config) Validate() error {
 	if err := checkAction("on_violation", c.OnViolation); err != nil {
 		return err
 	}
+	if err := checkTenantKey(c.TenantKey); err != nil {
+		return err
+	}
 	if !(c.AnomalyZ > 0) || math.IsInf(c.AnomalyZ, 0) {
 		return fmt.Errorf("anomaly_z: %v must be a positive number", c.AnomalyZ)
 	}
@@ -186,6 +204,35 @@ func (c Config) checkTTL(key string, v *float64) error {
 		return fmt.Errorf("%s: %v would expire every buffer at once; set ttl_allow_immediate (KVH_TTL_ALLOW_IMMEDIATE=1) if that is meant", key, *v)
 	}
 	return nil
+}
+
+// labelNameRe is a Kubernetes label key: an optional DNS-subdomain prefix
+// and a slash, then a name of at most 63 alphanumerics, '-', '_' or '.',
+// starting and ending with an alphanumeric.
+var labelNameRe = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+
+func checkTenantKey(v string) error {
+	if v == TenantKeyNamespace {
+		return nil
+	}
+	if name, ok := strings.CutPrefix(v, TenantKeyLabel); ok {
+		if prefix, _, found := strings.Cut(name, "/"); !labelNameRe.MatchString(name) || (found && len(prefix) > 253) {
+			return fmt.Errorf("tenant_key: %q: %q is not a Kubernetes label name", v, name)
+		}
+		return nil
+	}
+	return fmt.Errorf("tenant_key: %q is not namespace or label:<label-name>", v)
+}
+
+// TenantOf names a pod's tenant under the policy's tenant_key: its
+// namespace, or its tenant label's value. ok is false when the pod lacks
+// what the key names (no namespace, or no such label).
+func (c Config) TenantOf(namespace string, labels map[string]string) (tenant string, ok bool) {
+	if name, isLabel := strings.CutPrefix(c.TenantKey, TenantKeyLabel); isLabel {
+		v, ok := labels[name]
+		return v, ok && v != ""
+	}
+	return namespace, namespace != ""
 }
 
 func checkAction(key, v string) error {
@@ -290,6 +337,8 @@ var envVars = []envVar{
 	{"KVH_MAX_LIVE_BUFFERS", intVar(func(c *Config) *int { return &c.MaxLiveBuffers })},
 	{"KVH_MAX_LIVE_BUFFERS_NODE", intVar(func(c *Config) *int { return &c.MaxLiveBuffersNode })},
 	{"KVH_MAX_EVENT_RATE", floatVar(func(c *Config) *float64 { return &c.MaxEventRate })},
+	{"KVH_TENANT_KEY", strVar(func(c *Config) *string { return &c.TenantKey })},
+	{"KVH_ALLOW_OPT_OUT", boolVar(func(c *Config) *bool { return &c.AllowOptOut })},
 }
 
 // ApplyEnv overlays the environment (lookup is os.LookupEnv in production).
@@ -314,6 +363,8 @@ type Flags struct {
 	verify, ttlFrom, onViolation string
 	samples, maxReuse            int
 	doublePass, trustClaims      bool
+	tenantKey                    string
+	allowOptOut                  bool
 	fs                           *pflag.FlagSet
 }
 
@@ -332,6 +383,8 @@ func Register(fs *pflag.FlagSet) *Flags {
 	fs.StringVar(&f.onViolation, "on-violation", d.OnViolation, "action on a violation: observe, deny, freeze or kill")
 	fs.Float64Var(&f.anomalyZ, "anomaly-z", d.AnomalyZ, "z-score that flags a sanitize duration or size anomaly")
 	fs.BoolVar(&f.trustClaims, "trust-tenant-claims", d.TrustTenantClaims, "honour a process's own KVH_TENANT where it has no pod or container identity (bare-metal hosts)")
+	fs.StringVar(&f.tenantKey, "tenant-key", d.TenantKey, "what names a pod's tenant (pods learnt from the orchestrator with --nri): namespace, or label:<label-name>")
+	fs.BoolVar(&f.allowOptOut, "allow-opt-out", d.AllowOptOut, "honour a pod's kvh.io/opt-out annotation (recorded in the trail either way)")
 	return f
 }
 
@@ -362,6 +415,8 @@ func (f *Flags) Load(lookup func(string) (string, bool)) (Config, error) {
 	set("on-violation", func() { c.OnViolation = f.onViolation })
 	set("anomaly-z", func() { c.AnomalyZ = f.anomalyZ })
 	set("trust-tenant-claims", func() { c.TrustTenantClaims = f.trustClaims })
+	set("tenant-key", func() { c.TenantKey = f.tenantKey })
+	set("allow-opt-out", func() { c.AllowOptOut = f.allowOptOut })
 	return c, c.Validate()
 }
 

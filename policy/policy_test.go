@@ -71,6 +71,10 @@ func TestInvalidValuesNameKeyAndValue(t *testing.T) {
 		{args: []string{"--on-violation", "explode"}, want: `on_violation: "explode"`},
 		{file: "coverage_thresold: 99\n", want: "coverage_thresold"},
 		{file: "tenants:\n  a:\n    on_violation: nuke\n", want: `tenants.a.on_violation: "nuke"`},
+		{args: []string{"--tenant-key", "pod"}, want: `tenant_key: "pod" is not namespace or label:<label-name>`},
+		{env: map[string]string{"KVH_TENANT_KEY": "label:"}, want: `tenant_key: "label:": "" is not a Kubernetes label name`},
+		{file: "tenant_key: label:-team\n", want: `"-team" is not a Kubernetes label name`},
+		{env: map[string]string{"KVH_ALLOW_OPT_OUT": "perhaps"}, want: `KVH_ALLOW_OPT_OUT="perhaps"`},
 	}
 	for _, tc := range cases {
 		file := ""
@@ -124,5 +128,32 @@ func TestHardeningKeys(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("invalid caps accepted: %+v", c)
 		}
+	}
+}
+
+func TestTenantKey(t *testing.T) {
+	c, err := load(t, "", nil)
+	if err != nil || c.TenantKey != "namespace" || c.AllowOptOut {
+		t.Fatalf("defaults: tenant_key %q allow_opt_out %v (%v), want namespace and false", c.TenantKey, c.AllowOptOut, err)
+	}
+	labels := map[string]string{"example.com/tenant": "acme", "app": "llm"}
+	if got, ok := c.TenantOf("team-a", labels); got != "team-a" || !ok {
+		t.Errorf("namespace key: %q %v", got, ok)
+	}
+	file := filepath.Join(t.TempDir(), "p.yaml")
+	os.WriteFile(file, []byte("tenant_key: label:example.com/tenant\nallow_opt_out: true\n"), 0o600)
+	c, err = load(t, file, nil)
+	if err != nil || !c.AllowOptOut {
+		t.Fatalf("file: %v %+v", err, c)
+	}
+	if got, ok := c.TenantOf("team-a", labels); got != "acme" || !ok {
+		t.Errorf("label key: %q %v, want acme", got, ok)
+	}
+	if got, ok := c.TenantOf("team-a", map[string]string{"app": "llm"}); ok {
+		t.Errorf("a pod without the tenant label got tenant %q", got)
+	}
+	c, err = load(t, file, map[string]string{"KVH_TENANT_KEY": "namespace"}, "--allow-opt-out=false")
+	if err != nil || c.TenantKey != "namespace" || c.AllowOptOut {
+		t.Fatalf("env and flag over the file: %q %v %v", c.TenantKey, c.AllowOptOut, err)
 	}
 }

@@ -20,6 +20,7 @@ const (
 	EvAction              = "action"
 	EvAnomaly             = "anomaly"
 	EvFloodSummary        = "flood_summary"
+	EvOptOut              = "opt_out"
 )
 
 // Buffer transition event names (the ledger's state machine).
@@ -86,9 +87,12 @@ type Identity struct {
 	Comm          string `json:"comm,omitempty" doc:"/proc/<pid>/comm"`
 	Cgroup        string `json:"cgroup,omitempty" doc:"the process's cgroup v2 path"`
 	ContainerID   string `json:"container_id,omitempty" doc:"container id parsed from the cgroup"`
-	PodUID        string `json:"pod_uid,omitempty" doc:"Kubernetes pod UID parsed from the cgroup"`
+	PodUID        string `json:"pod_uid,omitempty" doc:"Kubernetes pod UID: from the orchestrator (NRI) when it knows the container, else parsed from the cgroup"`
+	PodNamespace  string `json:"pod_namespace,omitempty" doc:"the pod's namespace, from the orchestrator (NRI)"`
+	PodName       string `json:"pod_name,omitempty" doc:"the pod's name, from the orchestrator (NRI)"`
+	ContainerName string `json:"container_name,omitempty" doc:"the container's name in its pod, from the orchestrator (NRI)"`
 	Tenant        string `json:"tenant" doc:"the tenant the agent judges the process as"`
-	TenantSource  string `json:"tenant_source" doc:"where the tenant came from, in this order: pod (pod UID from the cgroup), container (container id from the cgroup), claim (the process's own KVH_TENANT, only where the policy's trust_tenant_claims is on), uid, or exited (gone before /proc was read)"`
+	TenantSource  string `json:"tenant_source" doc:"where the tenant came from, in this order: namespace or label (the pod's namespace or tenant label, as the orchestrator told the agent over NRI and the policy's tenant_key chooses), pod (pod UID from the cgroup), container (container id from the cgroup), claim (the process's own KVH_TENANT, only where the policy's trust_tenant_claims is on), uid, or exited (gone before /proc was read)"`
 	ClaimedTenant string `json:"claimed_tenant,omitempty" doc:"the process's own KVH_TENANT (a claim: honoured only as tenant_source says)"`
 }
 
@@ -176,4 +180,17 @@ type Anomaly struct {
 	Mean   float64 `json:"mean" doc:"the tenant's running mean"`
 	Std    float64 `json:"std" doc:"the tenant's running standard deviation"`
 	Z      float64 `json:"z" doc:"the z-score (above the policy's anomaly_z)"`
+}
+
+// OptOut records a pod's request not to be injected with libkvh (the
+// kvh.io/opt-out annotation), honoured or not.
+type OptOut struct {
+	Ev          string `json:"ev" doc:"opt_out"`
+	PodUID      string `json:"pod_uid" doc:"the pod's UID, from the orchestrator (NRI)"`
+	Namespace   string `json:"namespace" doc:"the pod's namespace"`
+	Pod         string `json:"pod" doc:"the pod's name"`
+	Container   string `json:"container" doc:"the container's name in its pod"`
+	ContainerID string `json:"container_id" doc:"the runtime's container id"`
+	Tenant      string `json:"tenant,omitempty" doc:"the pod's tenant under the policy's tenant_key"`
+	Honoured    bool   `json:"honoured" doc:"true: the container started without libkvh (the policy's allow_opt_out is on); false: it was injected anyway"`
 }

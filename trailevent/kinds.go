@@ -48,6 +48,7 @@ func Kinds() []Kind {
 		kind[Violation](EvViolation, "A hygiene violation, recorded before any action on it."),
 		kind[ViolationsOverflow](EvViolationsOverflow, "Violations the agent's queue could not hold: counted, not acted on one by one."),
 		kind[Action](EvAction, "An action taken on a violator, and its outcome."),
+		kind[OptOut](EvOptOut, "A pod asked not to be injected with libkvh (kvh.io/opt-out); honoured only where the policy's allow_opt_out is on."),
 		kind[FloodSummary](EvFloodSummary, "What a process sent past max_event_rate or max_live_buffers in one window, counted exactly."),
 	}
 }
