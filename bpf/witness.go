@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -21,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 )
 
 // Witness is a running set of probes.
@@ -32,7 +32,8 @@ type Witness struct {
 	events   chan []Event
 	mu       sync.Mutex
 	links    []link.Link
-	attached map[[2]uint64]string // (dev, ino) -> path
+	attached map[[2]uint64]string    // (dev, ino) of the file underneath -> path
+	real     map[[2]uint64][2]uint64 // (dev, ino) as a process's maps show it -> the file underneath
 	quit     chan struct{}
 	closed   bool // under mu: the maps are gone
 	wg       sync.WaitGroup
@@ -68,7 +69,7 @@ func Start(opts Options) (*Witness, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: loading programs: %v", ErrUnavailable, err)
 	}
-	w := &Witness{opts: opts, coll: coll, progs: map[string]*ebpf.Program{}, events: make(chan []Event, eventBatches), attached: map[[2]uint64]string{}, quit: make(chan struct{})}
+	w := &Witness{opts: opts, coll: coll, progs: map[string]*ebpf.Program{}, events: make(chan []Event, eventBatches), attached: map[[2]uint64]string{}, real: map[[2]uint64][2]uint64{}, quit: make(chan struct{})}
 	for name, ps := range spec.Programs {
 		w.progs[ps.SectionName] = coll.Programs[name]
 	}
@@ -153,13 +154,21 @@ func (w *Witness) Failed() map[string]uint64 {
 	return out
 }
 
-// attach probes the library at path once per (device, inode).
+// attach probes the library at path once per file underneath: the
+// (device, inode) a mapping of it has, which for a file seen through an
+// overlay (every container's root) is the layer's file, not the overlay's.
 func (w *Witness) attach(path string) (bool, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
+	key, err := realFile(w.opts.ProcRoot, "/proc/self/mountinfo", "", path)
+	if err != nil {
 		return false, err
 	}
-	key := [2]uint64{st.Dev, st.Ino}
+	return w.attachKey(path, key)
+}
+
+// attachKey probes path, known to be the file key, unless key is probed.
+// The kernel resolves a uprobe's path to the file underneath too
+// (d_real_inode), so two paths of one key would fire twice per call.
+func (w *Witness) attachKey(path string, key [2]uint64) (bool, error) {
 	w.mu.Lock()
 	if _, ok := w.attached[key]; ok {
 		w.mu.Unlock()
@@ -207,20 +216,54 @@ func (w *Witness) scan() {
 		if err != nil {
 			continue
 		}
-		for _, lib := range cudaLibraries(filepath.Join(w.opts.ProcRoot, e.Name(), "maps")) {
-			w.attach(filepath.Join(w.opts.ProcRoot, strconv.Itoa(pid), "root", lib))
+		dir := filepath.Join(w.opts.ProcRoot, strconv.Itoa(pid))
+		for _, lib := range cudaLibraries(filepath.Join(dir, "maps")) {
+			// maps names the file as the process sees it (an overlay's
+			// device, one per container); the file underneath is found
+			// once per such file and remembered.
+			w.mu.Lock()
+			key, known := w.real[lib.key]
+			_, done := w.attached[key]
+			w.mu.Unlock()
+			if known && done {
+				continue
+			}
+			path := filepath.Join(dir, "root", lib.path)
+			key, err := realFile(w.opts.ProcRoot, filepath.Join(dir, "mountinfo"), filepath.Join(dir, "root"), lib.path)
+			if err != nil {
+				continue // gone, or not readable: the next scan tries again
+			}
+			w.mu.Lock()
+			if len(w.real) >= maxReal {
+				clear(w.real)
+			}
+			w.real[lib.key] = key
+			w.mu.Unlock()
+			w.attachKey(path, key)
 		}
 	}
 }
 
-func cudaLibraries(maps string) []string {
+// maxReal bounds the remembered maps -> file resolutions (one per
+// container's view of a library; forgotten wholesale past it, then found
+// again).
+const maxReal = 1 << 14
+
+// mappedLib is a library a process maps: its path in the process's mount
+// namespace and the (device, inode) of the file the mapping holds.
+type mappedLib struct {
+	path string
+	key  [2]uint64
+}
+
+func cudaLibraries(maps string) []mappedLib {
 	f, err := os.Open(maps)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	seen := map[string]bool{}
-	var out []string
+	seen := map[[2]uint64]bool{}
+	var out []mappedLib
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -229,12 +272,32 @@ func cudaLibraries(maps string) []string {
 		}
 		p := fields[5]
 		base := filepath.Base(p)
-		if (strings.HasPrefix(base, "libcuda.so") || strings.HasPrefix(base, "libcudart.so")) && !seen[p] {
-			seen[p] = true
-			out = append(out, p)
+		if !strings.HasPrefix(base, "libcuda.so") && !strings.HasPrefix(base, "libcudart.so") {
+			continue
+		}
+		key, ok := mapsKey(fields[3], fields[4])
+		if ok && !seen[key] {
+			seen[key] = true
+			out = append(out, mappedLib{p, key})
 		}
 	}
 	return out
+}
+
+// mapsKey parses a maps line's "major:minor" (hex) and inode into the
+// (st_dev, st_ino) stat would give for the same file.
+func mapsKey(dev, ino string) ([2]uint64, bool) {
+	maj, min, ok := strings.Cut(dev, ":")
+	if !ok {
+		return [2]uint64{}, false
+	}
+	ma, err1 := strconv.ParseUint(maj, 16, 32)
+	mi, err2 := strconv.ParseUint(min, 16, 32)
+	in, err3 := strconv.ParseUint(ino, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || in == 0 {
+		return [2]uint64{}, false
+	}
+	return [2]uint64{unix.Mkdev(uint32(ma), uint32(mi)), in}, true
 }
 
 func (w *Witness) rescan() {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kvhygiene/kvh/internal/libkvhtest"
+	"golang.org/x/sys/unix"
 )
 
 // needWitness skips when not root, and fails when root on a kernel that
@@ -175,5 +176,91 @@ func TestWitnessSeesContextTeardown(t *testing.T) {
 	}
 	if n := w.Failed()["cuCtxDestroy_v2"]; n != before+1 {
 		t.Errorf("the refused cuCtxDestroy_v2(NULL): failed count %d, was %d", n, before)
+	}
+}
+
+// TestWitnessAttachesOnceThroughOverlays: four "containers" map one image
+// file, each through its own overlay mount (another device each, as every
+// container's root is). The witness must probe the file underneath once:
+// probed four times, every call would be reported four times, and each
+// free's one attestation would leave three unattested_free violations.
+func TestWitnessAttachesOnceThroughOverlays(t *testing.T) {
+	w := needWitness(t)
+	lower := t.TempDir()
+	if err := libkvhtest.CopyFakeDriver(lower); err != nil {
+		t.Fatal(err)
+	}
+	var mounts []string
+	for i := 0; i < 4; i++ {
+		d := t.TempDir()
+		for _, s := range []string{"upper", "work", "merged"} {
+			os.Mkdir(filepath.Join(d, s), 0o755)
+		}
+		m := filepath.Join(d, "merged")
+		opts := "lowerdir=" + lower + ",upperdir=" + filepath.Join(d, "upper") + ",workdir=" + filepath.Join(d, "work")
+		if err := unix.Mount("overlay", m, "overlay", 0, opts); err != nil {
+			t.Fatalf("mounting an overlay (root on a kernel with overlayfs): %v", err)
+		}
+		t.Cleanup(func() { unix.Unmount(m, unix.MNT_DETACH) })
+		mounts = append(mounts, m)
+	}
+	var st0, st1 unix.Stat_t
+	unix.Stat(filepath.Join(mounts[0], "libcuda.so.1"), &st0)
+	unix.Stat(filepath.Join(mounts[1], "libcuda.so.1"), &st1)
+	if st0.Dev == st1.Dev {
+		t.Fatalf("the overlays share a device (%d): the test would prove nothing", st0.Dev)
+	}
+	var pids []int
+	for _, m := range mounts {
+		cmd := exec.Command(libkvhtest.Client("deny"))
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+m)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		pids = append(pids, cmd.Process.Pid)
+	}
+	for _, m := range mounts { // and named explicitly, as --witness-lib would
+		w.attach(filepath.Join(m, "libcuda.so.1"))
+	}
+	// Once the rescan has seen them, each process's allocations and frees
+	// alternate: a second probe on the file would report each call twice.
+	time.Sleep(500 * time.Millisecond)
+	seq := map[int][]string{}
+	deadline := time.After(1500 * time.Millisecond)
+loop:
+	for {
+		select {
+		case batch := <-w.Events():
+			for _, e := range batch {
+				if e.Fn == "cuMemAlloc_v2" || e.Fn == "cuMemFree_v2" {
+					seq[int(e.TGID)] = append(seq[int(e.TGID)], e.Fn)
+				}
+			}
+		case <-deadline:
+			break loop
+		}
+	}
+	ours := 0 // other tests' processes may be probed too
+	for _, p := range w.Attached() {
+		if strings.Contains(p, filepath.Dir(lower)) {
+			ours++
+		}
+	}
+	if ours != 1 {
+		t.Errorf("one file through four overlays probed %d times: %v", ours, w.Attached())
+	}
+	for _, pid := range pids {
+		s := seq[pid]
+		if len(s) < 4 {
+			t.Errorf("pid %d: only %d calls witnessed (the file was not probed)", pid, len(s))
+			continue
+		}
+		for i := 1; i < len(s); i++ {
+			if s[i] == s[i-1] {
+				t.Errorf("pid %d: %s witnessed twice in a row at %d of %d: a library probed more than once", pid, s[i], i, len(s))
+				break
+			}
+		}
 	}
 }
