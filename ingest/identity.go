@@ -23,6 +23,21 @@ var (
 	podRe       = regexp.MustCompile(`pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})`)
 )
 
+// Pod is what the orchestrator told the agent about a container (over NRI):
+// its pod and the tenant the policy's tenant_key names for it.
+type Pod struct {
+	UID, Namespace, Name string
+	Container            string // the container's name in its pod
+	Tenant               string // "" when the pod lacks what tenant_key names
+	TenantSource         string // namespace or label
+}
+
+// Pods finds the pod of a container by its runtime id or, failing that, by
+// its cgroup path. The agent's NRI plugin is one; nil knows none.
+type Pods interface {
+	PodOf(containerID, cgroup string) (Pod, bool)
+}
+
 // Identify reads /proc/<pid> under procRoot. The tenant comes from what
 // the process cannot choose, in this order: its pod UID, else its container
 // id (both from its cgroup), else — only when trustClaims, for bare-metal
@@ -30,6 +45,15 @@ var (
 // "uid:<uid>". A KVH_TENANT that is not honoured is still recorded, as
 // ClaimedTenant.
 func Identify(procRoot string, pid int, uid uint32, trustClaims bool) Identity {
+	return IdentifyWith(procRoot, pid, uid, trustClaims, nil)
+}
+
+// IdentifyWith is Identify, with the orchestrator's word first: a process
+// whose container pods knows (by the container id or cgroup the kernel
+// gives) has its pod's tenant (namespace or label, by the policy's
+// tenant_key), its pod UID, namespace and name. Nothing of it comes from the
+// process's environment.
+func IdentifyWith(procRoot string, pid int, uid uint32, trustClaims bool, pods Pods) Identity {
 	id := Identity{PID: pid, UID: uid}
 	dir := filepath.Join(procRoot, strconv.Itoa(pid))
 	if b, err := os.ReadFile(filepath.Join(dir, "comm")); err == nil {
@@ -47,7 +71,19 @@ func Identify(procRoot string, pid int, uid uint32, trustClaims bool) Identity {
 		}
 	}
 	id.ClaimedTenant = environ(filepath.Join(dir, "environ"), "KVH_TENANT")
+	var pod Pod
+	known := false
+	if pods != nil && (id.ContainerID != "" || id.Cgroup != "") {
+		if pod, known = pods.PodOf(id.ContainerID, id.Cgroup); known {
+			if pod.UID != "" {
+				id.PodUID = pod.UID
+			}
+			id.PodNamespace, id.PodName, id.ContainerName = pod.Namespace, pod.Name, pod.Container
+		}
+	}
 	switch {
+	case known && pod.Tenant != "":
+		id.Tenant, id.TenantSource = pod.Tenant, pod.TenantSource
 	case id.PodUID != "":
 		id.Tenant, id.TenantSource = "pod:"+id.PodUID, "pod"
 	case id.ContainerID != "":
@@ -67,8 +103,8 @@ func Identify(procRoot string, pid int, uid uint32, trustClaims bool) Identity {
 // that the process was still alive after /proc was read, so that what was
 // read was its own and not that of a process that took its pid since. One
 // that has gone is identified by its uid only.
-func identifyHandle(procRoot string, h *proc.Handle, uid uint32, trustClaims bool) Identity {
-	id := Identify(procRoot, h.PID, uid, trustClaims)
+func identifyHandle(procRoot string, h *proc.Handle, uid uint32, trustClaims bool, pods Pods) Identity {
+	id := IdentifyWith(procRoot, h.PID, uid, trustClaims, pods)
 	if !h.Alive() {
 		id = Identity{PID: h.PID, UID: uid, Tenant: "uid:" + strconv.FormatUint(uint64(uid), 10), TenantSource: "exited"}
 	}
@@ -77,8 +113,8 @@ func identifyHandle(procRoot string, h *proc.Handle, uid uint32, trustClaims boo
 
 // IdentifyProcess identifies the process h holds, for a detector that saw
 // only its pid: its effective uid (what SO_PEERCRED would have said) from
-// /proc/<pid>/status, then as identifyHandle.
-func IdentifyProcess(procRoot string, h *proc.Handle, trustClaims bool) Identity {
+// /proc/<pid>/status, then as identifyHandle (pods may be nil).
+func IdentifyProcess(procRoot string, h *proc.Handle, trustClaims bool, pods Pods) Identity {
 	uid := ^uint32(0)
 	if b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(h.PID), "status")); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -91,7 +127,7 @@ func IdentifyProcess(procRoot string, h *proc.Handle, trustClaims bool) Identity
 			}
 		}
 	}
-	return identifyHandle(procRoot, h, uid, trustClaims)
+	return identifyHandle(procRoot, h, uid, trustClaims, pods)
 }
 
 // cgroupPath returns the cgroup v2 path ("0::/…") or, on v1, the memory or

@@ -27,7 +27,7 @@ func TestAttackPIDOnlyViolationChargedToRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := IdentifyProcess("/proc", h, false)
+	id := IdentifyProcess("/proc", h, false, nil)
 	if id.UID != 65534 || id.TenantSource == "uid" && id.Tenant != "uid:65534" {
 		t.Fatalf("a process of uid 65534 identified as %+v", id)
 	}

@@ -48,3 +48,43 @@ func TestIdentify(t *testing.T) {
 		t.Errorf("gone process: %+v", id)
 	}
 }
+
+type podMap map[string]Pod
+
+func (m podMap) PodOf(containerID, cgroup string) (Pod, bool) {
+	if p, ok := m[containerID]; ok {
+		return p, true
+	}
+	p, ok := m[cgroup]
+	return p, ok
+}
+
+// TestIdentifyOrchestrator: what NRI says about a container comes before
+// what the cgroup says, is found by the container id or the cgroup path the
+// kernel gives, and the process's own KVH_TENANT never changes it.
+func TestIdentifyOrchestrator(t *testing.T) {
+	const id64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	const pod = "0::/kubepods.slice/kubepods-burstable-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice/cri-containerd-" + id64 + ".scope\n"
+	a := Pod{UID: "9f0e0000-0000-4000-8000-000000000001", Namespace: "team-a", Name: "llm-0", Container: "server", Tenant: "team-a", TenantSource: "namespace"}
+	pods := podMap{id64: a, "/k8s.io/sandboxed": {UID: "u2", Namespace: "team-b", Name: "b", Tenant: "acme", TenantSource: "label"}}
+	id := IdentifyWith(fakeProc(t, "42", pod, "KVH_TENANT=team-b\x00"), 42, 1000, true, pods)
+	if id.Tenant != "team-a" || id.TenantSource != "namespace" || id.PodUID != a.UID || id.PodNamespace != "team-a" || id.PodName != "llm-0" ||
+		id.ContainerName != "server" || id.ContainerID != id64 || id.ClaimedTenant != "team-b" {
+		t.Errorf("by container id: %+v", id)
+	}
+	id = IdentifyWith(fakeProc(t, "42", "0::/k8s.io/sandboxed\n", ""), 42, 1000, false, pods)
+	if id.Tenant != "acme" || id.TenantSource != "label" || id.PodUID != "u2" {
+		t.Errorf("by cgroup path: %+v", id)
+	}
+	// A pod without the tenant label keeps its pod identity, named.
+	pods[id64] = Pod{UID: a.UID, Namespace: "team-a", Name: "llm-0"}
+	id = IdentifyWith(fakeProc(t, "42", pod, ""), 42, 1000, false, pods)
+	if id.Tenant != "pod:"+a.UID || id.TenantSource != "pod" || id.PodName != "llm-0" {
+		t.Errorf("no tenant label: %+v", id)
+	}
+	// A container NRI does not know (started before the agent) falls back.
+	id = IdentifyWith(fakeProc(t, "42", pod, ""), 42, 1000, false, podMap{})
+	if id.Tenant != "pod:1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901" || id.PodName != "" {
+		t.Errorf("unknown container: %+v", id)
+	}
+}

@@ -38,6 +38,9 @@ type Config struct {
 	Policy     func() policy.Config // required: caps, claims, the verify floor
 	Log        hclog.Logger
 	ProcRoot   string // default /proc
+	// Pods is the orchestrator's word on a process's pod (the NRI plugin);
+	// nil: identity from the cgroup alone.
+	Pods Pods
 	// DropThreshold is the dropped events per process before it is a
 	// violation (default 1000).
 	DropThreshold uint64
@@ -251,7 +254,7 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		return
 	}
 	pol := s.cfg.Policy()
-	id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, pol.TrustTenantClaims)
+	id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, pol.TrustTenantClaims, s.cfg.Pods)
 	parentKey := ""
 	if ppid, err := proc.Parent(s.cfg.ProcRoot, h.PID); err == nil && ppid > 1 && h.Alive() {
 		parentKey, _ = proc.KeyOf(s.cfg.ProcRoot, ppid)
@@ -340,7 +343,7 @@ func (s *Server) refuse(c *net.UnixConn, cred *unix.Ucred, h *proc.Handle, key, 
 				return
 			}
 		}
-		id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, s.cfg.Policy().TrustTenantClaims)
+		id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, s.cfg.Policy().TrustTenantClaims, s.cfg.Pods)
 		s.cfg.Violations.Emit(violation.Violation{Kind: violation.ConnectionLimit, PID: h.PID, Tenant: id.Tenant, Detail: "connection refused: " + why, Source: "ingest", Process: h, At: now})
 	}
 	if h == nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/gpu"
 	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/internal/nriplugin"
 	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/policy"
 	"github.com/kvhygiene/kvh/tracer"
@@ -155,8 +156,26 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		return nil, err
 	}
 
+	if cfg.PublishLibkvh != "" {
+		dst, err := publishLibkvh(cfg.PublishLibkvh, cfg.LibkvhDir)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("published libkvh", "from", cfg.PublishLibkvh, "to", dst)
+	}
+	var pods ingest.Pods
+	var nri *nriplugin.Plugin
+	var witnessSink violation.Sink = queue
+	if cfg.NRI {
+		if nri, err = startNRI(cfg, ledger.Policy, trail, log); err != nil {
+			return nil, err
+		}
+		pods = nri
+		witnessSink = podNamer{Sink: queue, procRoot: cfg.ProcRoot, pods: nri}
+	}
+
 	peers := ingest.NewPeers()
-	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: queue}, reg)
+	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: witnessSink}, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -165,14 +184,14 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		attested = corr.Attested
 	}
 	server, err := ingest.New(sock, ingest.Config{Ledger: ledger, Trail: trail, Violations: queue, Peers: peers, Metrics: ingest.NewMetrics(reg),
-		Policy: ledger.Policy, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, DropThreshold: cfg.DropThreshold, Attested: attested,
+		Policy: ledger.Policy, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, Pods: pods, DropThreshold: cfg.DropThreshold, Attested: attested,
 		MaxConns: cfg.MaxConns, MaxConnsPerUID: cfg.MaxConnsPerUID, MaxConnsPerProcess: cfg.MaxConnsPerProc})
 	if err != nil {
 		return nil, err
 	}
 	enf, err := action.New(action.Config{Trail: trail, Policy: ledger.Policy, Log: log.Named("action"), Denier: server,
 		Identify: func(h *proc.Handle) string {
-			return ingest.IdentifyProcess(cfg.ProcRoot, h, ledger.Policy().TrustTenantClaims).Tenant
+			return ingest.IdentifyProcess(cfg.ProcRoot, h, ledger.Policy().TrustTenantClaims, pods).Tenant
 		},
 		Connected: peers.Process,
 		ProcRoot:  cfg.ProcRoot, CgroupRoot: cfg.CgroupRoot, ActionTimeout: cfg.ActionTimeout,
@@ -209,6 +228,11 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	}
 	if witness != nil {
 		runWitness(ctx, &a.detect, witness, corr, am.witnessEvents)
+	}
+	if nri != nil {
+		a.detect.Add(1)
+		go func() { defer a.detect.Done(); runNRI(ctx, nri) }()
+		log.Info("NRI plugin started", "socket", cfg.NRISocket, "libkvh_dir", cfg.LibkvhDir)
 	}
 	a.ready.Store(true)
 	return a, nil

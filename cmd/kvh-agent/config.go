@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -47,6 +48,13 @@ type Config struct {
 	Version         bool
 	policyFlags     *policy.Flags
 
+	// NRI injects libkvh into GPU containers and learns their pods
+	// (internal/nriplugin); PublishLibkvh is copied into LibkvhDir at start.
+	NRI           bool
+	NRISocket     string
+	LibkvhDir     string
+	PublishLibkvh string
+
 	// AcceptTamperedTrail starts on a trail that fails recovery's checks,
 	// keeping its files as evidence (forensic.Options.AcceptTampered).
 	AcceptTamperedTrail bool
@@ -88,6 +96,10 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 mount (freeze action)")
 	fs.StringVar(&c.NVIDIAParams, "nvidia-params", "/proc/driver/nvidia/params", "the driver's live parameters (scrub-on-free posture)")
 	fs.StringVar(&c.ModprobeDir, "modprobe-dir", "/etc/modprobe.d", "modprobe configuration (scrub-on-free posture fallback)")
+	fs.BoolVar(&c.NRI, "nri", false, "run the NRI plugin: inject libkvh into containers with an NVIDIA GPU (or the kvh.io/inject annotation), and take each container's pod, namespace and labels from the runtime as its identity")
+	fs.StringVar(&c.NRISocket, "nri-socket", "/var/run/nri/nri.sock", "the container runtime's NRI socket")
+	fs.StringVar(&c.LibkvhDir, "libkvh-dir", "/var/lib/kvh/lib", "host directory holding libkvh.so, bind-mounted read-only at the same path into injected containers")
+	fs.StringVar(&c.PublishLibkvh, "publish-libkvh", "", "copy this libkvh.so (the one in the agent's image) into --libkvh-dir at start, atomically (default: publish nothing)")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	c.policyFlags = policy.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +123,11 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	case "auto", "on", "off":
 	default:
 		return nil, fs, fmt.Errorf("--witness %q is not auto, on or off", c.Witness)
+	}
+	for name, p := range map[string]string{"libkvh-dir": c.LibkvhDir, "socket": c.Socket} {
+		if c.NRI && !filepath.IsAbs(p) {
+			return nil, fs, fmt.Errorf("--%s %q must be an absolute path with --nri (it is mounted at the same path in containers)", name, p)
+		}
 	}
 	if c.SocketMode&^0o777 != 0 || c.SocketMode&0o600 != 0o600 {
 		return nil, fs, fmt.Errorf("--socket-mode %#o must be a permission mode that lets the agent read and write (0600 to 0777)", c.SocketMode)

@@ -9,7 +9,8 @@
 // The wiring, one concern a file: config.go (flags), agent.go (objects built
 // in dependency order, start and stop), metrics.go (the agent's own series),
 // gpu.go (posture and the NVML watcher), witness.go (the eBPF witness and
-// its correlator), http.go (/metrics, /healthz, /readyz).
+// its correlator), http.go (/metrics, /healthz, /readyz), nri.go (the NRI
+// plugin and libkvh's publication), cdi.go (`kvh-agent cdi generate`).
 package main
 
 import (
@@ -28,6 +29,9 @@ func main() {
 }
 
 func run(args []string, stderr *os.File) int {
+	if len(args) > 0 && args[0] == "cdi" {
+		return runCDI(args[1:], os.Stdout, stderr)
+	}
 	cfg, _, err := parseFlags(args)
 	if err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
