@@ -60,6 +60,43 @@ static int untracked_range(enum hook_id fn, uint64_t p, struct slot *v) {
   return 1;
 }
 
+/* capturing says whether stream s is being captured into a graph
+ * (cuStreamIsCapturing): then the free is a node of that graph, and so is
+ * every stream-ordered call kvh makes on s, while a synchronous call (a
+ * stream synchronize, a copy-back) would fail and invalidate the capture. */
+static _Atomic(void *) is_capturing; /* (void *)1: the driver has none */
+
+static int capturing(CUstream s) {
+  if (!s) return 0; /* the legacy stream cannot capture */
+  void *f = atomic_load_explicit(&is_capturing, memory_order_acquire);
+  if (unlikely(!f)) {
+    f = lookup("cuStreamIsCapturing");
+    if (!f) f = (void *)1;
+    atomic_store_explicit(&is_capturing, f, memory_order_release);
+  }
+  CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+  return f != (void *)1 && ((CUresult(*)(CUstream, CUstreamCaptureStatus *))f)(s, &st) == CUDA_SUCCESS &&
+         st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+/* zeroize_scheduled zeroizes [p, p+n) on a capturing stream: the memsets
+ * (0xA5 first with double pass) become nodes of the graph, ordered before
+ * the free that follows them on the stream, and run at every launch. Nothing
+ * can read the memory back at capture time, so the record says verify off.
+ * 0 when the memsets were captured. */
+static int zeroize_scheduled(uint64_t p, size_t n, CUstream s, struct kvh_record *r) {
+  const struct policy pol = policy_now();
+  resolve_helpers();
+  r->bytes = n;
+  r->verify = KVH_VERIFY_OFF;
+  if (pol.double_pass) r->flags |= KVH_F_DOUBLE_PASS;
+  int rc = p_memset_async ? 0 : -1;
+  for (int pass = pol.double_pass ? 0 : 1; pass < 2 && rc == 0; pass++) rc = p_memset_async(p, pass == 0 ? 0xA5 : 0, n, s) != CUDA_SUCCESS;
+  r->result = rc ? KVH_RES_ZEROIZE_FAILED : KVH_RES_OK;
+  r->zeroed = rc ? 0 : n;
+  return rc ? -1 : 0;
+}
+
 /* release runs the free path for p: zeroize and verify what this process
  * created, then call do_free unless the buffer is quarantined. do_free
  * returns the real call's result. */
@@ -108,7 +145,9 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
     r.result = KVH_RES_PASSTHROUGH;
     r.bytes = n;
   } else if (cfg.mode != MODE_OFF) {
-    failed = zeroize(p, n, device, (CUstream)(uintptr_t)r.stream, async, &r) != 0;
+    CUstream zs = (CUstream)(uintptr_t)r.stream;
+    if (async && device && capturing(zs)) failed = zeroize_scheduled(p, n, zs, &r) != 0;
+    else failed = zeroize(p, n, device, zs, async, &r) != 0;
   }
   if (failed && cfg.mode == MODE_ENFORCE) {
     v.state = ST_QUARANTINED; /* kept in the table so a second free stays a no-op */
@@ -688,4 +727,145 @@ EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
 EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
   NEED_REAL(cuDevicePrimaryCtxReset_v2);
   return primary_reset(HOOK_cuDevicePrimaryCtxReset_v2, real_cuDevicePrimaryCtxReset_v2, dev);
+}
+
+/* ---- graph memory nodes ----------------------------------------------------
+ *
+ * Graph memory is allocated and freed when the graph runs, from a per-device
+ * graph pool the driver reuses inside the process: what a free node gives
+ * back, the next graph allocation gets, unzeroized. cuGraphAddMemAllocNode
+ * is hooked to learn each allocation's address and size (tracked like a
+ * stream-ordered allocation, so a cuMemFreeAsync of it outside any graph
+ * zeroizes it too). cuGraphAddMemFreeNode adds a memset node that depends on
+ * the caller's dependencies, and the free node depends on the memset alone:
+ * at every launch the memory is zeroed after its last use and before the
+ * pool has it. Nothing can verify it when the graph is built, so the record
+ * says verify off. If the memset node cannot be added, enforce mode adds an
+ * empty node in the free node's place (the memory stays allocated in the
+ * graph, never handed back) and reports a quarantine. */
+
+EXPORT CUresult cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params) {
+  NEED_REAL(cuGraphAddMemAllocNode);
+  CUresult gate_rc = refused();
+  if (unlikely(gate_rc)) return gate_rc;
+  CUresult rc = real_cuGraphAddMemAllocNode(node, g, deps, ndeps, params);
+  if (rc == CUDA_SUCCESS && params) track(HOOK_cuGraphAddMemAllocNode, params->dptr, params->bytesize, KVH_MEM_ASYNC, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+/* graph_free adds a free node of p to g after a memset node that depends on
+ * deps: add_free(c, node, deps, ndeps) adds the free node itself, the way
+ * the caller asked for it (cuGraphAddMemFreeNode or cuGraphAddNode). */
+typedef CUresult (*add_free_cb)(void *c, CUgraphNode *node, const CUgraphNode *deps, size_t ndeps);
+
+static CUresult graph_free(enum hook_id fn, CUgraphNode *node, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUdeviceptr p, add_free_cb add_free, void *c) {
+  if (cfg.mode == MODE_OFF || !p || !node) return add_free(c, node, deps, ndeps);
+  struct kvh_record r = {0};
+  r.type = KVH_REC_FREE;
+  r.fn = (uint16_t)fn;
+  r.ptr = p;
+  r.mem_kind = KVH_MEM_ASYNC;
+  r.flags = KVH_F_ASYNC;
+  /* The size: from the alloc node (the entry stays: the node frees this
+   * address at every launch), else the driver's range for it. */
+  size_t n = 0;
+  int owner = OWN_CREATOR;
+  struct stripe *st;
+  struct slot *e = table_find(&ptrs, p, &st);
+  if (e && e->state == ST_LIVE) n = e->size, owner = e->owner;
+  pthread_mutex_unlock(&st->mu);
+  if (!e) {
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    resolve_helpers();
+    if (p_range && p_range(&base, &size, p) == CUDA_SUCCESS && base == p) n = size;
+  }
+  if (!n || owner == OWN_IMPORTER) { /* nothing kvh can size, or not this process's: the driver decides */
+    CUresult rc = add_free(c, node, deps, ndeps);
+    r.result = KVH_RES_PASSTHROUGH;
+    if (owner == OWN_IMPORTER) r.flags |= KVH_F_IMPORTER;
+    emit(&r);
+    return rc;
+  }
+  CUresult (*add_memset)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_MEMSET_NODE_PARAMS *, CUcontext);
+  CUresult (*add_empty)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t);
+  CUresult (*destroy_node)(CUgraphNode);
+  *(void **)&add_memset = lookup("cuGraphAddMemsetNode");
+  *(void **)&add_empty = lookup("cuGraphAddEmptyNode");
+  *(void **)&destroy_node = lookup("cuGraphDestroyNode");
+  const struct policy pol = policy_now();
+  r.bytes = n;
+  r.verify = KVH_VERIFY_OFF;
+  if (pol.double_pass) r.flags |= KVH_F_DOUBLE_PASS;
+  CUgraphNode added[2] = {NULL, NULL}, last = NULL;
+  int nadded = 0;
+  CUresult mrc = add_memset ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+  CUcontext ctx = (CUcontext)(uintptr_t)current_ctx();
+  for (int pass = pol.double_pass ? 0 : 1; pass < 2 && mrc == CUDA_SUCCESS; pass++) {
+    CUDA_MEMSET_NODE_PARAMS mp = {.dst = p, .pitch = n, .value = pass == 0 ? 0xA5 : 0, .elementSize = 1, .width = n, .height = 1};
+    mrc = last ? add_memset(&added[nadded], g, &last, 1, &mp, ctx) : add_memset(&added[nadded], g, deps, ndeps, &mp, ctx);
+    if (mrc == CUDA_SUCCESS) last = added[nadded++];
+  }
+  if (mrc != CUDA_SUCCESS) {
+    for (int i = nadded - 1; i >= 0 && destroy_node; i--) destroy_node(added[i]);
+    r.result = KVH_RES_ZEROIZE_FAILED;
+    if (cfg.mode == MODE_ENFORCE && add_empty && add_empty(node, g, deps, ndeps) == CUDA_SUCCESS) {
+      r.type = KVH_REC_QUARANTINE; /* the graph never frees it: never handed back unzeroized */
+      emit(&r);
+      return CUDA_SUCCESS;
+    }
+    CUresult rc = add_free(c, node, deps, ndeps);
+    emit(&r);
+    return rc;
+  }
+  CUresult rc = add_free(c, node, &last, 1);
+  if (rc != CUDA_SUCCESS) { /* the driver refused the free: take the memsets out again */
+    for (int i = nadded - 1; i >= 0 && destroy_node; i--) destroy_node(added[i]);
+    return rc;
+  }
+  r.result = KVH_RES_OK;
+  r.zeroed = n;
+  emit(&r);
+  return rc;
+}
+
+struct free_node_ctx {
+  void *fn;
+  CUgraph g;
+  CUdeviceptr p;
+  CUgraphNodeParams *params;
+};
+
+static CUresult call_add_free_node(void *c, CUgraphNode *node, const CUgraphNode *deps, size_t ndeps) {
+  struct free_node_ctx *x = c;
+  return ((cuGraphAddMemFreeNode_fn)x->fn)(node, x->g, deps, ndeps, x->p);
+}
+
+static CUresult call_add_node(void *c, CUgraphNode *node, const CUgraphNode *deps, size_t ndeps) {
+  struct free_node_ctx *x = c;
+  return ((cuGraphAddNode_fn)x->fn)(node, x->g, deps, ndeps, x->params);
+}
+
+EXPORT CUresult cuGraphAddMemFreeNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUdeviceptr p) {
+  NEED_REAL(cuGraphAddMemFreeNode);
+  struct free_node_ctx c = {(void *)real_cuGraphAddMemFreeNode, g, p, NULL};
+  return graph_free(HOOK_cuGraphAddMemFreeNode, node, g, deps, ndeps, p, call_add_free_node, &c);
+}
+
+/* cuGraphAddNode (CUDA 12.2) adds any kind of node from one parameter
+ * block: its memory alloc and free nodes are handled as the calls above. */
+EXPORT CUresult cuGraphAddNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUgraphNodeParams *params) {
+  NEED_REAL(cuGraphAddNode);
+  if (params && params->type == CU_GRAPH_NODE_TYPE_MEM_FREE) {
+    struct free_node_ctx c = {(void *)real_cuGraphAddNode, g, params->free.dptr, params};
+    return graph_free(HOOK_cuGraphAddNode, node, g, deps, ndeps, params->free.dptr, call_add_node, &c);
+  }
+  if (params && params->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC) {
+    CUresult gate_rc = refused();
+    if (unlikely(gate_rc)) return gate_rc;
+  }
+  CUresult rc = real_cuGraphAddNode(node, g, deps, ndeps, params);
+  if (rc == CUDA_SUCCESS && params && params->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC)
+    track(HOOK_cuGraphAddNode, params->alloc.dptr, params->alloc.bytesize, KVH_MEM_ASYNC, OWN_CREATOR, NULL, 0);
+  return rc;
 }

@@ -281,6 +281,7 @@ var FnNames = []string{
 	"cuMemAlloc", "cuMemAllocPitch", "cuMemFree", "cuMemAllocHost", "cuMemHostRegister", "cuIpcOpenMemHandle",
 	"cuCtxDestroy", "cuCtxDestroy_v2", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2",
 	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2",
+	"cuGraphAddMemAllocNode", "cuGraphAddMemFreeNode", "cuGraphAddNode",
 }
 
 // FnName names a hook id.

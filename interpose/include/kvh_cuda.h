@@ -30,6 +30,57 @@ typedef struct CUmemAllocationProp_st {
   struct { unsigned char compressionType, gpuDirectRDMACapable; unsigned short usage; unsigned char reserved[4]; } allocFlags;
 } CUmemAllocationProp;
 typedef int CUmemAllocationHandleType;
+/* Graphs and stream capture (cuda.h 12.x layouts). */
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUgraphExec_st *CUgraphExec;
+typedef int CUstreamCaptureStatus; /* 0 none, 1 active, 2 invalidated */
+typedef int CUstreamCaptureMode;   /* 0 global, 1 thread local, 2 relaxed */
+typedef struct CUDA_MEMSET_NODE_PARAMS_st {
+  CUdeviceptr dst;
+  size_t pitch;
+  unsigned int value, elementSize;
+  size_t width, height;
+} CUDA_MEMSET_NODE_PARAMS;
+typedef struct CUmemPoolProps_st {
+  int allocType, handleTypes;
+  struct { int type, id; } location;
+  void *win32SecurityAttributes;
+  size_t maxSize;
+  unsigned char reserved[56];
+} CUmemPoolProps;
+typedef struct CUmemAccessDesc_st {
+  struct { int type, id; } location;
+  int flags;
+} CUmemAccessDesc;
+typedef struct CUDA_MEM_ALLOC_NODE_PARAMS_st {
+  CUmemPoolProps poolProps;
+  const CUmemAccessDesc *accessDescs;
+  size_t accessDescCount;
+  size_t bytesize;
+  CUdeviceptr dptr; /* out */
+} CUDA_MEM_ALLOC_NODE_PARAMS;
+/* cuGraphAddNode's parameter block (CUDA 12.2): 256 bytes, the node's
+ * parameters at offset 16 (only the kinds kvh and the fake read are named). */
+typedef struct CUgraphNodeParams_st {
+  int type; /* CU_GRAPH_NODE_TYPE_* */
+  int reserved0[3];
+  union {
+    long long reserved1[29];
+    struct {
+      CUDA_MEMSET_NODE_PARAMS p;
+      CUcontext ctx;
+    } memset; /* CUDA_MEMSET_NODE_PARAMS_v2 */
+    CUDA_MEM_ALLOC_NODE_PARAMS alloc; /* _v2: the same layout */
+    struct { CUdeviceptr dptr; } free;
+  };
+  long long reserved2;
+} CUgraphNodeParams;
+_Static_assert(sizeof(CUgraphNodeParams) == 256, "CUgraphNodeParams is 256 bytes in cuda.h");
+#define CU_GRAPH_NODE_TYPE_MEMSET 2
+#define CU_GRAPH_NODE_TYPE_EMPTY 5
+#define CU_GRAPH_NODE_TYPE_MEM_ALLOC 10
+#define CU_GRAPH_NODE_TYPE_MEM_FREE 11
 typedef int CUdriverProcAddressQueryResult;
 typedef int cudaDriverEntryPointQueryResult;
 
@@ -39,6 +90,10 @@ typedef int cudaDriverEntryPointQueryResult;
 #define CUDA_ERROR_NOT_INITIALIZED 3
 #define CUDA_ERROR_NOT_FOUND 500
 #define CUDA_ERROR_NOT_PERMITTED 800
+#define CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED 900
+#define CUDA_ERROR_STREAM_CAPTURE_INVALIDATED 901
+#define CU_STREAM_CAPTURE_STATUS_NONE 0
+#define CU_STREAM_CAPTURE_STATUS_ACTIVE 1
 #define CU_GET_PROC_ADDRESS_DEFAULT 0
 #define CU_GET_PROC_ADDRESS_LEGACY_STREAM 1
 #define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM 2

@@ -29,6 +29,13 @@
  *             at 3020) of a created context, the last cuDevicePrimaryCtxRelease_v2
  *             (an earlier one must leave the memory intact), and
  *             cuDevicePrimaryCtxReset (v1, fetched at 10000)
+ *   graph     graph memory nodes: a graph allocates, writes a secret and frees;
+ *             the next graph allocation of that size gets the memory
+ *             (GRAPH_RESIDUE); the same after cuDeviceGraphMemTrim, for an
+ *             ordinary cuMemAlloc (TRIM_RESIDUE); and a stream capture of
+ *             cuMemAllocAsync, a memset and cuMemFreeAsync, which must still
+ *             capture (CAPTURE_OK) and leave nothing (CAPTURE_RESIDUE); and
+ *             the first graph again through cuGraphAddNode (ADDNODE_RESIDUE)
  *   v1        the v1 entry points (32-bit CUdeviceptr_v1): cuMemAlloc/cuMemFree
  *             bound directly and fetched with cuGetProcAddress at 3010,
  *             cuMemAllocPitch, cuMemAllocHost, cuMemHostRegister (left
@@ -57,6 +64,11 @@ static void (*peek)(void *, CUdeviceptr, size_t);
 static int residue_of(const unsigned char *b, size_t n) {
   int r = 0;
   for (size_t i = 0; i < n; i++) r += b[i] == (unsigned char)secret[i % (sizeof secret - 1)];
+  return r;
+}
+__attribute__((unused)) static int count_byte(const unsigned char *b, size_t n, unsigned char v) {
+  int r = 0;
+  for (size_t i = 0; i < n; i++) r += b[i] == v;
   return r;
 }
 static void fill(unsigned char *b, size_t n) { for (size_t i = 0; i < n; i++) b[i] = (unsigned char)secret[i % (sizeof secret - 1)]; }
@@ -608,6 +620,112 @@ int main(int argc, char **argv) {
   printf("REFUSED %d\n", cuCtxDestroy_v2(NULL) != CUDA_SUCCESS);
   free(buf);
   printf("RESIDUE %d\n", ctx_residue + release_residue + reset_residue);
+#elif defined(WAY_graph)
+  extern CUresult cuGraphCreate(CUgraph *, unsigned int);
+  extern CUresult cuGraphAddMemAllocNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUDA_MEM_ALLOC_NODE_PARAMS *);
+  extern CUresult cuGraphAddMemFreeNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUdeviceptr);
+  extern CUresult cuGraphAddMemsetNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_MEMSET_NODE_PARAMS *, CUcontext);
+  extern CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long);
+  extern CUresult cuGraphLaunch(CUgraphExec, CUstream);
+  extern CUresult cuDeviceGraphMemTrim(CUdevice);
+  extern CUresult cuStreamBeginCapture_v2(CUstream, CUstreamCaptureMode);
+  extern CUresult cuStreamEndCapture(CUstream, CUgraph *);
+  extern CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
+  extern CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+  extern CUresult cuMemsetD8Async(CUdeviceptr, unsigned char, size_t, CUstream);
+  CUstream s = (CUstream)(uintptr_t)0x5100;
+  unsigned char *look = malloc(N);
+#define SECRET_BYTES(p) (peek(look, (p), N), count_byte(look, N, 0x5a))
+  /* a graph: alloc, write the secret, free; launched */
+  CUgraph g;
+  CUgraphNode a, m, f;
+  CUgraphExec e;
+  CUDA_MEM_ALLOC_NODE_PARAMS ap;
+  CUdeviceptr p1, p2, p3, q;
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  p1 = ap.dptr;
+  CUDA_MEMSET_NODE_PARAMS mp = {.dst = p1, .pitch = N, .value = 0x5a, .elementSize = 1, .width = N, .height = 1};
+  CHECK(cuGraphAddMemsetNode(&m, g, &a, 1, &mp, NULL));
+  CHECK(cuGraphAddMemFreeNode(&f, g, &m, 1, p1));
+  CHECK(cuGraphInstantiateWithFlags(&e, g, 0));
+  CHECK(cuGraphLaunch(e, s));
+  CHECK(cuGraphLaunch(e, s)); /* twice: every launch frees it again */
+  /* the next graph allocation of that size */
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  printf("GRAPH_REUSED %d\n", ap.dptr == p1);
+  int graph_residue = SECRET_BYTES(ap.dptr);
+  printf("GRAPH_RESIDUE %d\n", graph_residue);
+  /* again, then trim the pool: an ordinary allocation gets the memory */
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  p2 = ap.dptr;
+  mp.dst = p2;
+  CHECK(cuGraphAddMemsetNode(&m, g, &a, 1, &mp, NULL));
+  CHECK(cuGraphAddMemFreeNode(&f, g, &m, 1, p2));
+  CHECK(cuGraphInstantiateWithFlags(&e, g, 0));
+  CHECK(cuGraphLaunch(e, s));
+  CHECK(cuDeviceGraphMemTrim(0));
+  CHECK(cuMemAlloc_v2(&q, N));
+  printf("TRIM_REUSED %d\n", q == p2);
+  int trim_residue = SECRET_BYTES(q);
+  printf("TRIM_RESIDUE %d\n", trim_residue);
+  CHECK(cuMemFree_v2(q));
+  /* stream capture: the free (and what kvh adds before it) become nodes */
+  CUgraph cg = NULL;
+  CHECK(cuStreamBeginCapture_v2(s, 0));
+  CHECK(cuMemAllocAsync(&p3, N, s));
+  CHECK(cuMemsetD8Async(p3, 0x5a, N, s));
+  CHECK(cuMemFreeAsync(p3, s));
+  CUresult end = cuStreamEndCapture(s, &cg);
+  printf("CAPTURE_OK %d\n", end == CUDA_SUCCESS && cg != NULL);
+  int capture_residue = 0;
+  if (end == CUDA_SUCCESS && cg) {
+    CHECK(cuGraphInstantiateWithFlags(&e, cg, 0));
+    CHECK(cuGraphLaunch(e, s));
+    memset(&ap, 0, sizeof ap);
+    ap.bytesize = N;
+    CHECK(cuGraphCreate(&g, 0));
+    CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+    printf("CAPTURE_REUSED %d\n", ap.dptr == p3);
+    capture_residue = SECRET_BYTES(ap.dptr);
+  }
+  printf("CAPTURE_RESIDUE %d\n", capture_residue);
+  /* the same graph as the first, built with cuGraphAddNode (CUDA 12.2) */
+  extern CUresult cuGraphAddNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUgraphNodeParams *);
+  CUgraphNodeParams np;
+  memset(&np, 0, sizeof np);
+  np.type = CU_GRAPH_NODE_TYPE_MEM_ALLOC;
+  np.alloc.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddNode(&a, g, NULL, 0, &np));
+  CUdeviceptr p4 = np.alloc.dptr;
+  memset(&np, 0, sizeof np);
+  np.type = CU_GRAPH_NODE_TYPE_MEMSET;
+  np.memset.p = (CUDA_MEMSET_NODE_PARAMS){.dst = p4, .pitch = N, .value = 0x5a, .elementSize = 1, .width = N, .height = 1};
+  CHECK(cuGraphAddNode(&m, g, &a, 1, &np));
+  memset(&np, 0, sizeof np);
+  np.type = CU_GRAPH_NODE_TYPE_MEM_FREE;
+  np.free.dptr = p4;
+  CHECK(cuGraphAddNode(&f, g, &m, 1, &np));
+  CHECK(cuGraphInstantiateWithFlags(&e, g, 0));
+  CHECK(cuGraphLaunch(e, s));
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  printf("ADDNODE_REUSED %d\n", ap.dptr == p4);
+  int addnode_residue = SECRET_BYTES(ap.dptr);
+  printf("ADDNODE_RESIDUE %d\n", addnode_residue);
+  free(look);
+  printf("RESIDUE %d\n", graph_residue + trim_residue + capture_residue + addnode_residue);
 #elif defined(WAY_v1)
   extern CUresult cuMemAlloc(CUdeviceptr_v1 *, unsigned int);
   extern CUresult cuMemFree(CUdeviceptr_v1);

@@ -145,11 +145,22 @@ static void free_ctx(void *c) {
   pthread_mutex_unlock(&mu);
 }
 
+/* Stream capture (graphs section below): while a stream captures, the
+ * stream-ordered calls on it become graph nodes, and a synchronous call that
+ * would wait for the captured work fails and invalidates the capture, as
+ * the real driver does in the default (global) capture mode. */
+static CUstream cap_stream;
+static int capturing(CUstream s) { return cap_stream && s == cap_stream; }
+static CUresult capture_unsupported(void);
+static CUresult capture_alloc(CUdeviceptr *d, size_t n);
+static CUresult capture_free(CUdeviceptr d);
+static CUresult capture_memset(CUdeviceptr d, unsigned char v, size_t n);
+
 EXPORT CUresult cuInit(unsigned int f) { (void)f; pthread_mutex_lock(&mu); init(); pthread_mutex_unlock(&mu); return CUDA_SUCCESS; }
 EXPORT CUresult cuDriverGetVersion(int *v) { *v = 12040; return CUDA_SUCCESS; }
 EXPORT CUresult cuCtxSynchronize(void) { return CUDA_SUCCESS; }
-EXPORT CUresult cuStreamSynchronize(CUstream s) { (void)s; return CUDA_SUCCESS; }
-EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { (void)s; return CUDA_SUCCESS; }
+EXPORT CUresult cuStreamSynchronize(CUstream s) { return capturing(s) ? capture_unsupported() : CUDA_SUCCESS; }
+EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { return capturing(s) ? capture_unsupported() : CUDA_SUCCESS; }
 
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *d, size_t n) {
   if (!d) return CUDA_ERROR_INVALID_VALUE;
@@ -174,28 +185,41 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr d) {
   if (env_int("FAKECUDA_FREE_FAIL")) return CUDA_ERROR_INVALID_VALUE;
   return give(d);
 }
-EXPORT CUresult cuMemAllocAsync(CUdeviceptr *d, size_t n, CUstream s) { (void)s; return cuMemAlloc_v2(d, n); }
-EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *d, size_t n, CUstream s) { (void)s; return cuMemAlloc_v2(d, n); }
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *d, size_t n, CUstream s) { return capturing(s) ? capture_alloc(d, n) : cuMemAlloc_v2(d, n); }
+EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *d, size_t n, CUstream s) { return capturing(s) ? capture_alloc(d, n) : cuMemAlloc_v2(d, n); }
 EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return cuMemAlloc_v2(d, n); }
 EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return cuMemAlloc_v2(d, n); }
-EXPORT CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) { (void)s; return d ? give(d) : CUDA_ERROR_INVALID_VALUE; }
-EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { (void)s; return d ? give(d) : CUDA_ERROR_INVALID_VALUE; }
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) { return !d ? CUDA_ERROR_INVALID_VALUE : capturing(s) ? capture_free(d) : give(d); }
+EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { return !d ? CUDA_ERROR_INVALID_VALUE : capturing(s) ? capture_free(d) : give(d); }
 EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep) { (void)p; (void)keep; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemPoolDestroy(CUmemoryPool p) { (void)p; return CUDA_SUCCESS; }
 
 static CUresult memset8(CUdeviceptr d, unsigned char v, size_t n) {
   if (!d || env_int("FAKECUDA_MEMSET_FAIL")) return CUDA_ERROR_INVALID_VALUE;
+  if (cap_stream) return capture_unsupported(); /* a synchronous call during a global-mode capture */
   size_t leave = (size_t)env_int("FAKECUDA_MEMSET_PARTIAL");
   memset((void *)(uintptr_t)d, v, n > leave ? n - leave : 0);
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return memset8(d, v, n); }
 EXPORT CUresult cuMemsetD8_v2_ptds(CUdeviceptr d, unsigned char v, size_t n) { return memset8(d, v, n); }
-EXPORT CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { (void)s; return memset8(d, v, n); }
-EXPORT CUresult cuMemsetD8Async_ptsz(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { (void)s; return memset8(d, v, n); }
+static CUresult memset8_async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) {
+  if (!capturing(s)) {
+    CUstream keep = cap_stream;
+    cap_stream = NULL; /* not captured: runs now (another stream's work is not the capture's) */
+    CUresult r = memset8(d, v, n);
+    cap_stream = keep;
+    return r;
+  }
+  if (!d || env_int("FAKECUDA_MEMSET_FAIL")) return CUDA_ERROR_INVALID_VALUE;
+  return capture_memset(d, v, n);
+}
+EXPORT CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset8_async(d, v, n, s); }
+EXPORT CUresult cuMemsetD8Async_ptsz(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset8_async(d, v, n, s); }
 
 static CUresult dtoh(void *h, CUdeviceptr d, size_t n) {
   if (!d || !h) return CUDA_ERROR_INVALID_VALUE;
+  if (cap_stream) return capture_unsupported(); /* a synchronous copy during a global-mode capture */
   if (env_int("FAKECUDA_COPYBACK_LIE")) memset(h, 0, n);
   else memcpy(h, (void *)(uintptr_t)d, n);
   return CUDA_SUCCESS;
@@ -577,6 +601,282 @@ EXPORT void fakecuda_kernel_stats(int *l, int *u) {
   pthread_mutex_unlock(&mu);
 }
 
+
+/* ---- graphs: memory nodes and stream capture -------------------------------
+ *
+ * A graph is its nodes in creation order. Graph memory comes from the graph
+ * pool (blocks of host class 3): an alloc node gets its address when it is
+ * added — the most recently freed graph block of its size, else new space —
+ * so memory a launched free node gave back is handed to the next graph
+ * allocation in this process with its bytes, as the real driver's graph
+ * pool reuses memory inside a process without clearing it.
+ * cuDeviceGraphMemTrim hands the pool's free blocks to ordinary allocations
+ * (the memory goes back to the driver, and anything may get it next).
+ *
+ * A launch runs the nodes in an order their dependencies allow, choosing a
+ * ready free node before any other ready node: work not ordered before a free
+ * by an edge runs after it, as a real GPU may run it. A captured stream's
+ * calls become a chain of nodes, each depending on the one before. */
+enum { GN_DEAD = 0, GN_ALLOC, GN_FREE, GN_MEMSET, GN_EMPTY };
+#define GMAXN 256
+#define GMAXD 8
+struct gnode {
+  int type, ndeps, deps[GMAXD];
+  CUdeviceptr p;
+  size_t n, width, height, pitch;
+  unsigned int value, esz;
+};
+struct fgraph {
+  int n, exec;
+  struct gnode nodes[GMAXN];
+};
+static struct fgraph *cap_graph;
+static int cap_invalid;
+static int graph_launches;
+
+static CUresult capture_unsupported(void) {
+  cap_invalid = 1;
+  return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
+
+static int node_index(struct fgraph *g, CUgraphNode n) {
+  struct gnode *x = (struct gnode *)(void *)n;
+  if (x < g->nodes || x >= g->nodes + g->n || (uintptr_t)((char *)x - (char *)g->nodes) % sizeof *x) return -1;
+  return (int)(x - g->nodes);
+}
+
+/* add_node appends v to g with deps; 0 on success. */
+static CUresult add_node(CUgraphNode *out, CUgraph gh, const CUgraphNode *deps, size_t ndeps, struct gnode v) {
+  struct fgraph *g = (struct fgraph *)(void *)gh;
+  if (!g || g->exec || (ndeps && !deps) || ndeps > GMAXD) return CUDA_ERROR_INVALID_VALUE;
+  if (g->n == GMAXN) return CUDA_ERROR_OUT_OF_MEMORY;
+  v.ndeps = (int)ndeps;
+  for (size_t i = 0; i < ndeps; i++)
+    if ((v.deps[i] = node_index(g, deps[i])) < 0) return CUDA_ERROR_INVALID_VALUE;
+  g->nodes[g->n] = v;
+  if (out) *out = (CUgraphNode)(void *)&g->nodes[g->n];
+  g->n++;
+  return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuGraphCreate(CUgraph *g, unsigned int flags) {
+  if (!g || flags) return CUDA_ERROR_INVALID_VALUE;
+  struct fgraph *x = calloc(1, sizeof *x);
+  if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
+  *g = (CUgraph)(void *)x;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphDestroy(CUgraph g) {
+  if (!g) return CUDA_ERROR_INVALID_VALUE;
+  free(g);
+  return CUDA_SUCCESS;
+}
+
+static CUresult fg_alloc(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *p) {
+  if (!out || !p || !p->bytesize) return CUDA_ERROR_INVALID_VALUE;
+  CUdeviceptr d = take(p->bytesize, 3);
+  if (!d) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult r = add_node(out, g, deps, ndeps, (struct gnode){.type = GN_ALLOC, .p = d, .n = round_up(p->bytesize)});
+  if (r != CUDA_SUCCESS) give(d);
+  else p->dptr = d;
+  return r;
+}
+static CUresult fg_free(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUdeviceptr d) {
+  if (!out || !d) return CUDA_ERROR_INVALID_VALUE;
+  return add_node(out, g, deps, ndeps, (struct gnode){.type = GN_FREE, .p = d});
+}
+static CUresult fg_memset(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, const CUDA_MEMSET_NODE_PARAMS *p, CUcontext c) {
+  (void)c;
+  if (!out || !p || !p->dst || (p->elementSize != 1 && p->elementSize != 2 && p->elementSize != 4) || !p->height ||
+      (p->height > 1 && p->pitch < p->width * p->elementSize))
+    return CUDA_ERROR_INVALID_VALUE;
+  return add_node(out, g, deps, ndeps, (struct gnode){.type = GN_MEMSET, .p = p->dst, .value = p->value, .esz = p->elementSize,
+                                                     .width = p->width, .height = p->height, .pitch = p->pitch});
+}
+
+static CUresult fg_empty(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps) {
+  if (!out) return CUDA_ERROR_INVALID_VALUE;
+  return add_node(out, g, deps, ndeps, (struct gnode){.type = GN_EMPTY});
+}
+/* cuGraphDestroyNode: the node no longer runs (and orders nothing). */
+EXPORT CUresult cuGraphDestroyNode(CUgraphNode n) {
+  struct gnode *x = (struct gnode *)(void *)n;
+  if (!x || x->type == GN_DEAD) return CUDA_ERROR_INVALID_VALUE;
+  x->type = GN_DEAD;
+  x->ndeps = 0;
+  return CUDA_SUCCESS;
+}
+
+/* The exported node calls; internal calls use the static ones, as the real
+ * driver's do (an exported name would reach libkvh's wrapper again). */
+EXPORT CUresult cuGraphAddMemAllocNode(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *p) {
+  return fg_alloc(out, g, deps, ndeps, p);
+}
+EXPORT CUresult cuGraphAddMemFreeNode(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUdeviceptr d) {
+  return fg_free(out, g, deps, ndeps, d);
+}
+EXPORT CUresult cuGraphAddMemsetNode(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, const CUDA_MEMSET_NODE_PARAMS *p, CUcontext c) {
+  return fg_memset(out, g, deps, ndeps, p, c);
+}
+EXPORT CUresult cuGraphAddEmptyNode(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps) { return fg_empty(out, g, deps, ndeps); }
+
+/* cuGraphAddNode (12.2): the node kinds the fake models. */
+EXPORT CUresult cuGraphAddNode(CUgraphNode *out, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUgraphNodeParams *p) {
+  if (!p) return CUDA_ERROR_INVALID_VALUE;
+  switch (p->type) {
+  case CU_GRAPH_NODE_TYPE_MEM_ALLOC: return fg_alloc(out, g, deps, ndeps, &p->alloc);
+  case CU_GRAPH_NODE_TYPE_MEM_FREE: return fg_free(out, g, deps, ndeps, p->free.dptr);
+  case CU_GRAPH_NODE_TYPE_MEMSET: return fg_memset(out, g, deps, ndeps, &p->memset.p, p->memset.ctx);
+  case CU_GRAPH_NODE_TYPE_EMPTY: return fg_empty(out, g, deps, ndeps);
+  default: return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags) {
+  (void)flags;
+  if (!e || !g) return CUDA_ERROR_INVALID_VALUE;
+  struct fgraph *x = malloc(sizeof *x);
+  if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
+  *x = *(struct fgraph *)(void *)g;
+  x->exec = 1;
+  *e = (CUgraphExec)(void *)x;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphExecDestroy(CUgraphExec e) {
+  if (!e) return CUDA_ERROR_INVALID_VALUE;
+  free(e);
+  return CUDA_SUCCESS;
+}
+
+/* reclaim takes graph block p back out of the pool for an alloc node's
+ * launch (mu held); a block the pool no longer holds (trimmed, reused) is
+ * simply made live again at its address. */
+static void reclaim(CUdeviceptr p, size_t n) {
+  struct klass *k = klass_of(n, 3);
+  for (int i = 0; k && i < k->n; i++)
+    if (k->stack[i].p == p) {
+      k->stack[i] = k->stack[--k->n];
+      break;
+    }
+  for (unsigned i = hslot(p);; i = (i + 1) & (HASH - 1)) {
+    if (live[i].p == 0) break;
+    if (live[i].p == p && live[i].size) return; /* still live */
+  }
+  live_put((struct block){p, n, 3, ctx_now()});
+}
+
+static void run_node(const struct gnode *x) {
+  switch (x->type) {
+  case GN_ALLOC:
+    pthread_mutex_lock(&mu);
+    reclaim(x->p, x->n);
+    pthread_mutex_unlock(&mu);
+    break;
+  case GN_FREE:
+    give(x->p);
+    break;
+  case GN_MEMSET:
+    for (size_t r = 0; r < x->height; r++) {
+      unsigned char *row = (unsigned char *)(uintptr_t)(x->p + r * x->pitch);
+      for (size_t i = 0; i < x->width; i++) {
+        if (x->esz == 1) row[i] = (unsigned char)x->value;
+        else if (x->esz == 2) ((uint16_t *)(void *)row)[i] = (uint16_t)x->value;
+        else ((uint32_t *)(void *)row)[i] = x->value;
+      }
+    }
+    break;
+  }
+}
+
+EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+  (void)s;
+  struct fgraph *g = (struct fgraph *)(void *)e;
+  if (!g || !g->exec) return CUDA_ERROR_INVALID_VALUE;
+  unsigned char done[GMAXN] = {0};
+  for (int left = g->n; left > 0; left--) {
+    int pick = -1;
+    for (int i = 0; i < g->n; i++) {
+      if (done[i]) continue;
+      int ready = 1;
+      for (int d = 0; d < g->nodes[i].ndeps; d++) ready &= done[g->nodes[i].deps[d]];
+      if (!ready) continue;
+      if (pick < 0 || (g->nodes[i].type == GN_FREE && g->nodes[pick].type != GN_FREE)) pick = i;
+    }
+    if (pick < 0) return CUDA_ERROR_INVALID_VALUE; /* unreachable: dependencies point backwards */
+    run_node(&g->nodes[pick]);
+    done[pick] = 1;
+  }
+  __atomic_add_fetch(&graph_launches, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+
+/* cuDeviceGraphMemTrim: the graph pool's free blocks go back to the driver,
+ * where the next ordinary allocation of a size can get one, bytes and all. */
+EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
+  if (dev != 0) return CUDA_ERROR_INVALID_VALUE;
+  pthread_mutex_lock(&mu);
+  for (int i = 0; i < nclasses; i++) {
+    if (classes[i].host != 3) continue;
+    while (classes[i].n) {
+      struct block b = classes[i].stack[--classes[i].n];
+      b.host = 0;
+      push_free(b);
+    }
+  }
+  pthread_mutex_unlock(&mu);
+  return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
+  if (!s || mode != 0) return CUDA_ERROR_INVALID_VALUE; /* the legacy stream cannot capture; only global mode is modelled */
+  if (cap_stream) return CUDA_ERROR_INVALID_VALUE;
+  CUgraph g;
+  if (cuGraphCreate(&g, 0) != CUDA_SUCCESS) return CUDA_ERROR_OUT_OF_MEMORY;
+  cap_graph = (struct fgraph *)(void *)g;
+  cap_stream = s;
+  cap_invalid = 0;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph *out) {
+  if (!out || !capturing(s)) return CUDA_ERROR_INVALID_VALUE;
+  cap_stream = NULL;
+  if (cap_invalid) {
+    free(cap_graph);
+    cap_graph = NULL;
+    *out = NULL;
+    return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  }
+  *out = (CUgraph)(void *)cap_graph;
+  cap_graph = NULL;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *st) {
+  if (!st) return CUDA_ERROR_INVALID_VALUE;
+  *st = capturing(s) ? (cap_invalid ? 2 : CU_STREAM_CAPTURE_STATUS_ACTIVE) : CU_STREAM_CAPTURE_STATUS_NONE;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus *st) { return cuStreamIsCapturing(s, st); }
+
+/* A captured call's node depends on the node captured before it. */
+static CUresult capture_node(struct gnode v) {
+  if (cap_invalid) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  CUgraphNode prev = cap_graph->n ? (CUgraphNode)(void *)&cap_graph->nodes[cap_graph->n - 1] : NULL;
+  return add_node(NULL, (CUgraph)(void *)cap_graph, prev ? &prev : NULL, prev ? 1 : 0, v);
+}
+static CUresult capture_alloc(CUdeviceptr *d, size_t n) {
+  if (!d || !n) return CUDA_ERROR_INVALID_VALUE;
+  CUdeviceptr p = take(n, 3);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult r = capture_node((struct gnode){.type = GN_ALLOC, .p = p, .n = round_up(n)});
+  if (r != CUDA_SUCCESS) give(p);
+  else *d = p;
+  return r;
+}
+static CUresult capture_free(CUdeviceptr d) { return capture_node((struct gnode){.type = GN_FREE, .p = d}); }
+static CUresult capture_memset(CUdeviceptr d, unsigned char v, size_t n) {
+  return capture_node((struct gnode){.type = GN_MEMSET, .p = d, .value = v, .esz = 1, .width = n, .height = 1, .pitch = n});
+}
+
 /* cuGetProcAddress: like the real driver, resolves a base name to the entry
  * point for the requested CUDA version and stream semantics. */
 struct entry { const char *base; int minver; int ptsz; void *fn; };
@@ -616,6 +916,14 @@ static const struct entry table[] = {
   E("cuMemImportFromShareableHandle", 10020, 0, cuMemImportFromShareableHandle),
   E("cuIpcGetMemHandle", 4010, 0, cuIpcGetMemHandle), E("cuIpcOpenMemHandle", 11000, 0, cuIpcOpenMemHandle_v2),
   E("cuIpcCloseMemHandle", 4010, 0, cuIpcCloseMemHandle),
+  E("cuGraphCreate", 10000, 0, cuGraphCreate), E("cuGraphDestroy", 10000, 0, cuGraphDestroy),
+  E("cuGraphAddMemAllocNode", 11040, 0, cuGraphAddMemAllocNode), E("cuGraphAddMemFreeNode", 11040, 0, cuGraphAddMemFreeNode),
+  E("cuGraphAddMemsetNode", 10000, 0, cuGraphAddMemsetNode), E("cuGraphAddEmptyNode", 10000, 0, cuGraphAddEmptyNode),
+  E("cuGraphDestroyNode", 10000, 0, cuGraphDestroyNode), E("cuGraphAddNode", 12020, 0, cuGraphAddNode), E("cuGraphInstantiateWithFlags", 11040, 0, cuGraphInstantiateWithFlags),
+  E("cuGraphExecDestroy", 10000, 0, cuGraphExecDestroy), E("cuGraphLaunch", 10000, 0, cuGraphLaunch),
+  E("cuDeviceGraphMemTrim", 11040, 0, cuDeviceGraphMemTrim),
+  E("cuStreamBeginCapture", 10010, 0, cuStreamBeginCapture_v2), E("cuStreamEndCapture", 10000, 0, cuStreamEndCapture),
+  E("cuStreamIsCapturing", 10000, 0, cuStreamIsCapturing), E("cuStreamIsCapturing", 10000, 1, cuStreamIsCapturing_ptsz),
 };
 
 static CUresult resolve(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st) {
