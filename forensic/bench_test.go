@@ -22,7 +22,7 @@ func BenchmarkAppendDurable(b *testing.B) {
 	body := []byte(`{"ev":"free","tenant":"tenant-a","request":"req-000123","bytes":2097152,"coverage_pct":100,"method":"memset+full"}`)
 	// The reference, in the same run: the seed's ForensicLogger.append (no
 	// fsync at all) with HMAC, 256 threads, the same record body.
-	seed := seedRef(b, b.TempDir(), "append", "100000", "256", string(body))["appends_per_s"]
+	seed := seedRef(b, b.TempDir(), "append", ".", "100000", "256", string(body))["appends_per_s"]
 	for _, producers := range []int{1, 64, 256} {
 		for _, mac := range []bool{false, true} {
 			name := fmt.Sprintf("producers=%d/mac=%v", producers, mac)

@@ -146,6 +146,7 @@ type Log struct {
 	// the previous MAC key; a rekey record to our signer is in the unsealed tail.
 	macOld      bool
 	rekeyedTail bool
+	leafHash    hash.Hash
 	buf         []byte
 	batch       []*request
 

@@ -424,7 +424,13 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 		return nil, err
 	}
 	defer f.Close()
-	lp := newLinePipe(f, MaxLine, func() *lineWorker { return newLineWorker(v.opts.MACKey) }, prepLine)
+	// Workers check MACs with the key in force where the segment starts
+	// (a rekey inside it is rare: accept checks those lines itself).
+	wkey := v.opts.MACKey
+	if c.macKey != nil {
+		wkey = c.macKey
+	}
+	lp := newLinePipe(f, MaxLine, func() *lineWorker { return newLineWorker(wkey) }, prepLine)
 	defer lp.stop()
 	var off int64
 	lineNo := 0

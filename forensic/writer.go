@@ -1,6 +1,8 @@
 package forensic
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/sys/unix"
 )
 
@@ -155,81 +156,141 @@ func (l *Log) send(err error) {
 	l.jobs <- j
 }
 
-// syncer makes written batches durable: it merges whatever jobs are queued,
-// fdatasyncs once, signs one checkpoint covering them, then acknowledges.
+// maxSyncs is how many fdatasyncs the syncer keeps in flight. On ext4 a
+// second and third fdatasync issued while one runs join the journal commit
+// instead of queueing behind it: measured here, 4 in flight commit about
+// three times as often as 1, so a record waits about one flush, not two.
+const maxSyncs = 4
+
+// minOverlap is the fewest records that start a flush while another runs:
+// below it, a flush and a signed checkpoint of their own cost more than
+// waiting for the running flush to end.
+const minOverlap = 32
+
+func pendingRecords(js []*job) int {
+	n := 0
+	for _, j := range js {
+		n += len(j.reqs)
+	}
+	return n
+}
+
+// syncRound is one fdatasync covering jobs (the last one's data and all
+// written before it).
+type syncRound struct {
+	jobs []*job
+	err  error
+	done bool
+}
+
+// syncer makes written batches durable. Whatever jobs have arrived when a
+// sync slot is free go into one round: one fdatasync of the segment they
+// were written to. Rounds overlap (maxSyncs) and are acknowledged in order,
+// each group under one signed checkpoint.
 func (l *Log) syncer(done chan<- struct{}) {
 	defer close(done)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var js []*job
-	for {
+	var pending []*job
+	var rounds []*syncRound // started, not yet acknowledged, in order
+	finished := make(chan *syncRound, maxSyncs)
+	running := 0
+	jobs := l.jobs
+	start := func() {
+		for running < maxSyncs && len(pending) > 0 {
+			if running > 0 && pendingRecords(pending) < minOverlap {
+				return // not worth a flush of its own yet: wait for the running one
+			}
+			// Jobs of one round share a segment: rotate waits for every job
+			// of the old segment before the new one's are written.
+			n := 1
+			for n < len(pending) && pending[n].seg == pending[0].seg {
+				n++
+			}
+			r := &syncRound{jobs: pending[:n:n]}
+			pending = pending[n:]
+			rounds = append(rounds, r)
+			running++
+			go func() {
+				r.err = l.Err()
+				for _, j := range r.jobs {
+					if r.err == nil && j.err != nil {
+						r.err = j.err
+					}
+				}
+				if r.err == nil {
+					if e := unix.Fdatasync(int(r.jobs[len(r.jobs)-1].seg.Fd())); e != nil {
+						r.err = fmt.Errorf("syncing segment: %w", e)
+					}
+				}
+				finished <- r
+			}()
+		}
+	}
+	for jobs != nil || running > 0 || len(pending) > 0 {
 		select {
-		case j, ok := <-l.jobs:
+		case j, ok := <-jobs:
 			if !ok {
-				if l.Err() == nil {
-					l.fail(l.syncCheckpoints())
-				}
-				return
+				jobs = nil
+				break
 			}
-			js = append(js[:0], j)
-		more:
-			for {
-				select {
-				case j2, ok := <-l.jobs:
-					if !ok {
-						break more
-					}
-					js = append(js, j2)
-					if j2.seg != j.seg {
-						break more
-					}
-				default:
-					break more
-				}
-			}
-			l.complete(js)
+			pending = append(pending, j)
+		case r := <-finished:
+			running--
+			r.done = true
+			l.acknowledge(&rounds)
 		case <-t.C:
 			if l.ckptDirty && l.Err() == nil {
 				l.fail(l.syncCheckpoints())
 			}
 		}
+		start()
+	}
+	if l.Err() == nil {
+		l.fail(l.syncCheckpoints())
 	}
 }
 
-func (l *Log) complete(js []*job) {
-	err := l.Err()
-	for _, j := range js {
-		if err == nil && j.err != nil {
-			err = j.err
+// acknowledge acknowledges the completed rounds at the head of rounds, in
+// order, under one signed checkpoint covering the last of them. A round
+// waits for the rounds before it even when its own flush returned first,
+// so that once a job is acknowledged no flush of its segment is running.
+func (l *Log) acknowledge(rounds *[]*syncRound) {
+	n := 0
+	for n < len(*rounds) && (*rounds)[n].done {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	ack := (*rounds)[:n]
+	var err error
+	for _, r := range ack {
+		if err == nil && r.err != nil {
+			err = r.err
 		}
 	}
-	last := js[len(js)-1]
-	if err == nil {
-		for i, j := range js {
-			if i == len(js)-1 || js[i+1].seg != j.seg {
-				if e := unix.Fdatasync(int(j.seg.Fd())); e != nil {
-					err = fmt.Errorf("syncing segment: %w", e)
-					break
-				}
-			}
-		}
-	}
+	lastRound := ack[n-1]
+	last := lastRound.jobs[len(lastRound.jobs)-1]
 	if err == nil {
 		err = l.checkpoint(last.size, last.root)
 	}
 	l.fail(err)
-	for _, j := range js {
-		for _, r := range j.reqs {
-			if r.async {
-				r.body = nil
-				reqPool.Put(r)
-				continue
+	for _, r := range ack {
+		for _, j := range r.jobs {
+			for _, q := range j.reqs {
+				if q.async {
+					q.body = nil
+					reqPool.Put(q)
+					continue
+				}
+				q.err = err
+				q.done <- struct{}{}
 			}
-			r.err = err
-			r.done <- struct{}{}
+			l.inflight.Done()
 		}
-		l.inflight.Done()
 	}
+	*rounds = append((*rounds)[:0], (*rounds)[n:]...)
 }
 
 // rotate closes the active segment with a close record and starts the next.
@@ -326,16 +387,27 @@ func (l *Log) setAppendOnly(f *os.File) {
 func (l *Log) encode(kind string, body []byte) error {
 	start := len(l.buf)
 	l.buf = appendRecord(l.buf, l.c.size(), tsNow(), kind, l.c.prev[:], body)
-	if l.mac != nil {
-		line := appendMAC(append([]byte(nil), l.buf[start:]...), l.mac)
-		l.buf = append(l.buf[:start], line...)
+	if l.mac != nil { // in place: the MAC covers the line without it
+		l.mac.Reset()
+		l.mac.Write(l.buf[start:])
+		var sum [32]byte
+		l.mac.Sum(sum[:0])
+		l.buf = append(l.buf[:len(l.buf)-1], macKey...)
+		l.buf = base64.StdEncoding.AppendEncode(l.buf, sum[:])
+		l.buf = append(l.buf, '"', '}')
 	}
 	line := l.buf[start:]
 	if len(line) > MaxLine {
 		l.buf = l.buf[:start]
 		return fmt.Errorf("record of %d bytes exceeds %d", len(line), MaxLine)
 	}
-	leaf := rfc6962.DefaultHasher.HashLeaf(line)
+	if l.leafHash == nil {
+		l.leafHash = sha256.New()
+	}
+	l.leafHash.Reset()
+	l.leafHash.Write(leafPrefix)
+	l.leafHash.Write(line)
+	leaf := l.leafHash.Sum(make([]byte, 0, sha256.Size)) // the range may keep it
 	if err := l.c.rng.Append(leaf, nil); err != nil {
 		return err
 	}
