@@ -27,26 +27,26 @@ type Config struct {
 	PreviousSigningKey  string
 	PreviousHMACKeyFile string
 	RekeyReason         string
-	Origin          string
-	MetricsJSON     string
-	MetricsTextfile string
-	ExportInterval  time.Duration
-	SweepInterval   time.Duration
-	GPUInterval     time.Duration
-	LogFormat       string
-	LogLevel        string
-	AppendOnly      bool
-	Witness         string
-	WitnessLibs     []string
-	AttestWindow    time.Duration
-	DropThreshold   uint64
-	ActionTimeout   time.Duration
-	ProcRoot        string
-	CgroupRoot      string
-	NVIDIAParams    string
-	ModprobeDir     string
-	Version         bool
-	policyFlags     *policy.Flags
+	Origin              string
+	MetricsJSON         string
+	MetricsTextfile     string
+	ExportInterval      time.Duration
+	SweepInterval       time.Duration
+	GPUInterval         time.Duration
+	LogFormat           string
+	LogLevel            string
+	AppendOnly          bool
+	Witness             string
+	WitnessLibs         []string
+	AttestWindow        time.Duration
+	DropThreshold       uint64
+	ActionTimeout       time.Duration
+	ProcRoot            string
+	CgroupRoot          string
+	NVIDIAParams        string
+	ModprobeDir         string
+	Version             bool
+	policyFlags         *policy.Flags
 
 	// NRI injects libkvh into GPU containers and learns their pods
 	// (internal/nriplugin); PublishLibkvh is copied into LibkvhDir at start.
