@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/kvhygiene/kvh/forensic"
@@ -224,6 +225,13 @@ func (c *collector) structural(s stamp, body json.RawMessage) {
 		c.hist.Ticks++
 	case forensic.KindTamper:
 		// the verdict's Tamper list has these in full
+	case forensic.KindRekey:
+		var b forensic.RekeyBody
+		_ = json.Unmarshal(body, &b)
+		e := Entry{Kind: s.kind, Seq: s.seq, TS: s.ts, Detail: fmt.Sprintf("signing key %s to %s, MAC key %s to %s: %s", vkeyName(b.OldKey), vkeyName(b.NewKey), b.OldMACKeyID, b.NewMACKeyID, b.Reason)}
+		if len(c.hist.Rekeys) < lim {
+			c.hist.Rekeys = append(c.hist.Rekeys, e)
+		}
 	default:
 		if len(c.hist.Other) < lim {
 			c.hist.Other = append(c.hist.Other, Entry{Kind: s.kind, Seq: s.seq, TS: s.ts})
@@ -523,4 +531,11 @@ func (c *collector) finish() *Report {
 	c.procRest.finish(&c.clk, n)
 	r.Processes.Rest, r.Processes.More, r.Processes.MoreAtLeast = c.procRest.Stats, c.proMore.n, c.proMore.atLeast
 	return r
+}
+
+// vkeyName is a note verifier key's <name>+<hash>, without the key.
+func vkeyName(vkey string) string {
+	name, rest, _ := strings.Cut(vkey, "+")
+	hash, _, _ := strings.Cut(rest, "+")
+	return name + "+" + hash
 }

@@ -155,6 +155,30 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		p("not checked.")
 	}
 	p(" Record MACs: %s (declared: %s).\n\n", h.MAC, strings.Join(h.MACAlgs, ", "))
+	if len(h.KeyEpochs) > 0 {
+		p("| signing key | first seq | last seq | trusted because | retired by rekey at seq | sealed at size | MAC key | MACs |\n|---|--:|--:|---|--:|--:|---|---|\n")
+		for _, k := range h.KeyEpochs {
+			why := "introduced by a sealed rekey record"
+			if k.Trusted {
+				why = "given by the auditor"
+			}
+			if k.Pruned {
+				why += " (pruned)"
+			}
+			retired, seal := "", ""
+			if k.RekeySeq != nil {
+				retired, seal = fmt.Sprint(*k.RekeySeq), fmt.Sprint(k.SealSize)
+			}
+			p("| `%s` | %d | %d | %s | %s | %s | `%s` | %s |\n", k.Key, k.FirstSeq, k.LastSeq, why, retired, seal, k.MACKeyID, mdEscape(k.MAC))
+		}
+		p("\n")
+	}
+	for _, x := range h.Rekeys {
+		p("- **rekey** at seq %d (%s): %s\n", x.Seq, tstamp(x.TS), mdEscape(x.Detail))
+	}
+	if len(h.Rekeys) > 0 {
+		p("\n")
+	}
 	if len(h.Prunes) == 0 {
 		p("No prune record: every segment since the trail began is here.\n\n")
 	} else {

@@ -218,7 +218,12 @@ type History struct {
 	Segments   []Entry  `json:"segments"`
 	SegMore    uint64   `json:"segments_more"`
 	Prunes     []Prune  `json:"prunes"`
-	Closes     uint64   `json:"closes"`
+	// KeyEpochs is the signing key history as the verdict followed it:
+	// which key covered which seq range (several after a key rotation).
+	KeyEpochs []forensic.KeyEpoch `json:"key_epochs,omitempty"`
+	// Rekeys are the rekey records present in the trail.
+	Rekeys []Entry `json:"rekeys,omitempty"`
+	Closes uint64  `json:"closes"`
 	Ticks      uint64   `json:"ticks"`
 	// Tamper lists tamper_detected records as the verdict found them.
 	Tamper []forensic.TamperBody `json:"tamper_detected,omitempty"`
@@ -292,6 +297,7 @@ func Build(in Input) (*Report, error) {
 	r.Trail, r.Tool, r.Generated, r.Limits = in.Dir, in.Tool, in.Now.UTC(), in.Limits
 	r.Verdict = verdict(in)
 	r.History.Key, r.History.Signatures, r.History.MAC, r.History.Tamper = in.Key, in.Verify.Signatures, in.Verify.MAC, in.Verify.Tamper
+	r.History.KeyEpochs = in.Verify.Keys
 	r.Facts = facts(r, in)
 	if in.Controls != nil {
 		for _, ctl := range in.Controls.Controls {

@@ -86,7 +86,7 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	r, err := report.Build(report.Input{
-		Dir: path, Verify: rep, Key: keyName(opts.Verifier), OffNode: len(opts.External),
+		Dir: path, Verify: rep, Key: trustedKeys(opts), OffNode: len(opts.External),
 		Controls: ctl, Tool: version(),
 	})
 	if err != nil {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -95,5 +97,43 @@ func TestLogFollowsRotatedKeys(t *testing.T) {
 	}
 	if st, _ := os.Stat(next[1]); st.Mode().Perm() != 0o600 {
 		t.Errorf("hmac key mode %04o", st.Mode().Perm())
+	}
+}
+
+// The report's "Prune and key history" shows each key epoch and the rekey
+// record, in every format, with the numbers the verdict found.
+func TestReportShowsKeyHistory(t *testing.T) {
+	dir, ring, old, next := rotatedTrailCLI(t)
+	args := []string{"report", dir, "--hmac-key-file", old[1], "--hmac-key-file", next[1]}
+	code, out, e := runCmd(t, append(args, "--pubkey", pubOf(old[0]), "--format", "json")...)
+	if code != 0 {
+		t.Fatalf("json: exit %d %s", code, e)
+	}
+	var r struct {
+		History struct {
+			KeyEpochs []forensic.KeyEpoch `json:"key_epochs"`
+			Rekeys    []struct {
+				Seq    uint64 `json:"seq"`
+				Detail string `json:"detail"`
+			} `json:"rekeys"`
+		} `json:"history"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	h := r.History
+	if len(h.KeyEpochs) != 2 || len(h.Rekeys) != 1 || h.KeyEpochs[0].RekeySeq == nil || *h.KeyEpochs[0].RekeySeq != h.Rekeys[0].Seq ||
+		h.KeyEpochs[1].FirstSeq != h.Rekeys[0].Seq+1 || !strings.HasPrefix(h.KeyEpochs[0].Key, "kvh-old+") || !strings.HasPrefix(h.KeyEpochs[1].Key, "kvh-next+") ||
+		!strings.Contains(h.Rekeys[0].Detail, "kvh-old+") || !strings.Contains(h.Rekeys[0].Detail, "kvh-next+") {
+		t.Fatalf("key history: %+v", h)
+	}
+	for _, f := range []struct{ format, want string }{
+		{"markdown", "| `" + h.KeyEpochs[1].Key + "` | " + strconv.FormatUint(h.KeyEpochs[1].FirstSeq, 10) + " |"},
+		{"html", `<table id="key-epochs">`},
+	} {
+		code, out, e := runCmd(t, append(args, "--keyring", ring, "--format", f.format)...)
+		if code != 0 || !strings.Contains(out, f.want) || !strings.Contains(out, "kvh-old") {
+			t.Errorf("%s: exit %d %s; lacks %q", f.format, code, e, f.want)
+		}
 	}
 }

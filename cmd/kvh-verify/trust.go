@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/kvhygiene/kvh/forensic"
 )
@@ -77,4 +79,18 @@ func (t *trust) macKey() ([]byte, error) {
 		return forensic.LoadMACKey((*t.macFiles)[0])
 	}
 	return nil, errors.New("the seed format has one HMAC key: give --hmac-key-file once")
+}
+
+// trustedKeys names the keys the auditor gave, for the report.
+func trustedKeys(opts forensic.VerifyOptions) string {
+	var names []string
+	if opts.Verifier != nil {
+		names = append(names, keyName(opts.Verifier))
+	}
+	for _, k := range opts.Keyring {
+		if n := keyName(k); !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, ", ")
 }
