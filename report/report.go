@@ -224,7 +224,7 @@ type History struct {
 	// Rekeys are the rekey records present in the trail.
 	Rekeys []Entry `json:"rekeys,omitempty"`
 	Closes uint64  `json:"closes"`
-	Ticks      uint64   `json:"ticks"`
+	Ticks  uint64  `json:"ticks"`
 	// Tamper lists tamper_detected records as the verdict found them.
 	Tamper []forensic.TamperBody `json:"tamper_detected,omitempty"`
 	// Other lists records of kinds this kvh does not know.
