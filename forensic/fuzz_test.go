@@ -82,3 +82,15 @@ func FuzzSeedLine(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidJSON holds the verifier's body check to json.Valid.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `{"a":[1,2.5e-3,-0,true,false,null,"x\u00e9\n"]}`, `{"a":}`, `{"a":01}`, `[1,]`, `"\ud800"`, "\"\xff\"", ` {} `, `{"a":1}x`, `-`, `1.`, `1e`, `[[[[]]]]`, `{"a" : { "b" : [ ] } }`, "\"\x7f\"", `"\/"`, `"\x"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Fatalf("validJSON(%q) = %v, json.Valid says %v", b, got, want)
+		}
+	})
+}

@@ -2,12 +2,15 @@ package forensic
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/transparency-dev/merkle/rfc6962"
 )
 
 // TestWriterTS pins the ts fast path to time.Parse: it may only accept what
@@ -86,3 +89,24 @@ func TestLinePipe(t *testing.T) {
 type iotestHalf struct{ r io.Reader }
 
 func (h iotestHalf) Read(b []byte) (int, error) { return h.r.Read(b[:min(len(b), 7)]) }
+
+func TestHashChildren(t *testing.T) {
+	r := rand.New(rand.NewSource(3))
+	for _, n := range [][2]int{{32, 32}, {32, 32}, {31, 32}, {0, 0}} {
+		a, b := make([]byte, n[0]), make([]byte, n[1])
+		r.Read(a)
+		r.Read(b)
+		if got, want := hashChildren(a, b), rfc6962.DefaultHasher.HashChildren(a, b); !bytes.Equal(got, want) {
+			t.Fatalf("hashChildren(%d, %d bytes) = %x, want %x", n[0], n[1], got, want)
+		}
+	}
+}
+
+func TestValidJSONDepth(t *testing.T) {
+	for _, n := range []int{9999, 10000, 10001} {
+		b := []byte(strings.Repeat("[", n) + strings.Repeat("]", n))
+		if validJSON(b) != json.Valid(b) {
+			t.Errorf("nesting %d: validJSON %v, json.Valid %v", n, validJSON(b), json.Valid(b))
+		}
+	}
+}

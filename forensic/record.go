@@ -253,7 +253,7 @@ func parseLine(line []byte, p *parsed) error {
 	} else {
 		return errors.New("record not terminated")
 	}
-	if len(p.body) < 2 || p.body[0] != '{' || !json.Valid(p.body) {
+	if len(p.body) < 2 || p.body[0] != '{' || !validJSON(p.body) {
 		return errors.New("body is not a JSON object")
 	}
 	if !isWriterTS(p.ts) {
