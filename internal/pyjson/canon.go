@@ -131,10 +131,17 @@ func (c *Canonicalizer) value(top bool) (v0, v1 int, kind byte, ok bool) {
 		return 0, 0, 0, false
 	}
 	p.depth++
-	defer func() { p.depth-- }()
 	if p.depth > 512 {
+		p.depth--
 		return 0, 0, 0, false
 	}
+	v0, v1, kind, ok = c.value1(top)
+	p.depth--
+	return v0, v1, kind, ok
+}
+
+func (c *Canonicalizer) value1(top bool) (v0, v1 int, kind byte, ok bool) {
+	p := &c.p
 	switch ch := p.b[p.i]; {
 	case ch == '{':
 		p.i++

@@ -311,8 +311,15 @@ func contains(list []string, s string) bool {
 
 func quote[S string | []byte](b []byte, s S) []byte {
 	b = append(b, '"')
+	start := 0
 	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		start = i + 1
+		switch c {
 		case '"':
 			b = append(b, '\\', '"')
 		case '\\':
@@ -328,13 +335,10 @@ func quote[S string | []byte](b []byte, s S) []byte {
 		case '\f':
 			b = append(b, '\\', 'f')
 		default:
-			if c < 0x20 {
-				b = fmt.Appendf(b, `\u%04x`, c)
-			} else {
-				b = append(b, c)
-			}
+			b = fmt.Appendf(b, `\u%04x`, c)
 		}
 	}
+	b = append(b, s[start:]...)
 	return append(b, '"')
 }
 
