@@ -131,10 +131,22 @@ type lineWorker struct {
 	leaf   hash.Hash
 	mac    hash.Hash
 	macKey []byte
+	// alt are the other MAC keys given (a trail whose MAC key rotated): a
+	// line whose MAC fails with macKey is tried with each (and the one that
+	// verifies becomes macKey), so that a rekey inside a segment does not
+	// leave its rest to the ordered walk.
+	alt    []hash.Hash
+	altKey [][]byte
 }
 
-func newLineWorker(macKey []byte) *lineWorker {
-	return &lineWorker{leaf: sha256.New(), mac: newMAC(macKey), macKey: macKey}
+func newLineWorker(macKey []byte, alt ...[]byte) *lineWorker {
+	w := &lineWorker{leaf: sha256.New(), mac: newMAC(macKey), macKey: macKey}
+	for _, k := range alt {
+		if k != nil && !bytes.Equal(k, macKey) {
+			w.alt, w.altKey = append(w.alt, newMAC(k)), append(w.altKey, k)
+		}
+	}
+	return w
 }
 
 var leafPrefix = []byte{rfc6962.RFC6962LeafHashPrefix}
@@ -153,6 +165,16 @@ func prepLine(w *lineWorker, line []byte, out *preLine) {
 		out.mac, out.macKey = macBad, w.macKey
 		if checkMAC(line, &out.p, w.mac) {
 			out.mac = macOK
+			return
+		}
+		for i, m := range w.alt {
+			if checkMAC(line, &out.p, m) {
+				out.mac, out.macKey = macOK, w.altKey[i]
+				// Lines come in runs under one key: try this one first now.
+				w.mac, w.alt[i] = w.alt[i], w.mac
+				w.macKey, w.altKey[i] = w.altKey[i], w.macKey
+				return
+			}
 		}
 	}
 }

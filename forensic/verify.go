@@ -430,7 +430,11 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 	if c.macKey != nil {
 		wkey = c.macKey
 	}
-	lp := newLinePipe(f, MaxLine, func() *lineWorker { return newLineWorker(wkey) }, prepLine)
+	alt := v.opts.MACKeys
+	if len(alt) > 0 {
+		alt = append([][]byte{v.opts.MACKey}, alt...)
+	}
+	lp := newLinePipe(f, MaxLine, func() *lineWorker { return newLineWorker(wkey, alt...) }, prepLine)
 	defer lp.stop()
 	var off int64
 	lineNo := 0
