@@ -64,9 +64,14 @@ func IdentifyWith(procRoot string, pid int, uid uint32, trustClaims bool, pods P
 		if m := podRe.FindStringSubmatch(id.Cgroup); m != nil {
 			id.PodUID = strings.ReplaceAll(m[1], "_", "-")
 		}
+		// The outermost container id is the runtime's: the cgroups under
+		// it are the container's own to name, and a process that may make
+		// them (a delegated cgroupfs) could name one after another
+		// container, whose pod the orchestrator's lookup would then give.
 		for _, part := range strings.Split(id.Cgroup, "/") {
 			if m := containerRe.FindStringSubmatch(part); m != nil {
 				id.ContainerID = m[1]
+				break
 			}
 		}
 	}
