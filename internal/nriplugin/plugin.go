@@ -369,12 +369,12 @@ func cgroupPath(oci string) string {
 }
 
 // Wants reports whether a container gets libkvh, and why: it has an NVIDIA
-// GPU (a CDI device nvidia.com/…, NVIDIA_VISIBLE_DEVICES other than void or
+// GPU (a CDI device of vendor nvidia.com or *.nvidia.com, NVIDIA_VISIBLE_DEVICES other than void or
 // none, an /dev/nvidia<N> device), or it (or its pod) carries
 // kvh.io/inject: "true".
 func Wants(pod *api.PodSandbox, ctr *api.Container) (bool, string) {
 	for _, d := range ctr.GetCDIDevices() {
-		if strings.HasPrefix(d.GetName(), "nvidia.com/") {
+		if nvidiaCDI(d.GetName()) {
 			return true, "CDI device " + d.GetName()
 		}
 	}
@@ -394,6 +394,15 @@ func Wants(pod *api.PodSandbox, ctr *api.Container) (bool, string) {
 		return true, AnnotationInject + " annotation"
 	}
 	return false, ""
+}
+
+// nvidiaCDI: a CDI device name "vendor/class=name" whose vendor is
+// NVIDIA's: nvidia.com (nvidia-ctk's specs) or a subdomain of it (the device
+// plugin's k8s.device-plugin.nvidia.com, the DRA driver's
+// k8s.gpu.nvidia.com, the GPU operator's management.nvidia.com).
+func nvidiaCDI(name string) bool {
+	vendor, _, ok := strings.Cut(name, "/")
+	return ok && (vendor == "nvidia.com" || strings.HasSuffix(vendor, ".nvidia.com"))
 }
 
 func optedOut(pod *api.PodSandbox, ctr *api.Container) bool {
