@@ -90,9 +90,10 @@ enum fn {
   FN_cuDevicePrimaryCtxRelease_v2,
   FN_cuDevicePrimaryCtxReset,
   FN_cuDevicePrimaryCtxReset_v2,
+  FN_cuCtxDetach,
 };
 #define FN_SLOTS 64 /* the failed map's size: every fn is below it */
-_Static_assert(FN_cuDevicePrimaryCtxReset_v2 < FN_SLOTS, "enum fn outgrew FN_SLOTS: the last entry must be below it");
+_Static_assert(FN_cuCtxDetach < FN_SLOTS, "enum fn outgrew FN_SLOTS: the last entry must be below it");
 
 struct event {
   __u32 tgid;
@@ -350,7 +351,7 @@ int BPF_KPROBE(enter_cuMemFree, __u64 ptr) {
 }
 LEAVE(cuMemFree)
 
-/* Contexts: cuCtxDestroy[_v2](ctx), cuDevicePrimaryCtxRelease[_v2](dev) and
+/* Contexts: cuCtxDestroy[_v2](ctx), cuCtxDetach(ctx), cuDevicePrimaryCtxRelease[_v2](dev) and
  * cuDevicePrimaryCtxReset[_v2](dev) hand every live allocation of the context
  * back to the driver with no free call (a release only when it drops the
  * last reference, which a probe cannot tell: every successful release is
@@ -368,6 +369,7 @@ CONTEXT(cuDevicePrimaryCtxRelease)
 CONTEXT(cuDevicePrimaryCtxRelease_v2)
 CONTEXT(cuDevicePrimaryCtxReset)
 CONTEXT(cuDevicePrimaryCtxReset_v2)
+CONTEXT(cuCtxDetach) /* pre-4.0: frees only at the last usage count, like a primary release */
 
 /* bench_fill is never loaded by the witness (Start drops it) and never
  * attached: the ring-buffer benchmark (bench_test.go) loads it against the

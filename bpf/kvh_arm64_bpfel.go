@@ -53,6 +53,7 @@ const (
 	kvhProgBenchFill                        = "bench_fill"
 	kvhProgEnterCuCtxDestroy                = "enter_cuCtxDestroy"
 	kvhProgEnterCuCtxDestroyV2              = "enter_cuCtxDestroy_v2"
+	kvhProgEnterCuCtxDetach                 = "enter_cuCtxDetach"
 	kvhProgEnterCuDevicePrimaryCtxRelease   = "enter_cuDevicePrimaryCtxRelease"
 	kvhProgEnterCuDevicePrimaryCtxReleaseV2 = "enter_cuDevicePrimaryCtxRelease_v2"
 	kvhProgEnterCuDevicePrimaryCtxReset     = "enter_cuDevicePrimaryCtxReset"
@@ -92,6 +93,7 @@ const (
 	kvhProgEnterCudaMallocHost              = "enter_cudaMallocHost"
 	kvhProgExitCuCtxDestroy                 = "exit_cuCtxDestroy"
 	kvhProgExitCuCtxDestroyV2               = "exit_cuCtxDestroy_v2"
+	kvhProgExitCuCtxDetach                  = "exit_cuCtxDetach"
 	kvhProgExitCuDevicePrimaryCtxRelease    = "exit_cuDevicePrimaryCtxRelease"
 	kvhProgExitCuDevicePrimaryCtxReleaseV2  = "exit_cuDevicePrimaryCtxRelease_v2"
 	kvhProgExitCuDevicePrimaryCtxReset      = "exit_cuDevicePrimaryCtxReset"
@@ -177,6 +179,7 @@ type kvhProgramSpecs struct {
 	BenchFill                        *ebpf.ProgramSpec `ebpf:"bench_fill"`
 	EnterCuCtxDestroy                *ebpf.ProgramSpec `ebpf:"enter_cuCtxDestroy"`
 	EnterCuCtxDestroyV2              *ebpf.ProgramSpec `ebpf:"enter_cuCtxDestroy_v2"`
+	EnterCuCtxDetach                 *ebpf.ProgramSpec `ebpf:"enter_cuCtxDetach"`
 	EnterCuDevicePrimaryCtxRelease   *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxRelease"`
 	EnterCuDevicePrimaryCtxReleaseV2 *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxRelease_v2"`
 	EnterCuDevicePrimaryCtxReset     *ebpf.ProgramSpec `ebpf:"enter_cuDevicePrimaryCtxReset"`
@@ -216,6 +219,7 @@ type kvhProgramSpecs struct {
 	EnterCudaMallocHost              *ebpf.ProgramSpec `ebpf:"enter_cudaMallocHost"`
 	ExitCuCtxDestroy                 *ebpf.ProgramSpec `ebpf:"exit_cuCtxDestroy"`
 	ExitCuCtxDestroyV2               *ebpf.ProgramSpec `ebpf:"exit_cuCtxDestroy_v2"`
+	ExitCuCtxDetach                  *ebpf.ProgramSpec `ebpf:"exit_cuCtxDetach"`
 	ExitCuDevicePrimaryCtxRelease    *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxRelease"`
 	ExitCuDevicePrimaryCtxReleaseV2  *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxRelease_v2"`
 	ExitCuDevicePrimaryCtxReset      *ebpf.ProgramSpec `ebpf:"exit_cuDevicePrimaryCtxReset"`
@@ -321,6 +325,7 @@ type kvhPrograms struct {
 	BenchFill                        *ebpf.Program `ebpf:"bench_fill"`
 	EnterCuCtxDestroy                *ebpf.Program `ebpf:"enter_cuCtxDestroy"`
 	EnterCuCtxDestroyV2              *ebpf.Program `ebpf:"enter_cuCtxDestroy_v2"`
+	EnterCuCtxDetach                 *ebpf.Program `ebpf:"enter_cuCtxDetach"`
 	EnterCuDevicePrimaryCtxRelease   *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxRelease"`
 	EnterCuDevicePrimaryCtxReleaseV2 *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxRelease_v2"`
 	EnterCuDevicePrimaryCtxReset     *ebpf.Program `ebpf:"enter_cuDevicePrimaryCtxReset"`
@@ -360,6 +365,7 @@ type kvhPrograms struct {
 	EnterCudaMallocHost              *ebpf.Program `ebpf:"enter_cudaMallocHost"`
 	ExitCuCtxDestroy                 *ebpf.Program `ebpf:"exit_cuCtxDestroy"`
 	ExitCuCtxDestroyV2               *ebpf.Program `ebpf:"exit_cuCtxDestroy_v2"`
+	ExitCuCtxDetach                  *ebpf.Program `ebpf:"exit_cuCtxDetach"`
 	ExitCuDevicePrimaryCtxRelease    *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxRelease"`
 	ExitCuDevicePrimaryCtxReleaseV2  *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxRelease_v2"`
 	ExitCuDevicePrimaryCtxReset      *ebpf.Program `ebpf:"exit_cuDevicePrimaryCtxReset"`
@@ -404,6 +410,7 @@ func (p *kvhPrograms) Close() error {
 		p.BenchFill,
 		p.EnterCuCtxDestroy,
 		p.EnterCuCtxDestroyV2,
+		p.EnterCuCtxDetach,
 		p.EnterCuDevicePrimaryCtxRelease,
 		p.EnterCuDevicePrimaryCtxReleaseV2,
 		p.EnterCuDevicePrimaryCtxReset,
@@ -443,6 +450,7 @@ func (p *kvhPrograms) Close() error {
 		p.EnterCudaMallocHost,
 		p.ExitCuCtxDestroy,
 		p.ExitCuCtxDestroyV2,
+		p.ExitCuCtxDetach,
 		p.ExitCuDevicePrimaryCtxRelease,
 		p.ExitCuDevicePrimaryCtxReleaseV2,
 		p.ExitCuDevicePrimaryCtxReset,

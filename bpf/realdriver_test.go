@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     "cuMemFree", "cuMemFree_v2", "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemFreeHost", "cuMemHostRegister",
     "cuMemHostRegister_v2", "cuMemHostUnregister", "cuMemUnmap", "cuMemRelease", "cuIpcCloseMemHandle",
     "cuCtxDestroy", "cuCtxDestroy_v2", "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2",
-    "cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2"};
+    "cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2", "cuCtxDetach"};
   u64 out[4] = {0}, pitch = 0;
   static char host[4096];
   for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++) {

@@ -17,7 +17,7 @@ var fnNames = []string{
 	"cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemHostRegister", "cuMemHostRegister_v2",
 	"cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2", "cuIpcCloseMemHandle",
 	"cuCtxDestroy", "cuCtxDestroy_v2", "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2",
-	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2",
+	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2", "cuCtxDetach",
 }
 
 // Event is one witnessed call that succeeded: the witness reports a call on
@@ -38,7 +38,7 @@ type Event struct {
 	Free   bool
 	Import bool
 	// Context: the call handed a context's memory back to the driver with
-	// no free call (cuCtxDestroy: Ptr is the context handle;
+	// no free call (cuCtxDestroy, cuCtxDetach: Ptr is the context handle;
 	// cuDevicePrimaryCtxRelease/Reset: Ptr is the device ordinal, and a
 	// release frees only when it drops the last reference, which the probe
 	// cannot tell). It is not a Free: there is no one pointer to join.

@@ -161,7 +161,8 @@ func TestWitnessSeesContextTeardown(t *testing.T) {
 		}
 	}
 	// client_ctx: cuCtxDestroy as cuGetProcAddress hands it out at 3020 (v1),
-	// two cuDevicePrimaryCtxRelease_v2(0), cuDevicePrimaryCtxReset at 10000 (v1).
+	// two cuDevicePrimaryCtxRelease_v2(0), cuDevicePrimaryCtxReset at 10000
+	// (v1), two cuCtxDetach of one context (each that succeeds is reported).
 	if d := got["cuCtxDestroy"]; len(d) != 1 || d[0] == 0 {
 		t.Errorf("cuCtxDestroy: %v", d)
 	}
@@ -171,7 +172,10 @@ func TestWitnessSeesContextTeardown(t *testing.T) {
 	if r := got["cuDevicePrimaryCtxReset"]; len(r) != 1 || r[0] != 0 {
 		t.Errorf("cuDevicePrimaryCtxReset: %v", r)
 	}
-	if len(got) != 3 {
+	if d := got["cuCtxDetach"]; len(d) != 2 || d[0] == 0 || d[0] != d[1] {
+		t.Errorf("cuCtxDetach: %v", d)
+	}
+	if len(got) != 4 {
 		t.Errorf("context events: %v", got)
 	}
 	if n := w.Failed()["cuCtxDestroy_v2"]; n != before+1 {

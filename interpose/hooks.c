@@ -643,16 +643,82 @@ static int ctx_zeroize(enum hook_id fn, uint64_t ctx) {
   return failed ? -1 : 0;
 }
 
+/* Usage counts of contexts cuCtxAttach was called on (the pre-4.0 API): a
+ * created context starts at 1, each attach adds one, each detach takes one
+ * off, and the detach that reaches 0 destroys it. A context not listed has
+ * its creation's count of 1. If the list is full, a detach of an unlisted
+ * context cannot be proved the last and is not zeroized (attach_overflow). */
+#define MAX_ATTACHED 64
+static struct {
+  uint64_t ctx;
+  int refs;
+} attached[MAX_ATTACHED];
+static int attach_overflow;
+static pthread_mutex_t attach_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* attach_add adds d to ctx's count (from 1 when unlisted) and returns the
+ * count now, or -1 when unknown (not listed, the list overflowed). */
+static int attach_add(uint64_t ctx, int d) {
+  pthread_mutex_lock(&attach_mu);
+  int i, free_i = -1, n = -1;
+  for (i = 0; i < MAX_ATTACHED && attached[i].ctx != ctx; i++)
+    if (!attached[i].ctx && free_i < 0) free_i = i;
+  if (i < MAX_ATTACHED) {
+    n = attached[i].refs += d;
+    if (n <= 0) attached[i].ctx = 0;
+  } else if (!attach_overflow || d > 0) {
+    n = 1 + d;
+    if (n > 1 && free_i >= 0) attached[free_i].ctx = ctx, attached[free_i].refs = n;
+    else if (n > 1) attach_overflow = 1, n = -1;
+  }
+  pthread_mutex_unlock(&attach_mu);
+  return n;
+}
+
+/* attach_forget drops ctx's count: a destroyed context is gone whatever
+ * its count, and its handle may come back for a new one. */
+static void attach_forget(uint64_t ctx) {
+  pthread_mutex_lock(&attach_mu);
+  for (int i = 0; i < MAX_ATTACHED; i++)
+    if (attached[i].ctx == ctx) attached[i].ctx = 0;
+  pthread_mutex_unlock(&attach_mu);
+}
+
 EXPORT CUresult cuCtxDestroy(CUcontext c) {
   NEED_REAL(cuCtxDestroy);
   if (ctx_zeroize(HOOK_cuCtxDestroy, (uint64_t)(uintptr_t)c)) return CUDA_SUCCESS;
-  return real_cuCtxDestroy(c);
+  CUresult rc = real_cuCtxDestroy(c);
+  if (rc == CUDA_SUCCESS) attach_forget((uint64_t)(uintptr_t)c);
+  return rc;
 }
 
 EXPORT CUresult cuCtxDestroy_v2(CUcontext c) {
   NEED_REAL(cuCtxDestroy_v2);
   if (ctx_zeroize(HOOK_cuCtxDestroy_v2, (uint64_t)(uintptr_t)c)) return CUDA_SUCCESS;
-  return real_cuCtxDestroy_v2(c);
+  CUresult rc = real_cuCtxDestroy_v2(c);
+  if (rc == CUDA_SUCCESS) attach_forget((uint64_t)(uintptr_t)c);
+  return rc;
+}
+
+EXPORT CUresult cuCtxAttach(CUcontext *pctx, unsigned int flags) {
+  NEED_REAL(cuCtxAttach);
+  CUresult rc = real_cuCtxAttach(pctx, flags);
+  if (rc == CUDA_SUCCESS && pctx && *pctx) attach_add((uint64_t)(uintptr_t)*pctx, 1);
+  return rc;
+}
+
+/* cuCtxDetach: the detach that drops the last reference destroys the
+ * context with every allocation in it, so those are zeroized first. */
+EXPORT CUresult cuCtxDetach(CUcontext c) {
+  NEED_REAL(cuCtxDetach);
+  uint64_t ctx = (uint64_t)(uintptr_t)c;
+  if (!ctx || cfg.mode == MODE_OFF) return real_cuCtxDetach(c);
+  int n = attach_add(ctx, -1);
+  /* (a count back at 1 needs no entry: unlisted is 1) */
+  if (n == 0 && ctx_zeroize(HOOK_cuCtxDetach, ctx)) return CUDA_SUCCESS; /* kept: the context lives on, quarantined with its memory */
+  CUresult rc = real_cuCtxDetach(c);
+  if (rc != CUDA_SUCCESS && n > 0) attach_add(ctx, 1); /* nothing changed */
+  return rc;
 }
 
 /* primary_ctx is dev's primary context while it is active, else 0 (then it

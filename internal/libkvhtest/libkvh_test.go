@@ -743,15 +743,18 @@ func TestVerifyKernelFlagResetOnItsStream(t *testing.T) {
 // Memory that leaves its owner with no free call (issue 11 item 4): a
 // destroyed context's device and pinned host buffers, the primary context's
 // at its last release (an earlier release leaves them live and intact) and
-// at a reset are zeroized and attested under the call that released them.
+// at a reset, and a context's at the cuCtxDetach that drops its last usage
+// count (an earlier one, after a cuCtxAttach, leaves them live and intact)
+// are zeroized and attested under the call that released them.
 func TestContextTeardownZeroizes(t *testing.T) {
 	bare := Exec("ctx", "", nil)
-	if bare.Err != nil || bare.Value("CTX_RESIDUE") <= 0 || bare.Value("RELEASE_RESIDUE") <= 0 || bare.Value("RESET_RESIDUE") <= 0 {
+	if bare.Err != nil || bare.Value("CTX_RESIDUE") <= 0 || bare.Value("RELEASE_RESIDUE") <= 0 || bare.Value("RESET_RESIDUE") <= 0 ||
+		bare.Value("DETACH_RESIDUE") <= 0 || bare.Value("DETACH_INTACT") != 1 {
 		t.Fatalf("without libkvh the residue should be visible: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
 	}
 	l := listen(t)
 	run := Exec("ctx", Lib(), []string{"KVH_SOCKET=" + l.Path})
-	if run.Err != nil || run.Value("RESIDUE") != 0 || run.Value("LIVE_INTACT") != 1 {
+	if run.Err != nil || run.Value("RESIDUE") != 0 || run.Value("LIVE_INTACT") != 1 || run.Value("DETACH_INTACT") != 1 {
 		t.Fatalf("with libkvh: %v\n%s%s", run.Err, run.Stdout, run.Stderr)
 	}
 	count := func(recs []Got, fn string) int {
@@ -763,7 +766,7 @@ func TestContextTeardownZeroizes(t *testing.T) {
 		}
 		return c
 	}
-	want := map[string]int{"cuCtxDestroy": 2, "cuDevicePrimaryCtxRelease_v2": 1, "cuDevicePrimaryCtxReset": 1}
+	want := map[string]int{"cuCtxDestroy": 2, "cuDevicePrimaryCtxRelease_v2": 1, "cuDevicePrimaryCtxReset": 1, "cuCtxDetach": 1}
 	recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool {
 		for fn, n := range want {
 			if count(r, fn) < n {

@@ -26,7 +26,6 @@ var runtimeGaps = map[string]string{
 	"cuArrayDestroy":              "arrays not covered (issue 11 item 4)",
 	"cuMipmappedArrayCreate":      "arrays not covered (issue 11 item 4)",
 	"cuMipmappedArrayDestroy":     "arrays not covered (issue 11 item 4)",
-	"cuCtxDetach":                 "context release not covered (issue 11 item 4)",
 	"cuDeviceGraphMemTrim":        "needs no wrapper: the pool holds only memory zeroized before its free node (README)",
 	"cuGraphExecDestroy":          "needs no wrapper: frees no live graph allocation (README)",
 	"cuGraphInstantiateWithFlags": "AUTO_FREE_ON_LAUNCH not covered (README)",

@@ -28,7 +28,9 @@
  *   ctx       memory that leaves with its context: cuCtxDestroy (v1, fetched
  *             at 3020) of a created context, the last cuDevicePrimaryCtxRelease_v2
  *             (an earlier one must leave the memory intact), and
- *             cuDevicePrimaryCtxReset (v1, fetched at 10000)
+ *             cuDevicePrimaryCtxReset (v1, fetched at 10000), and the
+ *             cuCtxDetach that drops a context's last usage count (an
+ *             earlier one, after a cuCtxAttach, must leave it intact)
  *   graph     graph memory nodes: a graph allocates, writes a secret and frees;
  *             the next graph allocation of that size gets the memory
  *             (GRAPH_RESIDUE); the same after cuDeviceGraphMemTrim, for an
@@ -615,11 +617,27 @@ int main(int argc, char **argv) {
   int reset_residue = residue_device(b, N);
   printf("RESET_RESIDUE %d\n", reset_residue);
   CHECK(cuMemFree_v2(b));
+  /* the pre-4.0 usage count: attached once more, the first detach leaves the
+   * memory live and intact, the second destroys the context */
+  extern CUresult cuCtxAttach(CUcontext *, unsigned int);
+  extern CUresult cuCtxDetach(CUcontext);
+  CUcontext c2, c3;
+  CHECK(cuCtxCreate_v2(&c2, 0, 0));
+  CHECK(cuMemAlloc_v2(&a, N));
+  CHECK(cuMemcpyHtoD_v2(a, buf, N));
+  CHECK(cuCtxAttach(&c3, 0));
+  CHECK(cuCtxDetach(c2));
+  printf("DETACH_INTACT %d\n", c3 == c2 && residue_device(a, N) == N);
+  CHECK(cuCtxDetach(c2));
+  CHECK(cuMemAlloc_v2(&b, N));
+  int detach_residue = residue_device(b, N);
+  printf("DETACH_RESIDUE %d\n", detach_residue);
+  CHECK(cuMemFree_v2(b));
   /* a destroy the driver refuses frees nothing (the witness counts it) */
   extern CUresult cuCtxDestroy_v2(CUcontext);
   printf("REFUSED %d\n", cuCtxDestroy_v2(NULL) != CUDA_SUCCESS);
   free(buf);
-  printf("RESIDUE %d\n", ctx_residue + release_residue + reset_residue);
+  printf("RESIDUE %d\n", ctx_residue + release_residue + reset_residue + detach_residue);
 #elif defined(WAY_graph)
   extern CUresult cuGraphCreate(CUgraph *, unsigned int);
   extern CUresult cuGraphAddMemAllocNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUDA_MEM_ALLOC_NODE_PARAMS *);

@@ -485,7 +485,7 @@ EXPORT CUresult cuCtxGetCurrent(CUcontext *c) {
 /* Created contexts are slots of ctxs; destroying one frees its memory. The
  * primary context is reference counted: its last release, or a reset, frees
  * its memory. A thread's context stack is a few deep. */
-static struct { int live; } ctxs[64];
+static struct { int live, refs; } ctxs[64]; /* refs: the usage count cuCtxAttach/cuCtxDetach keep */
 static int primary_refs;
 static __thread CUcontext ctx_stack[8];
 static __thread int ctx_depth;
@@ -495,10 +495,34 @@ EXPORT CUresult cuCtxCreate_v2(CUcontext *pc, unsigned int flags, CUdevice dev) 
   pthread_mutex_lock(&mu);
   int i = 0;
   while (i < 64 && ctxs[i].live) i++;
-  if (i < 64) ctxs[i].live = 1;
+  if (i < 64) ctxs[i].live = 1, ctxs[i].refs = 1;
   pthread_mutex_unlock(&mu);
   if (i == 64) return CUDA_ERROR_OUT_OF_MEMORY;
   *pc = cur_ctx = (CUcontext)(void *)&ctxs[i];
+  return CUDA_SUCCESS;
+}
+static int ctx_index(CUcontext c) {
+  int i = (int)((uintptr_t)c - (uintptr_t)ctxs) / (int)sizeof ctxs[0];
+  if ((uintptr_t)c < (uintptr_t)ctxs || i >= 64 || (void *)&ctxs[i] != (void *)c || !ctxs[i].live) return -1;
+  return i;
+}
+/* The pre-4.0 usage count: cuCtxAttach adds one to the current (created)
+ * context's, cuCtxDetach takes one off and destroys the context, memory and
+ * all, when it reaches 0. */
+EXPORT CUresult cuCtxAttach(CUcontext *pc, unsigned int flags) {
+  int i = ctx_index(cur_ctx);
+  if (!pc || flags || i < 0) return CUDA_ERROR_INVALID_VALUE;
+  __atomic_add_fetch(&ctxs[i].refs, 1, __ATOMIC_SEQ_CST);
+  *pc = cur_ctx;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuCtxDetach(CUcontext c) {
+  int i = ctx_index(c);
+  if (i < 0) return CUDA_ERROR_INVALID_VALUE;
+  if (__atomic_sub_fetch(&ctxs[i].refs, 1, __ATOMIC_SEQ_CST) > 0) return CUDA_SUCCESS;
+  free_ctx(c);
+  ctxs[i].live = 0;
+  if (cur_ctx == c) cur_ctx = NULL;
   return CUDA_SUCCESS;
 }
 static CUresult ctx_destroy(CUcontext c) {
@@ -891,6 +915,7 @@ static const struct entry table[] = {
   E("cuMemcpyDtoH", 2000, 0, cuMemcpyDtoH), E("cuMemcpyHtoD", 2000, 0, cuMemcpyHtoD),
   E("cuMemGetAddressRange", 2000, 0, cuMemGetAddressRange),
   E("cuCtxDestroy", 2000, 0, cuCtxDestroy), E("cuCtxDestroy", 4000, 0, cuCtxDestroy_v2),
+  E("cuCtxAttach", 2000, 0, cuCtxAttach), E("cuCtxDetach", 2000, 0, cuCtxDetach),
   E("cuDevicePrimaryCtxRelease", 7000, 0, cuDevicePrimaryCtxRelease), E("cuDevicePrimaryCtxRelease", 11000, 0, cuDevicePrimaryCtxRelease_v2),
   E("cuDevicePrimaryCtxReset", 7000, 0, cuDevicePrimaryCtxReset), E("cuDevicePrimaryCtxReset", 11000, 0, cuDevicePrimaryCtxReset_v2),
   E("cuDevicePrimaryCtxRetain", 7000, 0, cuDevicePrimaryCtxRetain),
