@@ -142,6 +142,9 @@ func (e *Enforcer) handle(v violation.Violation) string {
 	if v.At.IsZero() {
 		v.At = time.Now()
 	}
+	if v.Kind.NodeLevel() {
+		return e.record(v)
+	}
 	// The violator first, by a pidfd, then its tenant through that handle: a
 	// pid read again in /proc may name a process that took it since.
 	h, herr := e.resolve(v)
@@ -184,6 +187,22 @@ func (e *Enforcer) handle(v violation.Violation) string {
 		log.Error("action taken but not recorded", "action", act, "result", result, "error", err)
 	}
 	e.cfg.Metrics.Actions.WithLabelValues(act).Inc()
+	return act
+}
+
+// record records a node-level violation with the action observe: it is
+// no process's doing, so no tenant's policy applies and no one is acted on.
+func (e *Enforcer) record(v violation.Violation) string {
+	act := policy.ActionObserve
+	log := e.cfg.Log.With("kind", v.Kind)
+	if _, err := e.cfg.Trail.Append(trailevent.Violation{Ev: trailevent.EvViolation, Kind: string(v.Kind), Detail: v.Detail, Source: v.Source, Action: act}); err != nil {
+		e.cfg.Metrics.Errors.WithLabelValues("record").Inc()
+		log.Error("violation not recorded", "error", err, "detail", v.Detail)
+		return act
+	}
+	e.cfg.Metrics.Violations.WithLabelValues(string(v.Kind)).Inc()
+	e.cfg.Metrics.Actions.WithLabelValues(act).Inc()
+	log.Warn("node violation", "detail", v.Detail, "source", v.Source)
 	return act
 }
 

@@ -244,3 +244,32 @@ func TestPIDReuseNeverHitsAnotherProcess(t *testing.T) {
 		t.Fatal("a new violator on a reused pid was not acted on")
 	}
 }
+
+// A node-level violation (shipping_backlog) is recorded and acts on no one,
+// whatever the policy says: a tenant is not killed for the node's network.
+func TestNodeViolationIsOnlyRecorded(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	e, tr, m := newEnforcer(t, policy.ActionKill, Config{Identify: func(*proc.Handle) string { return "tenant-x" }})
+	// Even a pid given by mistake is not acted on.
+	if act := e.handle(violation.Violation{Kind: violation.ShippingBacklog, PID: cmd.Process.Pid, Source: "ship", Detail: "waited 20m"}); act != policy.ActionObserve {
+		t.Fatalf("action %s, want observe", act)
+	}
+	recs := tr.all()
+	if len(recs) != 1 {
+		t.Fatalf("records %#v, want the violation only", recs)
+	}
+	v, ok := recs[0].(trailevent.Violation)
+	if !ok || v.Kind != "shipping_backlog" || v.Action != policy.ActionObserve || v.PID != 0 || v.Tenant != "" || v.Detail != "waited 20m" {
+		t.Fatalf("record %#v", recs[0])
+	}
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the process was acted on: %v", err)
+	}
+	if testutil.ToFloat64(m.Violations.WithLabelValues("shipping_backlog")) != 1 || testutil.ToFloat64(m.Actions.WithLabelValues("kill")) != 0 {
+		t.Fatal("metrics")
+	}
+}

@@ -41,6 +41,9 @@ const (
 	LiveBufferLimit      Kind = "live_buffer_limit"
 	EventRateLimit       Kind = "event_rate_limit"
 	VerifyBelowFloor     Kind = "verify_below_floor"
+	// ShippingBacklog is the node's, not a process's: the enforcer records
+	// it and acts on no one (NodeLevel).
+	ShippingBacklog Kind = "shipping_backlog"
 )
 
 var docs = map[Kind]string{
@@ -56,13 +59,18 @@ var docs = map[Kind]string{
 	LiveBufferLimit:      "a process holds more live buffers than max_live_buffers; the excess is summarised, not recorded one by one",
 	EventRateLimit:       "a process sends more events than max_event_rate; the excess is summarised, not ingested one by one",
 	VerifyBelowFloor:     "an interposer zeroized with weaker verification than the agent's floor (verify mode, samples, double pass)",
+	ShippingBacklog:      "trail bytes waited longer than --ship-max-backlog-age to reach object storage (a node-level violation: recorded, no process is acted on)",
 }
 
 // Kinds returns every kind, in a fixed order.
 func Kinds() []Kind {
 	return []Kind{QuarantinedBuffer, FreeWithoutSanitize, ReuseWithoutSanitize, ReuseLimit, TTLExpired, DroppedEvents, UnattestedFree, UncoveredProcess,
-		ConnectionLimit, LiveBufferLimit, EventRateLimit, VerifyBelowFloor}
+		ConnectionLimit, LiveBufferLimit, EventRateLimit, VerifyBelowFloor, ShippingBacklog}
 }
+
+// NodeLevel reports whether k is a violation of the node rather than of a
+// process: it is recorded, and no action is applied to anyone.
+func (k Kind) NodeLevel() bool { return k == ShippingBacklog }
 
 // Doc says in one line what the kind means.
 func (k Kind) Doc() string { return docs[k] }
