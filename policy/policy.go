@@ -70,6 +70,8 @@ type Config struct {
 	// AllowOptOut honours the kvh.io/opt-out annotation (the pod is not
 	// injected); either way the request is recorded.
 	AllowOptOut bool `yaml:"allow_opt_out" json:"allow_opt_out" doc:"honour a pod's kvh.io/opt-out: \"true\" annotation (its containers are not injected with libkvh); an opt-out is recorded in the trail (opt_out) whether or not it is honoured"`
+	// TrailRetentionDays is how long the trail kept off the node is locked.
+	TrailRetentionDays int `yaml:"trail_retention_days" json:"trail_retention_days" doc:"days each trail object shipped off the node (--ship-to) stays locked in compliance mode, so that no one, root on the node or the bucket's owner, can delete or overwrite it"`
 }
 
 // Override changes some fields for one tenant.
@@ -94,6 +96,7 @@ func Default() Config {
 		MaxLiveBuffersNode: 131072,
 		MaxEventRate:       100000,
 		TenantKey:          TenantKeyNamespace,
+		TrailRetentionDays: 400,
 	}
 }
 
@@ -150,6 +153,9 @@ func (c Config) Validate() error {
 	}
 	if !(c.MaxEventRate > 0) || math.IsInf(c.MaxEventRate, 0) {
 		return fmt.Errorf("max_event_rate: %v must be a positive number of events per second", c.MaxEventRate)
+	}
+	if c.TrailRetentionDays < 1 || c.TrailRetentionDays > 36500 {
+		return fmt.Errorf("trail_retention_days: %d must be from 1 to 36500", c.TrailRetentionDays)
 	}
 	switch c.TTLFrom {
 	case TTLFromFirstUse, TTLFromAllocation:

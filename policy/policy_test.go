@@ -122,6 +122,8 @@ func TestHardeningKeys(t *testing.T) {
 	for _, bad := range []func(*Config){
 		func(c *Config) { c.MaxLiveBuffers = 0 },
 		func(c *Config) { c.MaxEventRate = -1 },
+		func(c *Config) { c.TrailRetentionDays = 0 },
+		func(c *Config) { c.TrailRetentionDays = 36501 },
 	} {
 		c := Default()
 		bad(&c)
