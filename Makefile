@@ -161,8 +161,8 @@ demo: build interpose fakecuda ## run kvh end to end on the fake driver: leak wi
 	@DEMO_DIR=$${DEMO_DIR:-./var/demo} bash scripts/demo.sh
 
 .PHONY: deps
-deps: ## install the Debian packages the tests need when missing: clang, libbpf, sanitizers, chromium, NVIDIA's real libraries (root)
-	bash scripts/install-test-deps.sh
+deps: ## install what the tests need when missing: clang, libbpf, sanitizers, chromium, NVIDIA's real libraries (root); versitygw from the Go module proxy
+	GO=$(GO) bash scripts/install-test-deps.sh
 
 # NVIDIA's real driver, runtime and toolkit, without a GPU: the tests in
 # internal/realcudatest and the witness's tests hold kvh to them, and fail

@@ -3,7 +3,9 @@
 # clang and llvm (bpf2go), libbpf-dev and bpftool (the witness), the ASan and
 # UBSan runtimes (libkvh's sanitizer build), chromium (the auditor's report is
 # tested in a real browser), and NVIDIA's real user-space libraries
-# (scripts/install-real-cuda.sh). Idempotent: installs only what is missing.
+# (scripts/install-real-cuda.sh), and versitygw, a real S3 server with Object
+# Lock for the trail shipping tests, built from the Go module proxy into the Go
+# build cache (scripts/install-versitygw.sh). Idempotent: installs only what is missing.
 # Installing needs root; without it, it names what is missing and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +24,4 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${need[@]}"
 fi
 bash scripts/install-real-cuda.sh
+bash scripts/install-versitygw.sh >/dev/null
