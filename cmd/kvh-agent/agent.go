@@ -23,6 +23,7 @@ import (
 	"github.com/kvhygiene/kvh/internal/nriplugin"
 	"github.com/kvhygiene/kvh/internal/proc"
 	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/ship"
 	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
@@ -46,6 +47,9 @@ type agent struct {
 	detect   sync.WaitGroup // detectors: sweeper, GPU watcher, witness, exports
 	enforced chan struct{}  // closed when the enforcer has drained the queue
 	stopEnf  context.CancelFunc
+	shipper  *ship.Shipper // nil without --ship-to
+	stopShip context.CancelFunc
+	shipped  chan struct{} // closed when the shipper's Run has returned
 }
 
 // start builds the agent in dependency order, each object given its
@@ -200,7 +204,12 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		return nil, err
 	}
 
-	a := &agent{cfg: cfg, log: log, trail: trail, ledger: ledger, server: server, inv: inv, witness: witness, queue: queue, enforced: make(chan struct{})}
+	shipper, err := newShipper(cfg, log, reg, ledger.Policy, queue)
+	if err != nil {
+		return nil, err
+	}
+
+	a := &agent{cfg: cfg, log: log, trail: trail, ledger: ledger, server: server, inv: inv, witness: witness, queue: queue, enforced: make(chan struct{}), shipper: shipper}
 	enfCtx, stopEnf := context.WithCancel(context.Background())
 	a.stopEnf = stopEnf
 	go func() { enf.Run(enfCtx, queue); close(a.enforced) }()
@@ -233,6 +242,14 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		a.detect.Add(1)
 		go func() { defer a.detect.Done(); runNRI(ctx, nri) }()
 		log.Info("NRI plugin started", "socket", cfg.NRISocket, "libkvh_dir", cfg.LibkvhDir)
+	}
+	if shipper != nil {
+		// Its own context: it ships the trail's close record after stop
+		// has closed the trail.
+		shipCtx, stopShip := context.WithCancel(context.Background())
+		a.stopShip, a.shipped = stopShip, make(chan struct{})
+		go func() { shipper.Run(shipCtx); close(a.shipped) }()
+		log.Info("shipping the trail off the node", "to", cfg.shipTo.String(), "endpoint", cfg.ShipEndpoint)
 	}
 	a.ready.Store(true)
 	return a, nil
@@ -319,5 +336,42 @@ func (a *agent) stop() error {
 	if a.inv != nil {
 		a.inv.Close()
 	}
-	return a.trail.Close()
+	err := a.trail.Close()
+	if a.shipper != nil {
+		a.stopShip()
+		<-a.shipped
+		// One last round for the close record, bounded: what it cannot
+		// ship now waits on disk for the next start.
+		ctx, cancel := context.WithTimeout(context.Background(), shipFinalTimeout)
+		if serr := a.shipper.Round(ctx); serr != nil {
+			a.log.Warn("the trail's last records were not shipped before exit; the next start ships them", "error", serr)
+		}
+		cancel()
+	}
+	return err
+}
+
+// shipFinalTimeout bounds the last shipping round at stop.
+const shipFinalTimeout = 10 * time.Second
+
+// newShipper builds the trail shipper for --ship-to (nil without it). Bad
+// credentials or options fail the start; an unreachable store does not:
+// the trail waits on disk and the backlog is measured.
+func newShipper(cfg *Config, log hclog.Logger, reg prometheus.Registerer, pol func() policy.Config, sink violation.Sink) (*ship.Shipper, error) {
+	if cfg.ShipTo == "" {
+		return nil, nil
+	}
+	client, err := ship.Endpoint{Host: cfg.ShipEndpoint, Region: cfg.ShipRegion, Insecure: cfg.ShipInsecure, CAFile: cfg.ShipCAFile,
+		CredentialsFile: cfg.ShipCredentials}.Client()
+	if err != nil {
+		return nil, fmt.Errorf("--ship-to: %w", err)
+	}
+	return ship.New(ship.Config{TrailDir: cfg.TrailDir, Node: cfg.shipTo, Client: client,
+		Retention:     func() time.Duration { return time.Duration(pol().TrailRetentionDays) * 24 * time.Hour },
+		Interval:      cfg.ShipInterval,
+		MaxBacklogAge: cfg.ShipMaxBacklogAge,
+		Violations:    sink,
+		Metrics:       ship.NewMetrics(reg),
+		Log:           log.Named("ship"),
+	})
 }

@@ -2,11 +2,14 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/ship"
 	"github.com/spf13/pflag"
 )
 
@@ -55,6 +58,19 @@ type Config struct {
 	LibkvhDir     string
 	PublishLibkvh string
 
+	// Ship* keep the trail off the node (ship/): --ship-to names the
+	// bucket and prefix; credentials come from the environment or a file.
+	ShipTo            string
+	ShipNode          string
+	ShipEndpoint      string
+	ShipRegion        string
+	ShipInsecure      bool
+	ShipCAFile        string
+	ShipCredentials   string
+	ShipInterval      time.Duration
+	ShipMaxBacklogAge time.Duration
+	shipTo            ship.Location
+
 	// AcceptTamperedTrail starts on a trail that fails recovery's checks,
 	// keeping its files as evidence (forensic.Options.AcceptTampered).
 	AcceptTamperedTrail bool
@@ -100,6 +116,15 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.NRISocket, "nri-socket", "/var/run/nri/nri.sock", "the container runtime's NRI socket")
 	fs.StringVar(&c.LibkvhDir, "libkvh-dir", "/var/lib/kvh/lib", "host directory holding libkvh.so, bind-mounted read-only at the same path into injected containers")
 	fs.StringVar(&c.PublishLibkvh, "publish-libkvh", "", "copy this libkvh.so (the one in the agent's image) into --libkvh-dir at start, atomically (default: publish nothing)")
+	fs.StringVar(&c.ShipTo, "ship-to", "", "keep the trail off the node: ship every segment and checkpoint to s3://BUCKET/PREFIX/<node>/, each object locked in compliance mode for the policy's trail_retention_days (the bucket must have Object Lock). Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or a shared credentials file")
+	fs.StringVar(&c.ShipNode, "ship-node", "", "this node's name under --ship-to (default: the hostname)")
+	fs.StringVar(&c.ShipEndpoint, "ship-endpoint", "s3.amazonaws.com", "the object store's host[:port]")
+	fs.StringVar(&c.ShipRegion, "ship-region", "", "the bucket's region (default: asked of the store)")
+	fs.BoolVar(&c.ShipInsecure, "ship-insecure", false, "speak plain HTTP to the object store, without TLS (a store on loopback only)")
+	fs.StringVar(&c.ShipCAFile, "ship-ca-file", "", "PEM CA bundle that verifies the object store (default: the system's)")
+	fs.StringVar(&c.ShipCredentials, "ship-credentials-file", "", "AWS shared credentials file (profile $AWS_PROFILE or default; mode 0600) instead of the AWS_* variables (default: $AWS_SHARED_CREDENTIALS_FILE when the variables are unset)")
+	fs.DurationVar(&c.ShipInterval, "ship-interval", 5*time.Second, "how often new trail bytes are shipped")
+	fs.DurationVar(&c.ShipMaxBacklogAge, "ship-max-backlog-age", 15*time.Minute, "trail bytes unshipped for longer are a shipping_backlog violation (recorded; no process is acted on)")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	c.policyFlags = policy.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -137,13 +162,43 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 			return nil, fs, fmt.Errorf("--%s must be at least 1", name)
 		}
 	}
+	if err := c.checkShip(); err != nil {
+		return nil, fs, err
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"export-interval", c.ExportInterval}, {"sweep-interval", c.SweepInterval}, {"gpu-interval", c.GPUInterval}, {"attest-window", c.AttestWindow}, {"action-timeout", c.ActionTimeout}} {
+	}{{"ship-interval", c.ShipInterval}, {"ship-max-backlog-age", c.ShipMaxBacklogAge}, {"export-interval", c.ExportInterval}, {"sweep-interval", c.SweepInterval}, {"gpu-interval", c.GPUInterval}, {"attest-window", c.AttestWindow}, {"action-timeout", c.ActionTimeout}} {
 		if d.v <= 0 {
 			return nil, fs, fmt.Errorf("--%s must be positive", d.name)
 		}
 	}
 	return c, fs, nil
+}
+
+// checkShip validates the shipping flags: a destination, a node name that
+// is one path element, and no shipping flag without --ship-to.
+func (c *Config) checkShip() error {
+	if c.ShipTo == "" {
+		if c.ShipNode != "" || c.ShipCredentials != "" || c.ShipCAFile != "" {
+			return fmt.Errorf("--ship-node, --ship-credentials-file and --ship-ca-file need --ship-to")
+		}
+		return nil
+	}
+	loc, err := ship.ParseLocation(c.ShipTo)
+	if err != nil {
+		return fmt.Errorf("--ship-to: %w", err)
+	}
+	node := c.ShipNode
+	if node == "" {
+		if node, err = os.Hostname(); err != nil || node == "" {
+			return fmt.Errorf("--ship-node: the hostname is unknown (%v); name the node", err)
+		}
+	}
+	if strings.ContainsAny(node, "/\\") || node == "." || node == ".." || strings.TrimSpace(node) != node {
+		return fmt.Errorf("--ship-node %q must be one path element", node)
+	}
+	c.ShipNode = node
+	c.shipTo = loc.Join(node)
+	return nil
 }

@@ -11,7 +11,9 @@ import (
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/gpu"
 	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/ship"
 	"github.com/kvhygiene/kvh/violation"
+	"github.com/minio/minio-go/v7"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
@@ -41,6 +43,15 @@ func TestAgentMetricsGolden(t *testing.T) {
 	action.NewMetrics(reg, func() float64 { return 0 })
 	q := violation.NewQueue(1)
 	if _, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: time.Second, Covered: func(int) bool { return false }, Violations: q}, reg); err != nil {
+		t.Fatal(err)
+	}
+	// The shipper's series (--ship-to), with a client that is never used.
+	c, err := minio.New("127.0.0.1:1", &minio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ship.New(ship.Config{TrailDir: t.TempDir(), Node: ship.Location{Bucket: "b", Prefix: "n"}, Client: c,
+		Retention: func() time.Duration { return time.Hour }, Metrics: ship.NewMetrics(reg)}); err != nil {
 		t.Fatal(err)
 	}
 	const golden = "testdata/metrics.prom"
