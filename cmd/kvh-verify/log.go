@@ -8,26 +8,29 @@ import (
 	"strings"
 
 	"github.com/kvhygiene/kvh/forensic"
+	"github.com/kvhygiene/kvh/ship"
 	"golang.org/x/term"
 )
 
 func cmdLog(args []string, stdout, stderr io.Writer) int {
 	fs := newCommand("log", stdout, stderr)
 	keys := trustFlags(fs)
-	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
+	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node, a file or the s3://BUCKET/PREFIX/NODE the agent ships to (repeatable): proves nothing it attests was truncated")
 	noSigs := fs.Bool("no-signatures", false, "verify without a public key (checkpoint signatures are NOT checked)")
 	allowUnsealed := fs.Bool("allow-unsealed", false, "accept records after the latest signed checkpoint with a warning (a live trail, or a crashed writer not yet restarted)")
 	origin := fs.String("origin", "", "pin the log origin enrolled for this node")
 	format := fs.String("format", "kvh", "trail format: kvh, or seed for logs written by the Python system")
 	asJSON := fs.Bool("json", false, "print a machine verdict as JSON")
 	out := fs.String("out", "", "also write the JSON verdict to this file")
+	s3 := addS3Flags(fs)
 	if code, stop := fs.parse(args); stop {
 		return code
 	}
 	if fs.NArg() != 1 {
-		return fs.usageError("exactly one trail directory (or, with --format seed, seed log) is required, %d given", fs.NArg())
+		return fs.usageError("exactly one trail directory, s3:// location (or, with --format seed, seed log) is required, %d given", fs.NArg())
 	}
 	path := fs.Arg(0)
+	display := path
 	switch *format {
 	case "seed":
 		key, err := keys.macKey()
@@ -48,15 +51,31 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		return errorf(stderr, "log: %v", err)
 	}
 	for _, c := range *ckpts {
-		b, err := os.ReadFile(c)
+		ns, err := s3.externalCheckpoints(c)
+		if err != nil {
+			return errorf(stderr, "log: --checkpoint: %v", err)
+		}
+		opts.External = append(opts.External, ns...)
+	}
+	var fetched *ship.Fetched
+	if ship.IsURL(path) {
+		// Straight from the bucket, with the newest shipped checkpoint of
+		// every generation as off-node checkpoints.
+		loc, err := ship.ParseLocation(path)
 		if err != nil {
 			return errorf(stderr, "log: %v", err)
 		}
-		n, err := forensic.ParseExternalCheckpoint(b)
+		store, err := s3.client()
 		if err != nil {
-			return errorf(stderr, "log: %s: %v", c, err)
+			return errorf(stderr, "log: %s: %v", path, err)
 		}
-		opts.External = append(opts.External, n)
+		dir, f, cleanup, err := s3.fetchTrail(store, loc)
+		if err != nil {
+			return errorf(stderr, "log: %v", err)
+		}
+		defer cleanup()
+		opts.External = append(opts.External, f.External...)
+		path, fetched = dir, f
 	}
 	if err := checkTrailDir(path); err != nil {
 		return errorf(stderr, "log: %v", err)
@@ -83,6 +102,9 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		return errorf(stderr, "log: %v", err)
 	}
 	settle(rep)
+	if fetched != nil {
+		storeVerdict(rep, fetched)
+	}
 	v := verdict{Report: rep}
 	if rep.OK {
 		// Only a verified trail's events are evidence worth summarising.
@@ -100,7 +122,7 @@ func cmdLog(args []string, stdout, stderr io.Writer) int {
 		b, _ := json.MarshalIndent(v, "", "  ")
 		fmt.Fprintln(stdout, string(b))
 	} else {
-		printReport(stdout, path, rep, opts)
+		printReport(stdout, display, rep, opts)
 		if v.Evidence != nil {
 			v.Evidence.print(stdout, rep.Unsealed)
 		}

@@ -28,7 +28,9 @@ const (
 // synopses are the commands' usage lines, in the order help lists them.
 var synopses = []struct{ name, line string }{
 	{"log", "log [flags] TRAIL_DIR"},
+	{"log", "log [flags] s3://BUCKET/PREFIX/NODE"},
 	{"log", "log --format seed [flags] SEED_LOG"},
+	{"fleet", "fleet --pubkey KEY | --pubkey-dir DIR [--json] [flags] s3://BUCKET/PREFIX"},
 	{"report", "report --pubkey KEY [--controls FILE] [--format html|json|markdown] [--out FILE] [flags] TRAIL_DIR"},
 	{"gate", "gate [flags] METRICS_JSON"},
 	{"prune", "prune [flags] TRAIL_DIR"},
@@ -52,6 +54,7 @@ func main() {
 
 var commands = map[string]func([]string, io.Writer, io.Writer) int{
 	"log":    cmdLog,
+	"fleet":  cmdFleet,
 	"report": cmdReport,
 	"gate":   cmdGate,
 	"prune":  cmdPrune,

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/kvhygiene/kvh/compliance"
 	"github.com/kvhygiene/kvh/forensic"
@@ -20,12 +19,13 @@ import (
 func cmdReport(args []string, stdout, stderr io.Writer) int {
 	fs := newCommand("report", stdout, stderr)
 	keys := trustFlags(fs)
-	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node (repeatable): proves nothing it attests was truncated")
+	ckpts := fs.StringArray("checkpoint", nil, "a signed checkpoint kept off the node, a file or the s3://BUCKET/PREFIX/NODE the agent ships to (repeatable): proves nothing it attests was truncated")
 	allowUnsealed := fs.Bool("allow-unsealed", false, "accept records after the latest signed checkpoint (the report says no signature covers them)")
 	origin := fs.String("origin", "", "pin the log origin enrolled for this node")
 	controls := fs.String("controls", "", "evaluate these compliance controls on the trail (compliance/controls.yaml)")
 	format := fs.String("format", "html", "html (one self-contained file), json or markdown")
 	out := fs.String("out", "", "write the report to this file (default: stdout)")
+	s3 := addS3Flags(fs)
 	if code, stop := fs.parse(args); stop {
 		return code
 	}
@@ -52,15 +52,11 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 		return errorf(stderr, "report: %v", err)
 	}
 	for _, c := range *ckpts {
-		b, err := os.ReadFile(c)
+		ns, err := s3.externalCheckpoints(c)
 		if err != nil {
-			return errorf(stderr, "report: %v", err)
+			return errorf(stderr, "report: --checkpoint: %v", err)
 		}
-		n, err := forensic.ParseExternalCheckpoint(b)
-		if err != nil {
-			return errorf(stderr, "report: %s: %v", c, err)
-		}
-		opts.External = append(opts.External, n)
+		opts.External = append(opts.External, ns...)
 	}
 	var ctl *compliance.File
 	if *controls != "" {
