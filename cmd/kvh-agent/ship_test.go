@@ -25,8 +25,12 @@ func TestAgentShipsItsTrail(t *testing.T) {
 	srv.Env(t)
 	a := newAgent(t, "--ship-to", "s3://trails/fleet", "--ship-node", "node-x", "--ship-endpoint", srv.Addr, "--ship-insecure",
 		"--ship-region", "us-east-1", "--ship-interval", "100ms", "--ship-max-backlog-age", "500ms", "--on-violation", "kill")
-	if m, ok := a.waitMetrics("kvh_ship_backlog_bytes 0", "kvh_ship_oldest_unshipped_age_seconds 0", "kvh_ship_objects_total"); !ok || strings.Contains(m, "kvh_ship_last_shipped_seq -1") {
-		t.Fatalf("/metrics:\n%s", grepMetrics(m))
+	shipped := func(m string) bool {
+		return strings.Contains(m, "\nkvh_ship_backlog_bytes 0\n") && strings.Contains(m, "\nkvh_ship_oldest_unshipped_age_seconds 0\n") &&
+			!strings.Contains(m, "\nkvh_ship_last_shipped_seq -1\n") && !strings.Contains(m, "\nkvh_ship_objects_total 0\n")
+	}
+	if m, ok := waitMetricsFor(a, 60*time.Second, shipped); !ok {
+		t.Fatalf("/metrics:\n%s\n%s\nversitygw:\n%s", grepMetrics(m), a.log, srv.Log())
 	}
 	a.stop()
 	a.start() // a restart: the shipper resumes from its state
@@ -45,8 +49,8 @@ func TestAgentShipsItsTrail(t *testing.T) {
 		}
 	}
 	srv.Restart()
-	if m, ok := waitLong(a, "kvh_ship_backlog_bytes 0", "kvh_ship_oldest_unshipped_age_seconds 0"); !ok {
-		t.Fatalf("the backlog did not drain:\n%s", grepMetrics(m))
+	if m, ok := waitMetricsFor(a, 60*time.Second, shipped); !ok {
+		t.Fatalf("the backlog did not drain:\n%s\n%s", grepMetrics(m), a.log)
 	}
 	a.stop() // the last round ships the close record
 	if strings.Contains(a.log.String(), srv.Secret) {
@@ -92,13 +96,19 @@ func TestAgentShipsItsTrail(t *testing.T) {
 	}
 }
 
-func waitLong(a *testAgent, want ...string) (string, bool) {
-	for i := 0; i < 20; i++ {
-		if m, ok := a.waitMetrics(want...); ok || i == 19 {
-			return m, ok
+// waitMetricsFor polls /metrics until ok holds of it.
+func waitMetricsFor(a *testAgent, d time.Duration, ok func(string) bool) (string, bool) {
+	deadline := time.Now().Add(d)
+	for {
+		_, m := a.get("/metrics")
+		if ok(m) {
+			return m, true
 		}
+		if time.Now().After(deadline) {
+			return m, false
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return "", false
 }
 
 // Shipping without credentials, or with a bad destination, refuses to start
@@ -111,7 +121,7 @@ func TestShipConfigIsRefused(t *testing.T) {
 	a := newAgent(t)
 	a.stop()
 	base := []string{"--socket", filepath.Join(dir, "s"), "--listen", "127.0.0.1:0", "--trail-dir", filepath.Join(a.dir, "trail"),
-		"--signing-key", filepath.Join(a.dir, "kvh.key")}
+		"--signing-key", filepath.Join(a.dir, "kvh.key"), "--append-only=false", "--witness", "off"}
 	for args, want := range map[string]string{
 		"--ship-to s3://trails/fleet":              "no object storage credentials",
 		"--ship-to http://trails/fleet":            "is not an s3://bucket/prefix URL",

@@ -180,3 +180,10 @@ func (s *Server) Bucket(t testing.TB, name string, lock bool) {
 		t.Fatalf("making bucket %s: %v", name, err)
 	}
 }
+
+// Log returns what the server has written to its output, for a failing
+// test to show.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "versitygw.log"))
+	return string(b)
+}
