@@ -27,6 +27,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -255,7 +257,11 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 		}
 		log.Warn("NRI: the pod asked to opt out ("+AnnotationOptOut+") but the policy's allow_opt_out is off; injected", "container_id", ctr.GetId())
 	}
-	adj := Edits(p.cfg.LibDir, p.cfg.AgentSocket, ctr.GetEnv()).Adjustment()
+	in := Edits(p.cfg.LibDir, p.cfg.AgentSocket, ctr.GetEnv())
+	for k, v := range Floor(pol, ctr.GetEnv()) {
+		in.Env[k] = v
+	}
+	adj := in.Adjustment()
 	log.Info("NRI: injected libkvh", "container_id", ctr.GetId(), "because", why)
 	return adj, nil, nil
 }
@@ -431,7 +437,8 @@ func lookupEnv(env []string, key string) (string, bool) {
 
 func envValue(env []string, key string) string { v, _ := lookupEnv(env, key); return v }
 
-// Injection is what a container gets: mounts and environment.
+// Injection is what a container gets: mounts and environment (set, in
+// name order).
 type Injection struct {
 	Mounts []Mount
 	Env    map[string]string
@@ -469,14 +476,49 @@ func Edits(libDir, agentSocket string, env []string) Injection {
 	return Injection{Mounts: ms, Env: map[string]string{"LD_PRELOAD": preload, "KVH_SOCKET": agentSocket}}
 }
 
+// Floor is the interposer settings an injected container starts with: the
+// policy's verification floor (KVH_VERIFY, KVH_VERIFY_SAMPLES,
+// KVH_DOUBLE_PASS), so that its first free already meets what the agent
+// would otherwise raise it to once connected (a free before that would be a
+// verify_below_floor violation). What the container sets itself is kept
+// where it is stronger.
+func Floor(pol policy.Config, env []string) map[string]string {
+	out := map[string]string{}
+	rank := map[string]int{"off": 0, "sample": 1, "full": 2}
+	if v, ok := lookupEnv(env, "KVH_VERIFY"); !ok || rank[v] < rank[pol.VerifyMode] {
+		out["KVH_VERIFY"] = pol.VerifyMode
+	}
+	if v, ok := lookupEnv(env, "KVH_VERIFY_SAMPLES"); !ok || atoi(v) < pol.VerifySamples {
+		out["KVH_VERIFY_SAMPLES"] = strconv.Itoa(pol.VerifySamples)
+	}
+	if pol.DoublePass {
+		out["KVH_DOUBLE_PASS"] = "1"
+	}
+	return out
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
 // Adjustment is the injection as an NRI container adjustment.
 func (in Injection) Adjustment() *api.ContainerAdjustment {
 	adj := &api.ContainerAdjustment{}
 	for _, m := range in.Mounts {
 		adj.AddMount(&api.Mount{Source: m.Source, Destination: m.Destination, Type: "bind", Options: append([]string(nil), MountOptions...)})
 	}
-	adj.AddEnv("LD_PRELOAD", in.Env["LD_PRELOAD"])
-	adj.AddEnv("KVH_SOCKET", in.Env["KVH_SOCKET"])
+	keys := make([]string, 0, len(in.Env))
+	for k := range in.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		adj.AddEnv(k, in.Env[k])
+	}
 	adj.AddAnnotation(AnnotationInjected, "true")
 	return adj
 }

@@ -105,8 +105,13 @@ func TestCreateContainerAndOptOut(t *testing.T) {
 		tr := &trail{}
 		p := newPlugin(t, &pol, tr)
 		adj, _, err := p.CreateContainer(ctx, pod("a", "team-a", nil), &api.Container{Id: "c1", PodSandboxId: "a", Name: "srv", Env: gpu})
-		if err != nil || adj == nil || adj.GetEnv()[0].GetValue() != "/var/lib/kvh/lib/libkvh.so:/opt/img.so" {
-			t.Fatalf("GPU container: %v %v", adj, err)
+		env := map[string]string{}
+		for _, kv := range adj.GetEnv() {
+			env[kv.GetKey()] = kv.GetValue()
+		}
+		wantEnv := map[string]string{"LD_PRELOAD": "/var/lib/kvh/lib/libkvh.so:/opt/img.so", "KVH_SOCKET": "/run/kvh/kvh.sock", "KVH_VERIFY": "full", "KVH_VERIFY_SAMPLES": "8"}
+		if err != nil || !reflect.DeepEqual(env, wantEnv) {
+			t.Fatalf("GPU container: %v, want %v (%v)", env, wantEnv, err)
 		}
 		adj, _, err = p.CreateContainer(ctx, pod("b", "team-b", optOut), &api.Container{Id: "c2", PodSandboxId: "b", Name: "srv", Env: gpu})
 		if err != nil || (adj == nil) != allow {
@@ -165,5 +170,17 @@ func TestPodMap(t *testing.T) {
 	p.RemovePodSandbox(ctx, &api.PodSandbox{Id: "b"})
 	if _, ok := p.PodOf("c2", ""); ok || p.Containers() != 0 {
 		t.Errorf("a removed pod's container is still mapped (%d)", p.Containers())
+	}
+}
+
+func TestFloor(t *testing.T) {
+	pol := policy.Default() // verify full, 8 samples
+	pol.DoublePass = true
+	if got := Floor(pol, []string{"KVH_VERIFY=off", "KVH_VERIFY_SAMPLES=2"}); !reflect.DeepEqual(got, map[string]string{"KVH_VERIFY": "full", "KVH_VERIFY_SAMPLES": "8", "KVH_DOUBLE_PASS": "1"}) {
+		t.Errorf("weaker settings raised: %v", got)
+	}
+	pol.VerifyMode, pol.DoublePass = "sample", false
+	if got := Floor(pol, []string{"KVH_VERIFY=full", "KVH_VERIFY_SAMPLES=64"}); len(got) != 0 {
+		t.Errorf("stronger settings of the container's own replaced: %v", got)
 	}
 }
