@@ -136,9 +136,11 @@ func IdentifyProcess(procRoot string, h *proc.Handle, trustClaims bool, pods Pod
 }
 
 // cgroupPath returns the cgroup v2 path ("0::/…") or, on v1, the memory or
-// first controller's path.
+// first controller's path. On a hybrid host (v1 controllers and a v2
+// hierarchy no one places containers in) the v2 path is "/" and the v1 path
+// is the container's.
 func cgroupPath(b []byte) string {
-	var first string
+	var first, v2 string
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		parts := strings.SplitN(sc.Text(), ":", 3)
@@ -146,11 +148,15 @@ func cgroupPath(b []byte) string {
 			continue
 		}
 		if parts[0] == "0" && parts[1] == "" {
-			return parts[2]
+			v2 = parts[2]
+			continue
 		}
 		if first == "" || strings.Contains(parts[1], "memory") {
 			first = parts[2]
 		}
+	}
+	if v2 != "" && (v2 != "/" || first == "" || first == "/") {
+		return v2
 	}
 	return first
 }

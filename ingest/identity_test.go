@@ -33,6 +33,7 @@ func TestIdentify(t *testing.T) {
 		{"untrusted claim", "0::/user.slice\n", "KVH_TENANT=acme\x00", false, "uid:1000", "uid"},
 		{"trusted claim on bare metal", "0::/user.slice\n", "KVH_TENANT=acme\x00", true, "acme", "claim"},
 		{"uid", "0::/user.slice\n", "", true, "uid:1000", "uid"},
+		{"hybrid: v1 memory path over an empty v2", "4:memory:/k8s.io/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n0::/\n", "", false, "container:0123456789ab", "container"},
 		{"control bytes stripped", "0::/\n", "KVH_TENANT=ev\x1bil\n\x00", true, "evil", "claim"},
 	}
 	for _, tc := range cases {
