@@ -14,11 +14,15 @@
  *                                 kvh_nonzero zero check on the host (else modules fail to load)
  * Size, read once:
  *   FAKECUDA_ARENA_MB=N           device memory in all (default 256; a million live 256-byte blocks need 512)
+ *   FAKECUDA_ARENA_FILE=PATH      device memory is this file, shared by the processes that name it: the next
+ *                                 process's first allocations get the blocks the last one freed, with their bytes
+ *                                 (the end-to-end test's tenants, in separate pods, share one "GPU" so)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include "kvh_cuda.h"
@@ -58,7 +62,15 @@ static void init(void) {
   if (!arena) {
     size_t mb = (size_t)env_int("FAKECUDA_ARENA_MB");
     if (mb >= 1 && mb <= 4096) ARENA = mb << 20;
-    arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    const char *file = getenv("FAKECUDA_ARENA_FILE");
+    if (file && *file) { /* one "device" for several processes, one after another */
+      int fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      if (fd < 0 || ftruncate(fd, (off_t)ARENA) != 0) abort();
+      arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      close(fd);
+    } else {
+      arena = mmap((void *)0x7e0000000000ULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    }
     if (arena == MAP_FAILED) abort();
   }
   if (!low) {
