@@ -44,6 +44,54 @@ static void track(enum hook_id fn, uint64_t p, size_t n, int kind, int owner, CU
   emit_alloc(fn, p, n, kind, owner, s);
 }
 
+/* imports: every address this process mapped from another owner (IPC,
+ * pool imports) until it is closed or freed, kept apart from the
+ * allocation table and never subject to its test-only fixed size, so that
+ * the untracked-range fallback below can tell an import it missed from an
+ * allocation it missed. Imports are few; a list does. If the list cannot
+ * grow (no memory), imports_lost turns the fallback off for good. */
+static pthread_mutex_t imports_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t *imports;
+static size_t nimports, imports_cap;
+static int imports_lost;
+
+static void import_add(uint64_t p) {
+  if (!p) return;
+  pthread_mutex_lock(&imports_mu);
+  if (nimports == imports_cap) {
+    size_t cap = imports_cap ? 2 * imports_cap : 64;
+    uint64_t *n = realloc(imports, cap * sizeof *n);
+    if (!n) {
+      imports_lost = 1;
+      pthread_mutex_unlock(&imports_mu);
+      return;
+    }
+    imports = n, imports_cap = cap;
+  }
+  imports[nimports++] = p;
+  pthread_mutex_unlock(&imports_mu);
+}
+
+static void import_del(uint64_t p) {
+  pthread_mutex_lock(&imports_mu);
+  for (size_t i = 0; i < nimports; i++)
+    if (imports[i] == p) {
+      imports[i] = imports[--nimports];
+      break;
+    }
+  pthread_mutex_unlock(&imports_mu);
+}
+
+/* import_may_be says p may be (inside) memory this process imported, or that
+ * kvh cannot tell: then nothing may write to it on a table miss. */
+static int import_may_be(uint64_t p, uint64_t base, uint64_t size) {
+  pthread_mutex_lock(&imports_mu);
+  int hit = imports_lost;
+  for (size_t i = 0; i < nimports && !hit; i++) hit = imports[i] == p || (imports[i] >= base && imports[i] < base + size);
+  pthread_mutex_unlock(&imports_mu);
+  return hit;
+}
+
 /* untracked_range: a device free the table missed, while some allocation
  * could not be tracked (the table could not grow), may be one of those. If
  * the driver says p starts a live allocation, v describes it and the free
@@ -56,6 +104,7 @@ static int untracked_range(enum hook_id fn, uint64_t p, struct slot *v) {
   CUdeviceptr base = 0;
   size_t size = 0;
   if (!p_range || p_range(&base, &size, p) != CUDA_SUCCESS || base != p || !size) return 0;
+  if (import_may_be(p, base, size)) return 0; /* another process's memory: the driver decides, nothing is written */
   *v = (struct slot){.key = p, .size = size, .owner = OWN_CREATOR, .kind = fn == HOOK_cuMemFree_v2 || fn == HOOK_cuMemFree ? KVH_MEM_DEVICE : KVH_MEM_ASYNC};
   return 1;
 }
@@ -122,6 +171,7 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
     pthread_mutex_unlock(&st->mu);
     if (!untracked_range(fn, p, &v)) { /* unknown pointer or double free: the driver decides */
       CUresult rc = do_free(ctx);
+      if (rc == CUDA_SUCCESS) import_del(p);
       struct kvh_record r = {0};
       r.type = KVH_REC_FREE;
       r.fn = (uint16_t)fn;
@@ -158,6 +208,7 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
   }
   CUresult rc = do_free(ctx);
   if (rc != CUDA_SUCCESS) table_put(&ptrs, &v); /* still allocated: keep tracking it */
+  else if (v.owner == OWN_IMPORTER) import_del(p);
   emit(&r);
   return rc;
 }
@@ -576,6 +627,7 @@ EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t n) {
 EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle h, unsigned int flags) {
   NEED_REAL(cuIpcOpenMemHandle_v2);
   CUresult rc = real_cuIpcOpenMemHandle_v2(pdptr, h, flags);
+  if (rc == CUDA_SUCCESS && pdptr) import_add(*pdptr);
   if (rc == CUDA_SUCCESS && pdptr) track(HOOK_cuIpcOpenMemHandle_v2, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
   return rc;
 }
@@ -583,6 +635,7 @@ EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle h, unsi
 EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle h, unsigned int flags) {
   NEED_REAL(cuIpcOpenMemHandle);
   CUresult rc = real_cuIpcOpenMemHandle(pdptr, h, flags);
+  if (rc == CUDA_SUCCESS && pdptr) import_add(*pdptr);
   if (rc == CUDA_SUCCESS && pdptr) track(HOOK_cuIpcOpenMemHandle, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
   return rc;
 }
@@ -591,6 +644,19 @@ EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) {
   NEED_REAL(cuIpcCloseMemHandle);
   struct free_ctx c = {(void *)real_cuIpcCloseMemHandle, p, NULL, 0};
   return release(HOOK_cuIpcCloseMemHandle, p, 1, 0, NULL, 0, call_ipc_close, &c);
+}
+
+/* cuMemPoolImportPointer maps another process's pool allocation here; it is
+ * released with cuMemFree[Async], where the table (or, on a miss, the
+ * imports list) says it is not this process's to zeroize. */
+EXPORT CUresult cuMemPoolImportPointer(CUdeviceptr *pdptr, CUmemoryPool pool, CUmemPoolPtrExportData *data) {
+  NEED_REAL(cuMemPoolImportPointer);
+  CUresult rc = real_cuMemPoolImportPointer(pdptr, pool, data);
+  if (rc == CUDA_SUCCESS && pdptr) {
+    import_add(*pdptr);
+    track(HOOK_cuMemPoolImportPointer, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
+  }
+  return rc;
 }
 
 /* ---- contexts: memory that leaves with its context -------------------------
@@ -844,7 +910,7 @@ static CUresult graph_free(enum hook_id fn, CUgraphNode *node, CUgraph g, const 
     CUdeviceptr base = 0;
     size_t size = 0;
     resolve_helpers();
-    if (p_range && p_range(&base, &size, p) == CUDA_SUCCESS && base == p) n = size;
+    if (p_range && p_range(&base, &size, p) == CUDA_SUCCESS && base == p && !import_may_be(p, base, size)) n = size;
   }
   if (!n || owner == OWN_IMPORTER) { /* nothing kvh can size, or not this process's: the driver decides */
     CUresult rc = add_free(c, node, deps, ndeps);
@@ -933,5 +999,18 @@ EXPORT CUresult cuGraphAddNode(CUgraphNode *node, CUgraph g, const CUgraphNode *
   CUresult rc = real_cuGraphAddNode(node, g, deps, ndeps, params);
   if (rc == CUDA_SUCCESS && params && params->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC)
     track(HOOK_cuGraphAddNode, params->alloc.dptr, params->alloc.bytesize, KVH_MEM_ASYNC, OWN_CREATOR, NULL, 0);
+  return rc;
+}
+
+/* cuExternalMemoryGetMappedBuffer maps another API's memory (Vulkan, D3D,
+ * NvSciBuf) as a device buffer, released with cuMemFree: its owner clears
+ * it, and kvh must never write to it, table miss or not. */
+EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *pdptr, CUexternalMemory ext, const CUDA_EXTERNAL_MEMORY_BUFFER_DESC *desc) {
+  NEED_REAL(cuExternalMemoryGetMappedBuffer);
+  CUresult rc = real_cuExternalMemoryGetMappedBuffer(pdptr, ext, desc);
+  if (rc == CUDA_SUCCESS && pdptr) {
+    import_add(*pdptr);
+    track(HOOK_cuExternalMemoryGetMappedBuffer, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
+  }
   return rc;
 }

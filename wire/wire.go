@@ -282,7 +282,7 @@ var FnNames = []string{
 	"cuCtxDestroy", "cuCtxDestroy_v2", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2",
 	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2",
 	"cuGraphAddMemAllocNode", "cuGraphAddMemFreeNode", "cuGraphAddNode",
-	"cuCtxAttach", "cuCtxDetach",
+	"cuCtxAttach", "cuCtxDetach", "cuMemPoolImportPointer", "cuExternalMemoryGetMappedBuffer",
 }
 
 // FnName names a hook id.

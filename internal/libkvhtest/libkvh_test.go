@@ -824,3 +824,26 @@ func TestGraphMemoryZeroized(t *testing.T) {
 		}
 	}
 }
+
+// A table miss never zeroizes memory the process does not own (issue 11 (d)):
+// with the table full (it cannot grow), a device free it misses is zeroized
+// when the driver says the pointer starts a live allocation — but an IPC or
+// pool import also starts one, and belongs to the exporter. libkvh keeps
+// imports in a list of their own, so the fallback passes them through: the
+// exporter (another process) finds every byte it shared intact, and the
+// driver's own answer to the wrong call (cuMemFree of an IPC import) is
+// unchanged. libkvh before this change zeroized both.
+func TestTableMissNeverZeroizesImports(t *testing.T) {
+	bare := Exec("imports", "", nil)
+	if bare.Err != nil || bare.Value("EXPORTER") != 0 || bare.Value("WRONG_FREE_REFUSED") != 1 {
+		t.Fatalf("without libkvh: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
+	}
+	l := listen(t)
+	run := Exec("imports", Lib(), []string{"KVH_SOCKET=" + l.Path, "KVH_TEST_TABLE_SLOTS=16", "KVH_TEST_TABLE_FIXED=1"})
+	if run.Err != nil || run.Value("UNTRACKED") <= 0 {
+		t.Fatalf("the table should have overflowed: %v\n%s%s", run.Err, run.Stdout, run.Stderr)
+	}
+	if run.Value("EXPORTER") != 0 || run.Value("WRONG_FREE_REFUSED") != 1 {
+		t.Fatalf("an import was written to (EXPORTER 6) or the driver's error changed:\n%s%s", run.Stdout, run.Stderr)
+	}
+}

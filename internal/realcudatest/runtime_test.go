@@ -30,11 +30,9 @@ var runtimeGaps = map[string]string{
 	"cuGraphExecDestroy":          "needs no wrapper: frees no live graph allocation (README)",
 	"cuGraphInstantiateWithFlags": "AUTO_FREE_ON_LAUNCH not covered (README)",
 	"cuModuleUnload":              "module globals not covered (not in issue 11's list)",
-	// libkvh gap: imports it does not track (README: why none needs zeroizing, and the cuMemFree caveat)
-	"cuMemPoolImportPointer":                  "pool import not tracked",
+	// imports libkvh does not track (README: why none needs zeroizing)
 	"cuMemPoolImportFromShareableHandle":      "pool import not tracked",
 	"cuImportExternalMemory":                  "external memory import not tracked",
-	"cuExternalMemoryGetMappedBuffer":         "external memory import not tracked",
 	"cuExternalMemoryGetMappedMipmappedArray": "external memory import not tracked",
 	"cuDestroyExternalMemory":                 "external memory import not tracked",
 }

@@ -38,6 +38,9 @@
  *             cuMemAllocAsync, a memset and cuMemFreeAsync, which must still
  *             capture (CAPTURE_OK) and leave nothing (CAPTURE_RESIDUE); and
  *             the first graph again through cuGraphAddNode (ADDNODE_RESIDUE)
+ *   imports   a forked exporter shares a buffer by IPC and one from its pool;
+ *             this process, its table full, releases both (EXPORTER 0: the
+ *             exporter found every byte intact)
  *   v1        the v1 entry points (32-bit CUdeviceptr_v1): cuMemAlloc/cuMemFree
  *             bound directly and fetched with cuGetProcAddress at 3010,
  *             cuMemAllocPitch, cuMemAllocHost, cuMemHostRegister (left
@@ -744,6 +747,64 @@ int main(int argc, char **argv) {
   printf("ADDNODE_RESIDUE %d\n", addnode_residue);
   free(look);
   printf("RESIDUE %d\n", graph_residue + trim_residue + capture_residue + addnode_residue);
+#elif defined(WAY_imports)
+  /* Another process (a forked exporter) shares two buffers, one by IPC and
+   * one from its pool; this process fills its allocation table first (run it
+   * with a table that cannot grow), then releases both imports the ways a
+   * program might — cuMemFree of the IPC import (the driver refuses it),
+   * cuIpcCloseMemHandle, cuMemFreeAsync of the pool import. The exporter
+   * then checks that every byte it shared is still there. */
+  extern CUresult cuIpcGetMemHandle(CUipcMemHandle *, CUdeviceptr);
+  extern CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *, CUipcMemHandle, unsigned int);
+  extern CUresult cuIpcCloseMemHandle(CUdeviceptr);
+  extern CUresult cuMemPoolExportPointer(CUmemPoolPtrExportData *, CUdeviceptr);
+  extern CUresult cuMemPoolImportPointer(CUdeviceptr *, CUmemoryPool, CUmemPoolPtrExportData *);
+  extern CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+  long fillers = iters > 1 ? iters : 20000;
+  extern CUresult cuInit(unsigned int);
+  CHECK(cuInit(0)); /* before the fork: the two processes share one device */
+  int to_parent[2], to_child[2];
+  if (pipe(to_parent) || pipe(to_child)) die("pipe", 1);
+  pid_t pid = fork();
+  if (pid == 0) { /* the exporter */
+    unsigned char *buf = malloc(N);
+    fill(buf, N);
+    CUdeviceptr a, b;
+    if (cuMemAlloc_v2(&a, N) || cuMemAlloc_v2(&b, N) || cuMemcpyHtoD_v2(a, buf, N) || cuMemcpyHtoD_v2(b, buf, N)) _exit(2);
+    CUipcMemHandle ih;
+    CUmemPoolPtrExportData pd;
+    if (cuIpcGetMemHandle(&ih, a) || cuMemPoolExportPointer(&pd, b)) _exit(3);
+    if (write(to_parent[1], &ih, sizeof ih) != sizeof ih || write(to_parent[1], &pd, sizeof pd) != sizeof pd) _exit(4);
+    char go;
+    if (read(to_child[0], &go, 1) != 1) _exit(5);
+    _exit(residue_device(a, N) == N && residue_device(b, N) == N ? 0 : 6);
+  }
+  CUipcMemHandle ih;
+  CUmemPoolPtrExportData pd;
+  if (read(to_parent[0], &ih, sizeof ih) != sizeof ih || read(to_parent[0], &pd, sizeof pd) != sizeof pd) die("read handles", 1);
+  CUdeviceptr *ps = calloc((size_t)fillers, sizeof *ps);
+  for (long i = 0; i < fillers; i++) CHECK(cuMemAlloc_v2(&ps[i], 256));
+  CUdeviceptr m1, m2;
+  CHECK(cuIpcOpenMemHandle_v2(&m1, ih, 1));
+  CHECK(cuMemPoolImportPointer(&m2, NULL, &pd));
+  printf("WRONG_FREE_REFUSED %d\n", cuMemFree_v2(m1) != CUDA_SUCCESS);
+  CHECK(cuIpcCloseMemHandle(m1));
+  CHECK(cuMemFreeAsync(m2, NULL));
+  void (*st)(unsigned long *, unsigned long *, int *);
+  *(void **)&st = dlsym(RTLD_DEFAULT, "kvh_stats");
+  if (st) {
+    unsigned long d, u;
+    int deny;
+    st(&d, &u, &deny);
+    printf("UNTRACKED %lu\n", u);
+  }
+  if (write(to_child[1], "g", 1) != 1) die("write", 1);
+  int wst;
+  waitpid(pid, &wst, 0);
+  printf("EXPORTER %d\n", WIFEXITED(wst) ? WEXITSTATUS(wst) : 99);
+  for (long i = 0; i < fillers; i++) CHECK(cuMemFree_v2(ps[i]));
+  free(ps);
+  printf("RESIDUE %d\n", WIFEXITED(wst) && WEXITSTATUS(wst) == 0 ? 0 : 1);
 #elif defined(WAY_v1)
   extern CUresult cuMemAlloc(CUdeviceptr_v1 *, unsigned int);
   extern CUresult cuMemFree(CUdeviceptr_v1);

@@ -58,7 +58,16 @@ static void *ctx_now(void) { return cur_ctx ? (void *)cur_ctx : (void *)&primary
 
 static int env_int(const char *k) { const char *v = getenv(k); return v ? atoi(v) : 0; }
 
+/* A forked child carves new blocks from the arena's upper half: its
+ * bookkeeping is its own from the fork on, and blocks it allocates must not
+ * collide with the parent's later ones in the memory they share. */
+static void fork_child(void) {
+  if (top < ARENA / 2) top = ARENA / 2;
+}
+
 static void init(void) {
+  static int atfork;
+  if (!atfork) atfork = 1, pthread_atfork(NULL, NULL, fork_child);
   if (!arena) {
     size_t mb = (size_t)env_int("FAKECUDA_ARENA_MB");
     if (mb >= 1 && mb <= 4096) ARENA = mb << 20;
@@ -137,8 +146,9 @@ static CUresult give(CUdeviceptr p) {
   struct block b;
   CUresult r = CUDA_ERROR_INVALID_VALUE;
   if (live_take(p, &b)) {
-    push_free(b);
-    r = CUDA_SUCCESS;
+    if (b.host == 4) live_put(b); /* an IPC import: cuMemFree refuses it (cuIpcCloseMemHandle unmaps it) */
+    else if (b.host != 5) push_free(b); /* a pool import is only unmapped here: the exporter owns it */
+    if (b.host != 4) r = CUDA_SUCCESS;
   }
   pthread_mutex_unlock(&mu);
   return r;
@@ -407,18 +417,69 @@ EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *h, 
   return CUDA_SUCCESS;
 }
 
-/* IPC: the handle carries the address; the arena is shared across fork. */
+/* IPC and pool exports: the handle carries the address and the size; the
+ * arena is shared across fork. An importer that does not have the block
+ * live already gets it as an import (host class 4 for IPC, 5 for a pool
+ * import): cuMemGetAddressRange answers for it, as the real driver does for
+ * mapped imports; cuIpcCloseMemHandle unmaps an IPC import, cuMemFree
+ * refuses one; cuMemFree[Async] of a pool import unmaps it. Neither ever
+ * reaches this process's free lists: the exporter owns the memory. */
+static size_t live_size(CUdeviceptr p) {
+  size_t n = 0;
+  pthread_mutex_lock(&mu);
+  for (unsigned i = hslot(p), k = 0; p && k < HASH; i = (i + 1) & (HASH - 1), k++) {
+    if (live[i].p == 0) break;
+    if (live[i].p == p && live[i].size) { n = live[i].size; break; }
+  }
+  pthread_mutex_unlock(&mu);
+  return n;
+}
+static void export_to(unsigned char *out, CUdeviceptr p) {
+  size_t n = live_size(p);
+  memset(out, 0, 64);
+  memcpy(out, &p, sizeof p);
+  memcpy(out + 8, &n, sizeof n);
+}
+static CUresult import_from(CUdeviceptr *out, const unsigned char *in, int host) {
+  CUdeviceptr p;
+  size_t n;
+  memcpy(&p, in, sizeof p);
+  memcpy(&n, in + 8, sizeof n);
+  if (!out || !p) return CUDA_ERROR_INVALID_VALUE;
+  if (n && !live_size(p)) {
+    pthread_mutex_lock(&mu);
+    live_put((struct block){p, n, host, ctx_now()});
+    pthread_mutex_unlock(&mu);
+  }
+  *out = p;
+  return CUDA_SUCCESS;
+}
 EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *h, CUdeviceptr p) {
-  memset(h, 0, sizeof *h);
-  memcpy(h->reserved, &p, sizeof p);
+  export_to((unsigned char *)h->reserved, p);
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned int f) {
   (void)f;
-  memcpy(p, h.reserved, sizeof *p);
+  return import_from(p, (const unsigned char *)h.reserved, 4);
+}
+EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) {
+  if (!p) return CUDA_ERROR_INVALID_VALUE;
+  pthread_mutex_lock(&mu);
+  struct block b;
+  if (live_take(p, &b) && b.host != 4) live_put(b); /* not an import here (a forked test's inherited block): left alone */
+  pthread_mutex_unlock(&mu);
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
+EXPORT CUresult cuMemPoolExportPointer(CUmemPoolPtrExportData *d, CUdeviceptr p) {
+  if (!d || !p) return CUDA_ERROR_INVALID_VALUE;
+  export_to(d->reserved, p);
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuMemPoolImportPointer(CUdeviceptr *p, CUmemoryPool pool, CUmemPoolPtrExportData *d) {
+  (void)pool;
+  if (!d) return CUDA_ERROR_INVALID_VALUE;
+  return import_from(p, d->reserved, 5);
+}
 
 /* The v1 calls use these, not the exported v2 functions: a call between
  * exported functions goes through the PLT, where libkvh would see it twice. */
@@ -429,7 +490,7 @@ static CUresult host_alloc(void **pp, size_t n) {
   *pp = (void *)(uintptr_t)p;
   return CUDA_SUCCESS;
 }
-static CUresult ipc_open(CUdeviceptr *p, CUipcMemHandle h) { memcpy(p, h.reserved, sizeof *p); return CUDA_SUCCESS; }
+static CUresult ipc_open(CUdeviceptr *p, CUipcMemHandle h) { return import_from(p, (const unsigned char *)h.reserved, 4); }
 static CUresult range(CUdeviceptr *base, size_t *size, CUdeviceptr d) {
   pthread_mutex_lock(&mu);
   CUresult r = CUDA_ERROR_NOT_FOUND;
@@ -953,6 +1014,7 @@ static const struct entry table[] = {
   E("cuMemImportFromShareableHandle", 10020, 0, cuMemImportFromShareableHandle),
   E("cuIpcGetMemHandle", 4010, 0, cuIpcGetMemHandle), E("cuIpcOpenMemHandle", 11000, 0, cuIpcOpenMemHandle_v2),
   E("cuIpcCloseMemHandle", 4010, 0, cuIpcCloseMemHandle),
+  E("cuMemPoolExportPointer", 11020, 0, cuMemPoolExportPointer), E("cuMemPoolImportPointer", 11020, 0, cuMemPoolImportPointer),
   E("cuGraphCreate", 10000, 0, cuGraphCreate), E("cuGraphDestroy", 10000, 0, cuGraphDestroy),
   E("cuGraphAddMemAllocNode", 11040, 0, cuGraphAddMemAllocNode), E("cuGraphAddMemFreeNode", 11040, 0, cuGraphAddMemFreeNode),
   E("cuGraphAddMemsetNode", 10000, 0, cuGraphAddMemsetNode), E("cuGraphAddEmptyNode", 10000, 0, cuGraphAddEmptyNode),
