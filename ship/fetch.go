@@ -162,7 +162,7 @@ func fetch(ctx context.Context, c *minio.Client, node Location, dir string) (*Fe
 			if (g != newest || dir == "") && file != checkpointFile {
 				continue
 			}
-			w := io.Writer(io.Discard)
+			var w io.Writer
 			var buf bytes.Buffer
 			var f *os.File
 			switch {

@@ -113,7 +113,7 @@ func (e Endpoint) credentials() (*credentials.Credentials, error) {
 	file := e.CredentialsFile
 	if file == "" && (os.Getenv("AWS_ACCESS_KEY_ID") != "" || os.Getenv("AWS_SECRET_ACCESS_KEY") != "") {
 		c := credentials.NewEnvAWS()
-		v, err := c.Get()
+		v, err := c.GetWithContext(nil)
 		if err != nil {
 			return nil, err
 		}
@@ -136,7 +136,7 @@ func (e Endpoint) credentials() (*credentials.Credentials, error) {
 		return nil, fmt.Errorf("credentials file %s is mode %04o; it holds a secret and must be 0600 or stricter", file, st.Mode().Perm())
 	}
 	c := credentials.NewFileAWSCredentials(file, "")
-	v, err := c.Get()
+	v, err := c.GetWithContext(nil)
 	if err != nil {
 		return nil, fmt.Errorf("credentials file %s: %w", file, err)
 	}

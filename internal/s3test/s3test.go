@@ -64,14 +64,13 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
+// goBin is the go command: go test puts its GOROOT/bin first in PATH.
 func goBin() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
 	return "go"
 }
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // Start starts a server; it is stopped when the test ends.
 func Start(t testing.TB) *Server {
