@@ -151,6 +151,7 @@ bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as
 	$(GO) test -run '^$$' -bench Interposer -benchtime 5x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
 	$(GO) test -run '^$$' -bench Agent -benchtime 1x ./cmd/kvh-agent/ | tee $(BUILD)/bench-agent.txt
 	$(GO) test -run '^$$' -bench Witness -benchtime 1x ./bpf/ | tee $(BUILD)/bench-witness.txt
+	$(GO) test -run '^$$' -bench Ship -benchtime 3x ./ship/ | tee $(BUILD)/bench-ship.txt
 	@# one page: each figure, its target, its reference in the same run, the ratio, a verdict
 	$(GO) run ./internal/benchsum/cmd/benchsum -o $(BUILD)/bench.md -machine "$${BENCH_MACHINE:-$$(nproc)-core $$(systemd-detect-virt -q && echo VM || echo machine)}" $(BUILD)/bench-*.txt
 

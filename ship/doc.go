@@ -28,9 +28,11 @@
 //
 // The queue is durable and local: the trail files themselves hold what is
 // to ship, and <trail>/ship/state.json (0600, written by rename after
-// fsync) holds how far each file has been shipped and the chunk in flight,
-// so a restart resumes where the last run stopped and a chunk whose upload
-// may have succeeded is checked for before it is sent again.
+// fsync, every 16 chunks and after every round) holds how far each file has
+// been shipped. After a start or a failed upload, the next round asks the
+// store for each chunk before sending it and takes one that is there with
+// the node's bytes, so a crash, a restart or a lost answer never writes an
+// object twice.
 //
 // Lifecycle and locking: New validates the configuration and credentials;
 // Run ships in rounds until its context ends, backing off after a failed

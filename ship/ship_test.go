@@ -38,6 +38,20 @@ func newKeys(t *testing.T, name string) keys {
 	return keys{s, v}
 }
 
+func newKeysB(b *testing.B) keys {
+	skey, vkey, err := note.GenerateKey(rand.Reader, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, _ := note.NewSigner(skey)
+	v, _ := note.NewVerifier(vkey)
+	return keys{s, v}
+}
+
+func forensicOpen(dir string, k keys, segBytes int64) (*forensic.Log, error) {
+	return forensic.Open(dir, forensic.Options{Signer: k.signer, Origin: "kvh/bench", MaxSegmentBytes: segBytes, TickInterval: -1})
+}
+
 func openTrail(t *testing.T, dir string, k keys) *forensic.Log {
 	t.Helper()
 	l, err := forensic.Open(dir, forensic.Options{Signer: k.signer, Origin: "kvh/test/" + filepath.Base(dir), MaxSegmentBytes: 2048, TickInterval: -1})
@@ -418,4 +432,43 @@ func truncateLastSegment(t *testing.T, dir string) {
 	if err := os.Remove(filepath.Join(dir, "checkpoints.jsonl")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A crash that loses the state after uploads (here: the state file is
+// deleted) sends nothing twice: the next run asks for each chunk and takes
+// the ones already there, even where the trail has grown since and its cuts
+// fall elsewhere.
+func TestLostStateShipsNothingTwice(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.Bucket(t, "trails", true)
+	c := client(t, srv)
+	node := ship.Location{Bucket: "trails", Prefix: "node-d"}
+	dir := filepath.Join(t.TempDir(), "trail")
+	k := newKeys(t, "node-d")
+	l := openTrail(t, dir, k)
+	appendN(t, l, 30, "a")
+	ctx := context.Background()
+	if err := newShipper(t, dir, c, node, ship.Config{}).Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := versions(t, c, "trails", "node-d/")
+	appendN(t, l, 30, "b") // the open segment grows: its next cut differs
+	l.Close()
+	if err := os.RemoveAll(filepath.Join(dir, ship.StateDir)); err != nil {
+		t.Fatal(err)
+	}
+	s := newShipper(t, dir, c, node, ship.Config{})
+	if err := s.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := versions(t, c, "trails", "node-d/")
+	for key, n := range after {
+		if n != 1 {
+			t.Errorf("%s has %d versions", key, n)
+		}
+	}
+	if len(after) <= len(before) || s.Stats().Objects != uint64(len(after)-len(before)) {
+		t.Fatalf("%d objects before, %d after, %d uploaded by the second run", len(before), len(after), s.Stats().Objects)
+	}
+	sameAsBucket(t, c, node, dir, k)
 }

@@ -69,6 +69,11 @@ type Shipper struct {
 	cfg    Config
 	st     *state
 	locked bool // the bucket's Object Lock was checked
+	// unsure: the store may hold chunks past the state's offsets (after a
+	// start, or an upload whose answer was lost); the next round asks for
+	// each chunk before sending it.
+	unsure  bool
+	unsaved int // chunks shipped since the state was last saved
 
 	mu    sync.Mutex
 	stats Stats
@@ -113,7 +118,7 @@ func New(cfg Config) (*Shipper, error) {
 	if moved {
 		cfg.Log.Warn("shipping destination changed: the whole trail is shipped to the new one", "dest", cfg.Node.String())
 	}
-	s := &Shipper{cfg: cfg, st: st}
+	s := &Shipper{cfg: cfg, st: st, unsure: true}
 	s.stats.LastShippedSeq = -1
 	s.since = st.BacklogSince
 	if cp := st.Files[checkpointFile]; cp != nil && cp.Attests > 0 {
@@ -213,6 +218,7 @@ func (s *Shipper) Round(ctx context.Context) error {
 	} else {
 		s.stats.LastError = ""
 		s.st.BacklogSince = time.Time{}
+		s.unsure = false // everything up to the state's offsets is known to be there
 	}
 	s.since = s.st.BacklogSince
 	s.mu.Unlock()
@@ -380,12 +386,13 @@ func (s *Shipper) round(ctx context.Context) error {
 			break // later segments hold later records
 		}
 	}
-	for off := 0; off < len(ckData); {
+	for off := int64(0); off < int64(len(ckData)); {
 		n := cutLines(ckData[off:], s.cfg.ChunkBytes)
-		if err := s.ship(ctx, ck, ckState, ckData[off:off+n]); err != nil {
+		shipped, err := s.ship(ctx, ck, ckState, ckData[off:off+int64(n)])
+		if err != nil {
 			return err
 		}
-		off += n
+		off += shipped
 	}
 	if attests > ckState.Attests {
 		ckState.Attests = attests
@@ -448,10 +455,11 @@ func (s *Shipper) shipSegment(ctx context.Context, lf *localFile, fs *fileState,
 		if cut == 0 {
 			return false, nil // nothing more is covered by a checkpoint yet
 		}
-		if err := s.ship(ctx, lf, fs, data[:cut]); err != nil {
+		n, err := s.ship(ctx, lf, fs, data[:cut])
+		if err != nil {
 			return false, err
 		}
-		if stopped {
+		if stopped && n == int64(cut) {
 			return false, nil
 		}
 	}
@@ -501,74 +509,94 @@ func cutLines(b []byte, limit int64) int {
 	return i + 1
 }
 
-// ship uploads data as the chunk of lf at fs.Off and advances fs. A chunk
-// whose earlier upload may have landed is looked for first.
-func (s *Shipper) ship(ctx context.Context, lf *localFile, fs *fileState, data []byte) error {
+// ship uploads data as the chunk of lf at fs.Off and advances fs past it.
+// After a start or a failed upload (s.unsure) the store is asked first:
+// a chunk an earlier run uploaded without recording it is taken as it is
+// (its length may differ from data's: the cut depends on when it was made),
+// never uploaded again. It returns how far fs advanced.
+func (s *Shipper) ship(ctx context.Context, lf *localFile, fs *fileState, data []byte) (int64, error) {
 	key := chunkKey(s.cfg.Node, lf.name, fs.Gen, fs.Off)
-	sum := sha256.Sum256(data)
-	p := &pending{Key: key, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
-	there := false
-	if old := s.st.Pending; old != nil && *old == *p {
+	n := int64(0)
+	if s.unsure {
 		var err error
-		if there, err = s.present(ctx, p); err != nil {
-			return err
+		if n, err = s.present(ctx, key, lf, fs.Off); err != nil {
+			return 0, err
 		}
 	}
-	if !there {
-		s.st.Pending = p
-		if err := s.st.save(s.cfg.TrailDir); err != nil {
-			return fmt.Errorf("saving shipping state: %w", err)
-		}
+	if n == 0 {
+		sum := sha256.Sum256(data)
 		octx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 		_, err := s.cfg.Client.PutObject(octx, s.cfg.Node.Bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{
 			ContentType:     "application/x-ndjson",
 			Mode:            minio.Compliance,
 			RetainUntilDate: time.Now().Add(s.cfg.Retention()).UTC(),
 			SendContentMd5:  true,
-			UserMetadata:    map[string]string{"kvh-sha256": p.SHA256},
+			UserMetadata:    map[string]string{"kvh-sha256": hex.EncodeToString(sum[:])},
 		})
 		cancel()
 		if err != nil {
-			return fmt.Errorf("uploading %s: %w", key, err)
+			s.unsure = true // the answer may be what was lost
+			return 0, fmt.Errorf("uploading %s: %w", key, err)
 		}
+		n = int64(len(data))
 		s.mu.Lock()
 		s.stats.Objects++
-		s.stats.Bytes += uint64(len(data))
+		s.stats.Bytes += uint64(n)
 		s.mu.Unlock()
 		if m := s.cfg.Metrics; m != nil {
 			m.objects.Inc()
-			m.bytes.Add(float64(len(data)))
+			m.bytes.Add(float64(n))
 		}
 	}
-	s.st.Pending = nil
-	fs.Off += int64(len(data))
-	fs.Tail = ""
-	if t, err := tailSum(lf.f, fs.Off); err == nil {
-		fs.Tail = t
-	} else {
-		return err
+	fs.Off += n
+	t, err := tailSum(lf.f, fs.Off)
+	if err != nil {
+		return n, err
 	}
-	return s.st.save(s.cfg.TrailDir)
+	fs.Tail = t
+	if s.unsaved++; s.unsaved >= saveEvery {
+		s.unsaved = 0
+		if err := s.st.save(s.cfg.TrailDir); err != nil {
+			return n, fmt.Errorf("saving shipping state: %w", err)
+		}
+	}
+	return n, nil
 }
 
-// present reports whether the chunk p is already in the store with the
-// same size and digest.
-func (s *Shipper) present(ctx context.Context, p *pending) (bool, error) {
+// saveEvery bounds the chunks shipped between two saves of the state (a
+// round also saves at its end): what a crash loses is looked for, not sent.
+const saveEvery = 16
+
+// present returns the size of the object at key when the store has it and
+// it holds exactly the node's bytes from off (0 when it is absent). An
+// object there with other bytes is an error: it is never overwritten.
+func (s *Shipper) present(ctx context.Context, key string, lf *localFile, off int64) (int64, error) {
 	octx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
-	info, err := s.cfg.Client.StatObject(octx, s.cfg.Node.Bucket, p.Key, minio.StatObjectOptions{})
+	info, err := s.cfg.Client.StatObject(octx, s.cfg.Node.Bucket, key, minio.StatObjectOptions{})
 	if err != nil {
-		if minio.ToErrorResponse(err).StatusCode == 404 || minio.ToErrorResponse(err).Code == "NoSuchKey" {
-			return false, nil
+		if r := minio.ToErrorResponse(err); r.StatusCode == 404 || r.Code == "NoSuchKey" {
+			return 0, nil
 		}
-		return false, fmt.Errorf("checking for %s: %w", p.Key, err)
+		return 0, fmt.Errorf("checking for %s: %w", key, err)
 	}
+	want := ""
 	for k, v := range info.UserMetadata {
-		if strings.EqualFold(k, "kvh-sha256") && v == p.SHA256 && info.Size == p.Size {
-			return true, nil
+		if strings.EqualFold(k, "kvh-sha256") {
+			want = v
 		}
 	}
-	return false, nil
+	if info.Size > 0 && off+info.Size <= lf.size {
+		b := make([]byte, info.Size)
+		if _, err := lf.f.ReadAt(b, off); err != nil {
+			return 0, err
+		}
+		sum := sha256.Sum256(b)
+		if hex.EncodeToString(sum[:]) == want {
+			return info.Size, nil
+		}
+	}
+	return 0, fmt.Errorf("%s is already in the store with other bytes than %s holds from offset %d: it is never overwritten (verify the node)", key, lf.name, off)
 }
 
 // backlog is the bytes of shippable files not yet shipped.

@@ -30,15 +30,6 @@ type fileState struct {
 	Attests uint64 `json:"attests,omitempty"`
 }
 
-// pending is a chunk whose upload started and was not seen to finish: on
-// the next attempt the shipper asks the store whether it is already there
-// rather than sending a second copy.
-type pending struct {
-	Key    string `json:"key"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
-}
-
 type state struct {
 	Version int                   `json:"version"`
 	Dest    string                `json:"dest"`
@@ -46,7 +37,6 @@ type state struct {
 	// BacklogSince is when the oldest bytes not yet shipped were first
 	// seen unshipped (zero: nothing was left after the last round).
 	BacklogSince time.Time `json:"backlog_since,omitzero"`
-	Pending      *pending  `json:"pending,omitempty"`
 }
 
 func stateDir(trail string) string { return filepath.Join(trail, StateDir) }
