@@ -4,7 +4,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -493,16 +492,4 @@ func TestImagePublishesLibkvh(t *testing.T) {
 			t.Errorf("%s: image %q: keep it kvh, set with kustomize edit set image kvh=REGISTRY/kvh:TAG", o, c.Image)
 		}
 	}
-}
-
-// yamlTags lists a struct's yaml keys.
-func yamlTags(v any) map[string]bool {
-	keys := map[string]bool{}
-	rt := reflect.TypeOf(v)
-	for i := 0; i < rt.NumField(); i++ {
-		if k, _, _ := strings.Cut(rt.Field(i).Tag.Get("yaml"), ","); k != "" && k != "-" {
-			keys[k] = true
-		}
-	}
-	return keys
 }

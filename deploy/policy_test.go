@@ -7,14 +7,8 @@ import (
 	"testing"
 
 	"github.com/kvhygiene/kvh/policy"
-	"go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
 )
-
-// pendingPolicyKeys are the policy keys issue 12 part 1 adds (the NRI
-// plugin's tenant key and opt-out), named exactly as that work names them.
-// Until policy.Config has one, the test says so and loads the rest strictly.
-var pendingPolicyKeys = map[string]bool{"tenant_key": true, "allow_opt_out": true}
 
 // loadPolicy loads the overlay's policy ConfigMap with the agent's own
 // policy package, strictly (an unknown key stops the agent), and validates
@@ -32,28 +26,12 @@ func loadPolicy(t *testing.T, r *rendered) policy.Config {
 	if cm == nil {
 		t.Fatalf("%s: no policy ConfigMap", r.overlay)
 	}
-	text := cm.Data[filepath.Base(file)]
-	var doc map[string]any
-	if err := yaml.Unmarshal([]byte(text), &doc); err != nil {
-		t.Fatalf("%s: policy: %v", r.overlay, err)
-	}
-	known := yamlTags(policy.Config{})
-	var pending []string
-	for k := range doc {
-		if !known[k] && pendingPolicyKeys[k] {
-			pending = append(pending, k)
-			delete(doc, k)
-		}
-	}
-	if len(pending) > 0 {
-		t.Logf("%s: policy keys the agent built here does not know yet (issue 12 part 1), not checked: %v", r.overlay, pending)
-	}
-	b, err := yaml.Marshal(doc)
-	if err != nil {
-		t.Fatal(err)
+	text, ok := cm.Data[filepath.Base(file)]
+	if !ok {
+		t.Fatalf("%s: ConfigMap %s has no %s", r.overlay, cm.Name, filepath.Base(file))
 	}
 	p := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(p, b, 0o600); err != nil {
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	pol := policy.Default()
@@ -72,6 +50,12 @@ func TestPolicyLoads(t *testing.T) {
 		pol := loadPolicy(t, r)
 		if pol.VerifyMode != "full" {
 			t.Errorf("%s: verify %q: the DaemonSet ships full verification", o, pol.VerifyMode)
+		}
+		if pol.TenantKey != "namespace" {
+			t.Errorf("%s: tenant_key %q: the DaemonSet ships the namespace as the tenant", o, pol.TenantKey)
+		}
+		if o == "enforce" && pol.AllowOptOut {
+			t.Errorf("%s: allow_opt_out on: an enforcing node lets no pod opt out of injection", o)
 		}
 		if pol.TrustTenantClaims {
 			t.Errorf("%s: trust_tenant_claims on: in a cluster the tenant comes from the orchestrator, never the process", o)
