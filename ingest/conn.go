@@ -14,6 +14,7 @@ import (
 	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
 	"github.com/kvhygiene/kvh/wire"
+	"golang.org/x/sys/unix"
 )
 
 // conn is one interposer connection; its state is owned by its goroutine
@@ -23,7 +24,11 @@ type conn struct {
 	p       *process
 	id      Identity
 	opened  time.Time
-	handles map[uint64]tracer.Handle
+	handles map[uint64]entry
+	win     window
+	live    int64 // this packet's change to Server.live, applied once per packet
+	zeroed  int64 // this packet's zeroized bytes (the metric, added once per packet)
+	freesOK int64 // this packet's frees that passed (the metric, added once per packet)
 	dropped uint64
 	floor   floor // what the agent asked of the interposer at accept
 	acked   bool  // the interposer answered the floor
@@ -57,9 +62,14 @@ func (s *Server) handle(c *conn) {
 	defer s.wg.Done()
 	log := s.cfg.Log.With("pid", c.id.PID, "tenant", c.id.Tenant)
 	buf := make([]byte, wire.RecordSize*wire.MaxBatch+1)
+	oob := make([]byte, unix.CmsgSpace(4*4))
 	errs := 0
 	for {
-		n, err := c.c.Read(buf)
+		n, oobn, _, _, err := c.c.ReadMsgUnix(buf, oob)
+		var fds []int
+		if oobn > 0 {
+			fds = takeFDs(oob[:oobn])
+		}
 		if errors.Is(err, syscall.ECONNRESET) {
 			// A client that closed with our messages unread resets the
 			// connection, but the records it sent before are still
@@ -70,6 +80,21 @@ func (s *Server) handle(c *conn) {
 			break
 		}
 		recs, err := wire.Decode(buf[:n])
+		if len(fds) > 0 {
+			// The counters page comes with a HELLO, and only one is kept;
+			// any other fd is closed.
+			if err == nil && len(recs) == 1 && recs[0].Type == wire.Hello {
+				if f, aerr := openAccount(fds[0]); aerr == nil {
+					c.p.setAccount(f)
+				} else {
+					log.Warn("refused a counters page", "error", aerr)
+				}
+				fds = fds[1:]
+			}
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
 		if err != nil {
 			errs++
 			s.cfg.Metrics.IngestErrors.WithLabelValues("malformed").Inc()
@@ -84,9 +109,26 @@ func (s *Server) handle(c *conn) {
 		}
 		now := time.Now()
 		pol := s.cfg.Policy()
+		// Counted once per packet: these are shared by every connection.
+		s.cfg.Metrics.Events.Add(float64(len(recs)))
+		hyg, seqd := 0, 0
+		for i := range recs {
+			switch recs[i].Type {
+			case wire.Alloc, wire.Free, wire.Quarantine:
+				hyg++
+				seqd++
+			case wire.FloorAck:
+				seqd++
+			}
+		}
+		s.cfg.Metrics.Hygiene.Add(float64(hyg))
+		c.p.received.Add(uint64(seqd))
+		admitted := c.p.admitN(now, pol.MaxEventRate, len(recs))
+		if c.win.due(now) {
+			s.closeWindow(&c.win)
+		}
 		for i := range recs {
 			r := &recs[i]
-			s.cfg.Metrics.Events.Inc()
 			if err := validate(r); err != nil {
 				errs++
 				s.cfg.Metrics.IngestErrors.WithLabelValues("absurd_value").Inc()
@@ -95,7 +137,7 @@ func (s *Server) handle(c *conn) {
 				}
 				continue
 			}
-			if !c.p.admit(now, pol.MaxEventRate) {
+			if i >= admitted {
 				s.flood(c, r, violation.EventRateLimit, capRate, fmt.Sprintf("more than %g events/s", pol.MaxEventRate), now)
 				continue
 			}
@@ -103,7 +145,7 @@ func (s *Server) handle(c *conn) {
 				over := ""
 				if c.p.live.Load() >= int64(pol.MaxLiveBuffers) {
 					over = fmt.Sprintf("more than %d live buffers", pol.MaxLiveBuffers)
-				} else if s.live.Load() >= int64(pol.MaxLiveBuffersNode) {
+				} else if s.live.Load()+c.live >= int64(pol.MaxLiveBuffersNode) {
 					over = fmt.Sprintf("the node holds %d live buffers, max_live_buffers_node", pol.MaxLiveBuffersNode)
 				}
 				if _, replaces := c.handles[r.Ptr]; over != "" && !replaces {
@@ -114,10 +156,11 @@ func (s *Server) handle(c *conn) {
 			if f := c.p.closeOld(now); f != nil {
 				s.recordFlood(f)
 			}
-			if err := s.record(c, r); err != nil {
+			if err := s.record(c, r, buf[i*wire.RecordSize:(i+1)*wire.RecordSize], pol, now); err != nil {
 				log.Error("handling record", "type", r.Type, "error", err)
 			}
 		}
+		s.endPacket(c)
 		if errs >= s.cfg.MaxErrors {
 			c.kick(fmt.Sprintf("%d malformed packets or records", errs))
 			break
@@ -125,6 +168,23 @@ func (s *Server) handle(c *conn) {
 	}
 	c.c.Close()
 	s.disconnect(c, log)
+}
+
+// endPacket applies what a packet changed in the shared counters, once.
+func (s *Server) endPacket(c *conn) {
+	if c.live != 0 {
+		s.live.Add(c.live)
+		c.live = 0
+	}
+	if c.zeroed != 0 {
+		s.cfg.Metrics.ZeroizedBytes.Add(float64(c.zeroed))
+		c.zeroed = 0
+	}
+	if c.freesOK != 0 {
+		s.cfg.Metrics.freesOK.Add(float64(c.freesOK))
+		c.freesOK = 0
+	}
+	s.flushCounts(&c.win)
 }
 
 // flood counts a record the process sent past a cap, records each closed
@@ -156,23 +216,36 @@ func (s *Server) disconnect(c *conn, log interface{ Error(string, ...any) }) {
 	if s.perUID[c.id.UID] <= 0 {
 		delete(s.perUID, c.id.UID)
 	}
+	last := false
 	if c.p.conns--; c.p.conns <= 0 {
 		delete(s.procs, c.p.key)
+		s.carryLocked(c.p)
+		last = true
 	}
 	s.mu.Unlock()
 	s.cfg.Peers.remove(c.p.h)
 	s.cfg.Metrics.Connected.Dec()
 	// The process is gone (or gave up its connection): its remaining device
 	// memory went back to the driver with it.
-	for _, h := range c.handles {
+	now := time.Now()
+	for _, e := range c.handles {
 		c.p.live.Add(-1)
 		s.live.Add(-1)
-		if err := s.cfg.Ledger.Retire(h, "process exited with the buffer allocated"); err != nil {
-			log.Error("retiring buffer", "handle", h, "error", err)
+		if e.h == 0 {
+			c.win.retire(c, now)
+			continue
+		}
+		if err := s.cfg.Ledger.Retire(e.h, "process exited with the buffer allocated"); err != nil {
+			log.Error("retiring buffer", "handle", e.h, "error", err)
 		}
 	}
+	s.endPacket(c)
+	s.closeWindow(&c.win)
 	if _, err := s.cfg.Trail.Append(trailevent.ProcessDisconnected{Ev: trailevent.EvProcessDisconnected, PID: c.id.PID, Tenant: c.id.Tenant, Open: len(c.handles), Reason: c.reason()}); err != nil {
 		log.Error("recording disconnect", "error", err)
+	}
+	if last {
+		s.settle(c.p)
 	}
 }
 
@@ -180,7 +253,7 @@ func (s *Server) violation(c *conn, k violation.Kind, detail string) {
 	s.cfg.Violations.Emit(violation.Violation{Kind: k, PID: c.id.PID, Tenant: c.id.Tenant, Detail: detail, Source: "ingest", Process: c.p.h})
 }
 
-func (s *Server) record(c *conn, r *wire.Record) error {
+func (s *Server) record(c *conn, r *wire.Record, raw []byte, pol policy.Config, now time.Time) error {
 	led := s.cfg.Ledger
 	switch r.Type {
 	case wire.Hello:
@@ -198,13 +271,23 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		}
 		return nil
 	case wire.Drops:
+		// An evidence gap: the agent was absent or slow, and libkvh zeroized
+		// those buffers anyway. Not the tenant's violation — unless what it
+		// offered, dropped or not, went past its own max_event_rate.
 		c.dropped += r.Count
+		c.p.reported.Add(r.Count)
 		s.cfg.Metrics.Dropped.Add(float64(r.Count))
 		if _, err := s.cfg.Trail.Append(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
 			return err
 		}
+		pol := s.cfg.Policy()
+		now := time.Now()
+		if !c.p.offered(now, pol.MaxEventRate, r.Count) && c.p.shouldFlag(violation.EventRateLimit, now) {
+			s.violation(c, violation.EventRateLimit, fmt.Sprintf("offered more than %g events/s (%d of them dropped by its interposer)", pol.MaxEventRate, r.Count))
+		}
 		if c.dropped >= s.cfg.DropThreshold && c.dropped-r.Count < s.cfg.DropThreshold {
-			s.violation(c, violation.DroppedEvents, strconv.FormatUint(c.dropped, 10)+" events lost")
+			log := s.cfg.Log
+			log.Warn("an interposer is dropping events: the agent is not keeping up (an evidence gap, not a violation)", "pid", c.id.PID, "tenant", c.id.Tenant, "dropped", c.dropped)
 		}
 		return nil
 	case wire.Alloc:
@@ -214,39 +297,72 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 		if old, ok := c.handles[r.Ptr]; ok {
 			delete(c.handles, r.Ptr)
 			c.p.live.Add(-1)
-			s.live.Add(-1)
-			if err := led.Retire(old, "address reallocated before its free was reported"); err != nil {
+			c.live--
+			if old.h == 0 {
+				c.win.retire(c, now)
+			} else if err := led.Retire(old.h, "address reallocated before its free was reported"); err != nil {
 				return err
 			}
 		}
+		c.p.live.Add(1)
+		c.live++
+		if summarised(pol, c.id.Tenant, r.Bytes) {
+			c.handles[r.Ptr] = entry{bytes: r.Bytes}
+			c.win.alloc(c, r, raw, now)
+			return nil
+		}
 		h, err := led.RegisterRemote(c.tags(r), int64(r.Bytes), tracer.AllocOptions{})
 		if err != nil {
+			c.p.live.Add(-1)
+			c.live--
 			return err
 		}
-		c.handles[r.Ptr] = h
-		c.p.live.Add(1)
-		s.live.Add(1)
+		c.handles[r.Ptr] = entry{h: h, bytes: r.Bytes}
 		return nil
 	case wire.Free, wire.Quarantine:
-		h, known := c.handles[r.Ptr]
+		e, known := c.handles[r.Ptr]
 		if r.Result == wire.ResPassthrough || !known {
 			s.cfg.Metrics.Frees.WithLabelValues("passthrough").Inc()
 			if known { // released without zeroize by design (memory shared with another owner): not left open
 				delete(c.handles, r.Ptr)
 				c.p.live.Add(-1)
-				s.live.Add(-1)
-				return led.Retire(h, "released by a passthrough free (memory another owner still holds)")
+				c.live--
+				if e.h == 0 {
+					c.win.retire(c, now)
+					return nil
+				}
+				return led.Retire(e.h, "released by a passthrough free (memory another owner still holds)")
 			}
 			return nil
 		}
 		delete(c.handles, r.Ptr)
 		c.p.live.Add(-1)
-		s.live.Add(-1)
+		c.live--
 		if s.cfg.Attested != nil {
-			s.cfg.Attested(c.id.PID, r.Ptr, time.Now())
+			s.cfg.Attested(c.id.PID, r.Ptr, now)
 		}
 		verified := r.Flags&wire.FlagVerified != 0
 		zeroed := s.judgeFloor(c, r, verified)
+		h := e.h
+		if h == 0 {
+			// A summarised buffer: a free that passes joins the window;
+			// anything else is brought into the ledger, to be recorded
+			// and judged one by one.
+			cov := 100.0
+			if e.bytes > 0 {
+				cov = float64(min(uint64(max(zeroed, 0)), e.bytes)) * 100 / float64(e.bytes)
+			}
+			if r.Type == wire.Free && cov >= pol.For(c.id.Tenant).CoverageThreshold {
+				c.win.free(c, r, raw, uint64(zeroed), cov, verified, now)
+				c.freesOK++
+				c.zeroed += zeroed
+				return nil
+			}
+			var err error
+			if h, err = led.RegisterRemote(c.tags(r), int64(e.bytes), tracer.AllocOptions{}); err != nil {
+				return err
+			}
+		}
 		method := fmt.Sprintf("%s+%s", wire.FnName(r.Fn), wire.VerifyName(r.Verify))
 		if err := led.Attest(h, tracer.Attestation{Bytes: int64(r.Bytes), Zeroed: zeroed, Verified: verified, Method: method, Seed: r.Seed, Duration: time.Duration(r.DurNanos)}); err != nil {
 			return err
@@ -272,11 +388,19 @@ func (s *Server) record(c *conn, r *wire.Record) error {
 			}
 			return err
 		}
-		s.cfg.Metrics.Frees.WithLabelValues("ok").Inc()
-		s.cfg.Metrics.ZeroizedBytes.Add(float64(zeroed))
+		c.freesOK++
+		c.zeroed += zeroed
 		return nil
 	}
 	return nil
+}
+
+// summarised reports whether an allocation of size is counted in the
+// connection's event_window rather than in the ledger one by one: below
+// trail_event_min_bytes, for a tenant without a TTL (the ledger's sweeper
+// enforces TTLs on the buffers it holds).
+func summarised(pol policy.Config, tenant string, size uint64) bool {
+	return pol.TrailEventMinBytes > 0 && size < uint64(pol.TrailEventMinBytes) && pol.For(tenant).TTLSec == nil
 }
 
 func (c *conn) tags(r *wire.Record) tracer.Tags {

@@ -26,6 +26,32 @@ type CorrelatorConfig struct {
 	Covered func(pid int) bool
 	// Violations takes unattested_free and uncovered_process.
 	Violations violation.Sink
+	// Progress, when set, returns a process's event account now: records
+	// its interposer emitted, those the agent received, those it counted
+	// as dropped (its counters page); ok is false when none is known. A
+	// witnessed free is judged only once the agent has received (or the
+	// interposer has counted dropped) everything the process emitted by the
+	// time the window passed — a backlog in the agent delays the judgement,
+	// up to maxDefer windows, instead of making the tenant a violator — and
+	// a free with no attestation is forgiven while the process has drops
+	// not yet used to forgive one: its attestation was dropped because the
+	// agent was slow, an evidence gap, not the tenant's violation.
+	Progress func(pid int) (emitted, received, dropped uint64, ok bool)
+}
+
+// maxDefer bounds, in windows, how long a backlog can delay judging a free
+// (a client could claim a huge emitted count).
+const maxDefer = 15
+
+type progress struct {
+	emitted, received, dropped uint64
+	ok                         bool
+}
+
+// pendingFree is a witnessed free awaiting its attestation.
+type pendingFree struct {
+	Witnessed
+	need uint64 // records the process had emitted when the window passed (0: not yet read)
 }
 
 // Correlator joins witnessed frees with interposer attestations: a free the
@@ -37,14 +63,21 @@ type CorrelatorConfig struct {
 type Correlator struct {
 	cfg            CorrelatorConfig
 	matched, unatt prometheus.Counter
+	gap            prometheus.Counter
 	uncoveredG     prometheus.Gauge
 	mu             sync.Mutex
 	attested       map[[2]uint64][]time.Time // (pid, ptr) -> attestations not yet matched (addresses are reused)
-	pending        []Witnessed
+	pending        []pendingFree
 	uncovered      map[int]time.Time // pid -> first seen without a connection
 	flagged        map[int]bool      // uncovered pids already reported
 	lastFlag       map[int]time.Time // pid -> last unattested_free violation
 	suppressed     map[int]int       // unattested frees since lastFlag
+	forgiven       map[int]forgiven  // pid -> unattested frees put down to its interposer's drops
+}
+
+type forgiven struct {
+	n  uint64
+	at time.Time
 }
 
 // NewCorrelator registers the correlator's series on reg.
@@ -61,8 +94,10 @@ func NewCorrelator(cfg CorrelatorConfig, reg prometheus.Registerer) (*Correlator
 		flagged:    map[int]bool{},
 		lastFlag:   map[int]time.Time{},
 		suppressed: map[int]int{},
+		forgiven:   map[int]forgiven{},
+		gap:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kvh", Name: "witness_dropped_attestations_total", Help: "Witnessed frees with no attestation that the process's interposer counted as dropped (the agent was slow): an evidence gap, not a violation."}),
 	}
-	if err := registerAll(reg, c.matched, c.unatt, c.uncoveredG); err != nil {
+	if err := registerAll(reg, c.matched, c.unatt, c.uncoveredG, c.gap); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -95,13 +130,33 @@ func (c *Correlator) Witness(ev Witnessed) {
 	// Only frees at the point the interposer zeroizes are joined; a release
 	// of a VMM handle follows an unmap that was.
 	if ev.Free && ev.Fn != "cuMemRelease" {
-		c.pending = append(c.pending, ev)
+		c.pending = append(c.pending, pendingFree{Witnessed: ev})
 	}
 }
 
 // Check settles everything older than the window; the agent calls it on a
 // ticker. Violations go to the sink after the correlator's lock is released.
 func (c *Correlator) Check(now time.Time) {
+	// The account of every process with a free due, read before the lock
+	// (reading a counters page is a syscall).
+	progs := map[int]progress{}
+	if c.cfg.Progress != nil {
+		c.mu.Lock()
+		var due []int
+		for _, ev := range c.pending {
+			if now.Sub(ev.At) >= c.cfg.Window {
+				due = append(due, ev.PID)
+			}
+		}
+		c.mu.Unlock()
+		for _, pid := range due {
+			if _, ok := progs[pid]; !ok {
+				var p progress
+				p.emitted, p.received, p.dropped, p.ok = c.cfg.Progress(pid)
+				progs[pid] = p
+			}
+		}
+	}
 	c.mu.Lock()
 	var vs []violation.Violation
 	keep := c.pending[:0]
@@ -118,6 +173,21 @@ func (c *Correlator) Check(now time.Time) {
 				c.attested[key] = ats[1:]
 			}
 			c.matched.Inc()
+			continue
+		}
+		pr := progs[ev.PID]
+		if pr.ok && now.Sub(ev.At) < maxDefer*c.cfg.Window {
+			if ev.need == 0 {
+				ev.need = max(pr.emitted, 1)
+			}
+			if pr.received+pr.dropped < ev.need { // its attestation may be in the agent's backlog
+				keep = append(keep, ev)
+				continue
+			}
+		}
+		if f := c.forgiven[ev.PID]; pr.dropped > f.n {
+			c.forgiven[ev.PID] = forgiven{f.n + 1, now}
+			c.gap.Inc()
 			continue
 		}
 		c.unatt.Inc()
@@ -153,6 +223,11 @@ func (c *Correlator) Check(now time.Time) {
 		if now.Sub(last) >= 10*time.Second && c.suppressed[pid] == 0 {
 			delete(c.lastFlag, pid)
 			delete(c.suppressed, pid)
+		}
+	}
+	for pid, f := range c.forgiven {
+		if now.Sub(f.at) >= 10*time.Second {
+			delete(c.forgiven, pid)
 		}
 	}
 	// Attestations the witness never matched (a library it does not probe)

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,14 +22,62 @@ type process struct {
 	conns  int  // open connections; guarded by Server.mu
 	denied bool // a deny was sent; guarded by Server.mu
 
-	live     atomic.Int64 // live buffers registered in the ledger
-	flooding atomic.Bool  // a flood window is open (lets the hot path skip mu)
+	live     atomic.Int64  // live buffers registered in the ledger
+	flooding atomic.Bool   // a flood window is open (lets the hot path skip mu)
+	received atomic.Uint64 // records with a seq received, over all its connections (the account)
+	reported atomic.Uint64 // drops its interposer reported in DROPS records
 
 	mu      sync.Mutex
 	tokens  float64 // event-rate token bucket
 	last    time.Time
 	flood   *trailevent.FloodSummary // the open window of events past a cap
 	flagged map[violation.Kind]time.Time
+	account *os.File // the interposer's counters page, from its first HELLO that had one
+}
+
+// setAccount keeps f as the process's counters page unless it has one
+// (a later one is closed: the first is the process's own).
+func (p *process) setAccount(f *os.File) {
+	if f == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.account != nil {
+		f.Close()
+		return
+	}
+	p.account = f
+}
+
+// takeAccount hands over the counters page.
+func (p *process) takeAccount() *os.File {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f := p.account
+	p.account = nil
+	return f
+}
+
+// offered takes n tokens for events the process offered but its interposer
+// dropped: they count against its max_event_rate as much as those that
+// arrived. It reports false when the bucket could not cover them — the
+// process offered more than its cap, which is the tenant's doing.
+func (p *process) offered(now time.Time, rate float64, n uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last.IsZero() {
+		p.tokens = rate
+	} else {
+		p.tokens = min(rate, p.tokens+now.Sub(p.last).Seconds()*rate)
+	}
+	p.last = now
+	p.tokens -= float64(n)
+	if p.tokens < 0 {
+		p.tokens = 0
+		return false
+	}
+	return true
 }
 
 // floodWindow is how long one flood_summary record spans at most.
@@ -53,6 +102,22 @@ func (p *process) admit(now time.Time, rate float64) bool {
 		return true
 	}
 	return false
+}
+
+// admitN takes up to n tokens for a packet of n events at now and returns
+// how many of them are admitted: the first ones, as n calls of admit would.
+func (p *process) admitN(now time.Time, rate float64, n int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last.IsZero() {
+		p.tokens = rate
+	} else {
+		p.tokens = min(rate, p.tokens+now.Sub(p.last).Seconds()*rate)
+	}
+	p.last = now
+	k := min(n, int(p.tokens))
+	p.tokens -= float64(k)
+	return k
 }
 
 // count adds r, which went past capName, to the open flood window, and

@@ -41,8 +41,10 @@ type Config struct {
 	// Pods is the orchestrator's word on a process's pod (the NRI plugin);
 	// nil: identity from the cgroup alone.
 	Pods Pods
-	// DropThreshold is the dropped events per process before it is a
-	// violation (default 1000).
+	// DropThreshold is the dropped events per connection past which the
+	// agent logs that it is not keeping up (default 1000). Drops are an
+	// evidence gap, never a tenant's violation: a tenant is flagged only
+	// when what it offers, dropped or not, exceeds its max_event_rate.
 	DropThreshold uint64
 	// MaxConns caps connections in all (default 4096), MaxConnsPerUID per
 	// uid (default 1024) and MaxConnsPerProcess per process (default 8), so
@@ -70,6 +72,8 @@ type Server struct {
 	closed  bool
 	denied  map[string]bool      // processes denied, by key (their children inherit it)
 	limits  map[string]time.Time // last connection_limit violation, by process key and by uid
+	carry   map[string]carried   // accounts of processes that disconnected alive, by key
+	settled map[int]settled      // closed accounts, by pid, kept a while for the witness correlator
 	wg      sync.WaitGroup
 	quit    chan struct{}
 	live    atomic.Int64 // live buffers of every connection (max_live_buffers_node)
@@ -159,7 +163,7 @@ func New(ln *net.UnixListener, cfg Config) (*Server, error) {
 		cfg.Log = hclog.NewNullLogger()
 	}
 	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, procs: map[string]*process{}, perUID: map[uint32]int{},
-		denied: map[string]bool{}, limits: map[string]time.Time{}, quit: make(chan struct{})}, nil
+		denied: map[string]bool{}, limits: map[string]time.Time{}, carry: map[string]carried{}, settled: map[int]settled{}, quit: make(chan struct{})}, nil
 }
 
 // Serve accepts connections until Close.
@@ -273,6 +277,7 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		if p == nil {
 			p = &process{h: h, key: h.Key(), id: id}
 			s.procs[p.key] = p
+			s.adoptLocked(p)
 		}
 		p.conns++
 		switch {
@@ -281,7 +286,7 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		case !p.denied && parentKey != "" && s.denied[parentKey]:
 			p.denied, s.denied[p.key], inherit, inheritWhy = true, true, true, "inherited: parent process "+parentKey+" is denied"
 		}
-		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]tracer.Handle{}, opened: now, floor: floorOf(pol), denySent: inherit}
+		cn = &conn{c: c, p: p, id: p.id, handles: map[uint64]entry{}, opened: now, floor: floorOf(pol), denySent: inherit}
 		s.conns[cn] = struct{}{}
 		s.pending-- // the reservation is now a connection
 	}
@@ -415,6 +420,7 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.closeCarried()
 }
 
 // Deny tells every interposer connected from h's process to refuse new

@@ -116,7 +116,7 @@ type harness struct {
 	trail *forensic.Log
 }
 
-func newHarness(t *testing.T, pol policy.Config, cfg ingest.Config) *harness {
+func newHarness(t testing.TB, pol policy.Config, cfg ingest.Config) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	if _, _, err := forensic.GenerateKeys(dir, "kvh-test"); err != nil {
@@ -140,7 +140,10 @@ func newHarness(t *testing.T, pol policy.Config, cfg ingest.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Ledger, cfg.Trail, cfg.Violations, cfg.Peers, cfg.Metrics, cfg.Policy = led, trail, sk, h.peers, ingest.NewMetrics(prometheus.NewRegistry()), led.Policy
+	if cfg.Metrics == nil {
+		cfg.Metrics = ingest.NewMetrics(prometheus.NewRegistry())
+	}
+	cfg.Ledger, cfg.Trail, cfg.Violations, cfg.Peers, cfg.Policy = led, trail, sk, h.peers, led.Policy
 	h.srv, err = ingest.New(ln, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -6,8 +6,10 @@
 #include "kvh_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -16,10 +18,52 @@
 atomic_int gate;
 __thread char tl_tenant[24], tl_request[24]; /* kvh_set_tenant, kvh_set_request */
 
-static atomic_uint_fast64_t seq;
 static atomic_uint fork_gen; /* bumped in a forked child: cached ids are stale */
 static uint32_t cached_pid;
 static __thread uint32_t tl_tid, tl_gen;
+
+/* ---- the account: what this process emitted and dropped ---------------- */
+
+/* ctr is the process's kvh_counters: a shared memfd page once
+ * counters_open succeeded (the agent receives the fd with the HELLO and
+ * reads it after the process is gone), else local_ctr. Its emitted field is
+ * the seq counter itself, so the account costs the hot path nothing. */
+static struct kvh_counters local_ctr = {.magic = KVH_COUNTERS_MAGIC, .version = KVH_WIRE_VERSION};
+static struct kvh_counters *ctr = &local_ctr;
+static int ctr_fd = -1;
+
+/* counters_open puts the account in a fresh sealed memfd page (init and a
+ * forked child, single-threaded). A child must not count into its parent's
+ * page, which it inherits mapped: it starts its own at zero. */
+static void counters_open(void) {
+  if (ctr != &local_ctr) munmap(ctr, sizeof *ctr);
+  if (ctr_fd >= 0) close(ctr_fd);
+  ctr = &local_ctr;
+  ctr_fd = -1;
+  memset(&local_ctr, 0, sizeof local_ctr);
+  local_ctr.magic = KVH_COUNTERS_MAGIC;
+  local_ctr.version = KVH_WIRE_VERSION;
+  int fd = (int)syscall(SYS_memfd_create, "kvh-account", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return;
+  struct kvh_counters *p = MAP_FAILED;
+  if (ftruncate(fd, (off_t)sizeof *p) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
+    p = mmap(NULL, sizeof *p, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    close(fd);
+    return;
+  }
+  *p = local_ctr;
+  ctr = p;
+  ctr_fd = fd;
+}
+
+static inline uint64_t next_seq(void) { return __atomic_add_fetch(&ctr->emitted, 1, __ATOMIC_RELAXED); }
+
+/* lost counts n records given a seq that will never reach the agent. */
+static void lost(unsigned long n) {
+  atomic_fetch_add(&dropped, n);
+  __atomic_add_fetch(&ctr->dropped, (uint64_t)n, __ATOMIC_RELAXED);
+}
 
 /* ---- events: a lock-free ring drained by one background thread --------- */
 
@@ -53,7 +97,7 @@ void emit(struct kvh_record *r) {
   if (cfg.mode == MODE_OFF) return;
   r->magic = KVH_WIRE_MAGIC;
   r->version = KVH_WIRE_VERSION;
-  r->seq = atomic_fetch_add_explicit(&seq, 1, memory_order_relaxed) + 1;
+  r->seq = next_seq();
   r->ts_ns = now_ns(CLOCK_REALTIME);
   unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
   if (unlikely(!tl_tid || tl_gen != gen)) {
@@ -78,7 +122,7 @@ void emit(struct kvh_record *r) {
         break;
       }
     } else if (dif < 0) {
-      atomic_fetch_add_explicit(&dropped, 1, memory_order_relaxed);
+      lost(1);
       break;
     } else {
       pos = atomic_load_explicit(&ring_head, memory_order_relaxed);
@@ -137,16 +181,33 @@ static uint64_t flush_deadline;
  * waits on a slow agent. */
 static pthread_mutex_t send_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* send_batch sends n records (send_mu held). A slow agent is waited for, up
- * to 5 s (the ring keeps filling meanwhile, and a full ring counts drops);
- * a dead one is dropped and reconnected later. */
-static void send_batch(struct kvh_record *b, int n) {
+/* send_records sends n records in one packet, with fd as SCM_RIGHTS when
+ * fd >= 0 (send_mu held), and reports whether they went out. A slow agent
+ * is waited for, up to 5 s (the ring keeps filling meanwhile, and a full
+ * ring counts drops); a dead one is dropped and reconnected later. */
+static int send_records(struct kvh_record *b, int n, int fd) {
   uint64_t give_up = now_ns(CLOCK_MONOTONIC) + 5000000000ULL;
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } u;
+  struct iovec iov = {.iov_base = b, .iov_len = (size_t)n * sizeof *b};
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (fd >= 0) {
+    memset(&u, 0, sizeof u);
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
   while (sock >= 0) {
     uint64_t now = now_ns(CLOCK_MONOTONIC);
     if (now > give_up || (flush_deadline && now > flush_deadline)) break;
-    ssize_t w = send(sock, b, (size_t)n * sizeof *b, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (w == (ssize_t)((size_t)n * sizeof *b)) return;
+    ssize_t w = sendmsg(sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w == (ssize_t)iov.iov_len) return 1;
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR)) {
       struct pollfd p = {.fd = sock, .events = POLLOUT};
       poll(&p, 1, 20);
@@ -154,7 +215,12 @@ static void send_batch(struct kvh_record *b, int n) {
     }
     disconnect();
   }
-  atomic_fetch_add(&dropped, (unsigned long)n);
+  return 0;
+}
+
+/* send_batch sends n records given a seq; those that cannot go are lost. */
+static void send_batch(struct kvh_record *b, int n) {
+  if (!send_records(b, n, -1)) lost((unsigned long)n);
 }
 
 static void report_drops(void);
@@ -172,7 +238,7 @@ static void hello(void) {
   h.count = (uint64_t)pol.samples;
   h.result = (uint8_t)cfg.mode;
   memcpy(h.tenant, cfg.tenant, sizeof h.tenant);
-  send_batch(&h, 1);
+  send_records(&h, 1, ctr_fd); /* with the account's page: the agent keeps it */
   report_drops();
 }
 
@@ -199,7 +265,7 @@ static int take_batch(struct kvh_record *batch) {
 static void deliver(struct kvh_record *batch, int n) {
   pthread_mutex_lock(&send_mu);
   if (sock >= 0) send_batch(batch, n);
-  else atomic_fetch_add(&dropped, (unsigned long)n);
+  else lost((unsigned long)n);
   pthread_mutex_unlock(&send_mu);
   atomic_fetch_sub(&inflight, n);
 }
@@ -223,7 +289,7 @@ static void apply_floor(const struct kvh_control *c) {
   a.magic = KVH_WIRE_MAGIC;
   a.version = KVH_WIRE_VERSION;
   a.type = KVH_REC_FLOOR_ACK;
-  a.seq = atomic_fetch_add_explicit(&seq, 1, memory_order_relaxed) + 1;
+  a.seq = next_seq();
   a.ts_ns = now_ns(CLOCK_REALTIME);
   a.pid = (uint32_t)getpid();
   a.verify = (uint8_t)now.verify;
@@ -268,8 +334,8 @@ static void report_drops(void) {
   r.ts_ns = now_ns(CLOCK_REALTIME);
   r.pid = (uint32_t)getpid();
   r.count = d;
-  atomic_fetch_add(&dropped_reported, d);
-  send_batch(&r, 1);
+  if (send_records(&r, 1, -1)) atomic_fetch_add(&dropped_reported, d);
+  else atomic_fetch_add(&dropped, d); /* still to report: not lost twice */
 }
 
 static void *reporter(void *arg) {
@@ -358,6 +424,15 @@ __attribute__((destructor)) static void flush_at_exit(void) {
     if (empty && atomic_load(&inflight) == 0) break; /* the reporter's batch is out too */
     nanosleep(&d, NULL);
   }
+  /* Past the deadline, what is still queued will not be sent: count it, so
+   * the account closes (the reporter's batch in flight gives up at the same
+   * deadline and counts itself). */
+  int left;
+  while ((left = take_batch(batch)) > 0) {
+    lost((unsigned long)left);
+    atomic_fetch_sub(&inflight, left);
+  }
+  for (int i = 0; i < 100 && atomic_load(&inflight); i++) nanosleep(&d, NULL);
   pthread_mutex_lock(&send_mu);
   report_drops();
   pthread_mutex_unlock(&send_mu);
@@ -366,6 +441,7 @@ __attribute__((destructor)) static void flush_at_exit(void) {
 /* report_connect says hello at init. Connecting a Unix socket does not block;
  * no thread is started here. */
 void report_connect(void) {
+  counters_open();
   agent_up(0);
   sock = try_connect();
   if (sock >= 0) hello();
@@ -391,6 +467,7 @@ void report_fork_child(void) {
   atomic_store(&inflight, 0);
   atomic_store(&dropped, 0);
   atomic_store(&dropped_reported, 0);
+  if (cfg.mode != MODE_OFF) counters_open();
   cached_pid = 0;
   atomic_fetch_add(&fork_gen, 1);
   atomic_store(&thread_started, 0);

@@ -72,6 +72,8 @@ type Config struct {
 	AllowOptOut bool `yaml:"allow_opt_out" json:"allow_opt_out" doc:"honour a pod's kvh.io/opt-out: \"true\" annotation (its containers are not injected with libkvh); an opt-out is recorded in the trail (opt_out) whether or not it is honoured"`
 	// TrailRetentionDays is how long the trail kept off the node is locked.
 	TrailRetentionDays int `yaml:"trail_retention_days" json:"trail_retention_days" doc:"days each trail object shipped off the node (--ship-to) stays locked in compliance mode, so that no one, root on the node or the bucket's owner, can delete or overwrite it"`
+	// TrailEventMinBytes sets the trail's granularity for routine events.
+	TrailEventMinBytes int `yaml:"trail_event_min_bytes" json:"trail_event_min_bytes" doc:"buffers at least this large are recorded one by one (allocate, attest, free); smaller ones whose free passes (coverage at or above the threshold, verification at the floor, no ttl_sec) are counted exactly in per-connection event_window records with a digest instead; a violation, quarantine or failed free is always recorded one by one; 0 (the default) records every buffer one by one"`
 }
 
 // Override changes some fields for one tenant.
@@ -150,6 +152,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxLiveBuffersNode < c.MaxLiveBuffers {
 		return fmt.Errorf("max_live_buffers_node: %d must be at least max_live_buffers (%d)", c.MaxLiveBuffersNode, c.MaxLiveBuffers)
+	}
+	if c.TrailEventMinBytes < 0 {
+		return fmt.Errorf("trail_event_min_bytes: %d must be 0 (record every buffer) or a size in bytes", c.TrailEventMinBytes)
 	}
 	if !(c.MaxEventRate > 0) || math.IsInf(c.MaxEventRate, 0) {
 		return fmt.Errorf("max_event_rate: %v must be a positive number of events per second", c.MaxEventRate)
@@ -345,6 +350,7 @@ var envVars = []envVar{
 	{"KVH_MAX_EVENT_RATE", floatVar(func(c *Config) *float64 { return &c.MaxEventRate })},
 	{"KVH_TENANT_KEY", strVar(func(c *Config) *string { return &c.TenantKey })},
 	{"KVH_ALLOW_OPT_OUT", boolVar(func(c *Config) *bool { return &c.AllowOptOut })},
+	{"KVH_TRAIL_EVENT_MIN_BYTES", intVar(func(c *Config) *int { return &c.TrailEventMinBytes })},
 }
 
 // ApplyEnv overlays the environment (lookup is os.LookupEnv in production).

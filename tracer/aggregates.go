@@ -150,6 +150,39 @@ func (a *aggregates) retired(b *buffer, from State) {
 	a.mu.Unlock()
 }
 
+// summarised folds routine events that are not in the ledger one by one
+// into the aggregates: allocations, frees (each attested with the coverage
+// and duration in frees), and buffers retired with their process.
+func (a *aggregates) summarised(allocs int64, frees []SummarisedFree, retired int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.allocations += allocs
+	a.states[Allocated] += allocs - int64(len(frees)) - retired
+	a.orphans += retired
+	a.freed += int64(len(frees))
+	for _, f := range frees {
+		a.covMin = math.Min(a.covMin, f.Coverage)
+		a.covSum += f.Coverage
+		a.covN++
+		r := f.Coverage / 100
+		a.covTotal += r
+		for i, ub := range coverageBuckets {
+			if r <= ub {
+				a.covCounts[i]++
+				break
+			}
+		}
+		a.dur.add(f.Duration.Nanoseconds())
+		s := f.Duration.Seconds()
+		for i, ub := range durationBuckets {
+			if s <= ub {
+				a.durCounts[i]++
+				break
+			}
+		}
+	}
+}
+
 // coverageObserved records the coverage of one sanitize or attestation.
 func (a *aggregates) coverageObserved(pct float64) {
 	a.mu.Lock()

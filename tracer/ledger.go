@@ -506,3 +506,22 @@ func (l *Ledger) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// SummarisedFree is one free counted in a summary: its attested coverage
+// (percent) and zeroize duration.
+type SummarisedFree struct {
+	Coverage float64
+	Duration time.Duration
+}
+
+// Summarised counts routine remote events that the caller records in its
+// own exact summaries (ingest's event_window records) rather than in the
+// ledger one by one: allocations, frees that passed, and buffers retired
+// with their process. The metrics and exports count them like any other;
+// nothing here is written to the trail.
+func (l *Ledger) Summarised(allocs int64, frees []SummarisedFree, retired int64) {
+	if allocs == 0 && len(frees) == 0 && retired == 0 {
+		return
+	}
+	l.agg.summarised(allocs, frees, retired)
+}

@@ -21,6 +21,8 @@ const (
 	EvAnomaly             = "anomaly"
 	EvFloodSummary        = "flood_summary"
 	EvOptOut              = "opt_out"
+	EvProcessAccount      = "process_account"
+	EvEventWindow         = "event_window"
 )
 
 // Buffer transition event names (the ledger's state machine).
@@ -114,12 +116,71 @@ type ProcessDisconnected struct {
 	Reason string `json:"reason,omitempty" doc:"why the agent ended it (a client that does not read, repeated malformed packets); empty when the client closed it"`
 }
 
-// InterposerDrops records events an interposer could not deliver.
+// InterposerDrops records events an interposer could not deliver: an
+// evidence gap (the agent was absent or slow; libkvh still zeroized), never
+// a violation of the tenant's.
 type InterposerDrops struct {
 	Ev     string `json:"ev" doc:"interposer_drops"`
 	PID    int    `json:"pid" doc:"process id"`
 	Tenant string `json:"tenant,omitempty" doc:"tenant"`
 	Count  uint64 `json:"count" doc:"events dropped since the previous report"`
+}
+
+// ProcessAccount closes a process's event account when its last connection
+// ends and the process has exited: from the counters page its interposer
+// kept (a claim, read after the process was gone), every event it emitted
+// was received, or dropped by the interposer, or lost with the process.
+// Dropped and lost events are an evidence gap (libkvh still zeroized
+// them), not a violation of the tenant's.
+type ProcessAccount struct {
+	Ev       string `json:"ev" doc:"process_account"`
+	PID      int    `json:"pid" doc:"the process"`
+	Tenant   string `json:"tenant,omitempty" doc:"its tenant"`
+	Emitted  uint64 `json:"emitted" doc:"records the interposer gave a seq (its counters page)"`
+	Received uint64 `json:"received" doc:"of those, records the agent received, over all the process's connections"`
+	Dropped  uint64 `json:"dropped" doc:"of those, records the interposer counted as dropped (its counters page)"`
+	Reported uint64 `json:"reported" doc:"drops it had reported in interposer_drops records before"`
+	Lost     uint64 `json:"lost" doc:"emitted - received - dropped: records lost with the process (killed with events queued)"`
+	Excess   uint64 `json:"excess,omitempty" doc:"received + dropped - emitted when positive: the page's counts are inconsistent (a client that lies)"`
+	Exited   bool   `json:"exited" doc:"true when the process had exited when its account was read (false: read at the agent's stop, still running)"`
+}
+
+// Granularity states, for docs/trail-schema.md, which events are records of
+// their own and what the summaries guarantee.
+const Granularity = `Every buffer at or above the policy's ` + "`trail_event_min_bytes`" + ` (0, the default: every buffer) is recorded one by one: ` +
+	"`allocate`, `attest`, `free`" + ` (or ` + "`quarantine`, `retire`" + `). So is everything an auditor must be able to point at, whatever its size: ` +
+	`each violation and action, each quarantine, and each free that fails the coverage threshold or the verify floor (the buffer is brought into the ledger and judged one by one). ` +
+	`Below the size, for tenants without ` + "`ttl_sec`" + `, allocations and frees that pass are counted exactly in ` + "`event_window`" + ` records, one per connection per second at most: ` +
+	`counts, bytes, zeroed bytes, verified frees, the minimum coverage, the seq range, buffers still open at the end, and a SHA-256 over the events' 160-byte wire records in arrival order. ` +
+	`Guarantees: every event the agent received is in exactly one per-event record or one window; a window's digest lets a client's own log of those events be checked against the trail; ` +
+	`no event that breaches the policy is ever only in a window. ` +
+	`Events the agent did not receive are counted: ` + "`interposer_drops`" + ` as the interposer reports them, and ` + "`process_account`" + ` when the process has exited — ` +
+	`emitted = received + dropped + lost, from the counters page the interposer kept. Drops and losses are an evidence gap (the interposer zeroized those buffers anyway), never a violation of the tenant's; ` +
+	"`event_rate_limit`" + ` is raised only when what a process offered, dropped or not, exceeds its ` + "`max_event_rate`" + `.`
+
+// EventWindow is the exact summary of a connection's routine events in one
+// window: allocations, and frees of buffers below the policy's
+// trail_event_min_bytes that met the coverage threshold and the verify
+// floor. Anything an auditor must be able to point at (a violation, an
+// action, a quarantine, a free at or above the size, a free below the
+// threshold or the floor) is a per-event record instead.
+type EventWindow struct {
+	Ev          string  `json:"ev" doc:"event_window"`
+	PID         int     `json:"pid" doc:"the process"`
+	Tenant      string  `json:"tenant,omitempty" doc:"its tenant"`
+	FromNS      int64   `json:"from_ns" doc:"first event's arrival, Unix nanoseconds"`
+	ToNS        int64   `json:"to_ns" doc:"last event's arrival, Unix nanoseconds"`
+	FirstSeq    uint64  `json:"first_seq" doc:"lowest interposer seq among the events"`
+	LastSeq     uint64  `json:"last_seq" doc:"highest interposer seq among the events"`
+	Allocs      uint64  `json:"allocs" doc:"allocations summarised"`
+	AllocBytes  uint64  `json:"alloc_bytes" doc:"bytes they claimed"`
+	Frees       uint64  `json:"frees" doc:"frees summarised, each zeroized at or above the coverage threshold"`
+	FreeBytes   uint64  `json:"free_bytes" doc:"bytes those frees released"`
+	Zeroed      uint64  `json:"zeroed_bytes" doc:"bytes they attested zeroized (verified, where the floor asks)"`
+	Verified    uint64  `json:"verified" doc:"frees among them that were verified"`
+	MinCoverage float64 `json:"min_coverage" doc:"lowest coverage percent among the frees (100 when none)"`
+	Retired     uint64  `json:"retired,omitempty" doc:"buffers summarised as allocated and still open when the connection ended"`
+	Digest      string  `json:"digest" doc:"hex SHA-256 over the events' wire records (160 bytes each, in arrival order): a client's own log can be checked against it"`
 }
 
 // Violation records one breach, before any action on it.

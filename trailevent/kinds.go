@@ -30,7 +30,7 @@ func Kinds() []Kind {
 		kind[Posture](EvPosture, "The node's posture: driver scrub-on-free, GPUs, MIG, the witness."),
 		kind[ProcessConnected](EvProcessConnected, "An interposer connected and said hello."),
 		kind[ProcessDisconnected](EvProcessDisconnected, "An interposer's connection ended; its open buffers are retired."),
-		kind[InterposerDrops](EvInterposerDrops, "An interposer reports events it could not deliver."),
+		kind[InterposerDrops](EvInterposerDrops, "An interposer reports events it could not deliver: an evidence gap, not a violation."),
 		kind[Buffer](EvAllocate, "A buffer was allocated (or a remote allocation registered)."),
 		kind[Buffer](EvBind, "A buffer was bound to a stream."),
 		kind[Buffer](EvWrite, "A buffer was written (first use; resets coverage)."),
@@ -50,6 +50,8 @@ func Kinds() []Kind {
 		kind[Action](EvAction, "An action taken on a violator, and its outcome."),
 		kind[OptOut](EvOptOut, "A pod asked not to be injected with libkvh (kvh.io/opt-out); honoured only where the policy's allow_opt_out is on."),
 		kind[FloodSummary](EvFloodSummary, "What a process sent past max_event_rate or max_live_buffers in one window, counted exactly."),
+		kind[ProcessAccount](EvProcessAccount, "A process's closed event account: emitted = received + dropped + lost, from its interposer's counters page."),
+		kind[EventWindow](EvEventWindow, "Routine events of one connection in one window (allocations, small clean frees), summarised exactly with a digest."),
 	}
 }
 

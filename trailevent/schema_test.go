@@ -33,6 +33,7 @@ func schema(t *testing.T) []byte {
 		}
 		fmt.Fprintf(&b, "| `%s` | [%s](#%s) | %s |\n", k.Name, k.Type.Name(), strings.ToLower(k.Type.Name()), k.Doc)
 	}
+	b.WriteString("\n## Granularity and evidence guarantees\n\n" + Granularity + "\n")
 	seen := map[reflect.Type]bool{}
 	for _, k := range Kinds() {
 		if seen[k.Type] {

@@ -52,7 +52,7 @@ var docs = map[Kind]string{
 	ReuseWithoutSanitize: "a buffer was handed to a new request without a passing sanitize",
 	ReuseLimit:           "a buffer was reused more often than max_reuse allows",
 	TTLExpired:           "a buffer outlived its ttl_sec without being sanitized and freed",
-	DroppedEvents:        "an interposer lost more events than --drop-threshold (the agent could not see them)",
+	DroppedEvents:        "retired: no longer raised (events an interposer drops because the agent is slow are an evidence gap, in interposer_drops and process_account records); kept to read older trails",
 	UnattestedFree:       "the eBPF witness saw a free in the driver with no zeroize attestation from the interposer",
 	UncoveredProcess:     "a process uses the GPU or the CUDA driver without the interposer",
 	ConnectionLimit:      "a process (or its uid) opened more interposer connections than the agent allows",

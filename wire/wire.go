@@ -24,6 +24,11 @@ const (
 	RecordSize  = 160
 	ControlSize = 16
 	MaxBatch    = 32
+
+	// CountersMagic and CountersSize are struct kvh_counters': the
+	// process's event account, in a sealed memfd passed with the HELLO.
+	CountersMagic = 0x3143564b
+	CountersSize  = 64
 )
 
 // Record types.
@@ -266,6 +271,33 @@ func DecodeControl(b []byte) (ControlMsg, error) {
 		return ControlMsg{}, fmt.Errorf("%w: floor verify %d flags %#x", ErrField, m.Verify, b[9])
 	}
 	return m, nil
+}
+
+// Counters is struct kvh_counters.
+type Counters struct {
+	Emitted uint64 // records given a seq: the last seq
+	Dropped uint64 // of those, records lost before reaching the agent
+}
+
+// DecodeCounters parses a counters page's first CountersSize bytes.
+func DecodeCounters(b []byte) (emitted, dropped uint64, err error) {
+	if len(b) < CountersSize {
+		return 0, 0, fmt.Errorf("%w: counters page of %d bytes", ErrSize, len(b))
+	}
+	if le.Uint32(b[0:]) != CountersMagic || le.Uint16(b[4:]) != Version {
+		return 0, 0, ErrMagic
+	}
+	return le.Uint64(b[8:]), le.Uint64(b[16:]), nil
+}
+
+// Encode renders c as kvh_counters bytes.
+func (c Counters) Encode() []byte {
+	b := make([]byte, CountersSize)
+	le.PutUint32(b[0:], CountersMagic)
+	le.PutUint16(b[4:], Version)
+	le.PutUint64(b[8:], c.Emitted)
+	le.PutUint64(b[16:], c.Dropped)
+	return b
 }
 
 // FnNames are the hooked functions in hooks.def order; Fn n is FnNames[n-1].

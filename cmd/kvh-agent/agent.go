@@ -179,7 +179,9 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	}
 
 	peers := ingest.NewPeers()
-	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: witnessSink}, reg)
+	var server *ingest.Server
+	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: witnessSink,
+		Progress: func(pid int) (uint64, uint64, uint64, bool) { return server.Progress(pid) }}, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +189,7 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	if witness != nil {
 		attested = corr.Attested
 	}
-	server, err := ingest.New(sock, ingest.Config{Ledger: ledger, Trail: trail, Violations: queue, Peers: peers, Metrics: ingest.NewMetrics(reg),
+	server, err = ingest.New(sock, ingest.Config{Ledger: ledger, Trail: trail, Violations: queue, Peers: peers, Metrics: ingest.NewMetrics(reg),
 		Policy: ledger.Policy, Log: log.Named("ingest"), ProcRoot: cfg.ProcRoot, Pods: pods, DropThreshold: cfg.DropThreshold, Attested: attested,
 		MaxConns: cfg.MaxConns, MaxConnsPerUID: cfg.MaxConnsPerUID, MaxConnsPerProcess: cfg.MaxConnsPerProc})
 	if err != nil {

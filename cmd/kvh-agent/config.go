@@ -106,7 +106,7 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.Witness, "witness", "auto", "eBPF witness: auto (on when possible), on (required) or off")
 	fs.StringArrayVar(&c.WitnessLibs, "witness-lib", nil, "a CUDA driver or runtime library to probe (repeatable; default: the node's libcuda.so.1, plus every copy processes map)")
 	fs.DurationVar(&c.AttestWindow, "attest-window", 2*time.Second, "how long a witnessed free waits for its interposer attestation")
-	fs.Uint64Var(&c.DropThreshold, "drop-threshold", 1000, "events an interposer may drop before it is a violation")
+	fs.Uint64Var(&c.DropThreshold, "drop-threshold", 1000, "events one connection may drop before the agent logs that it is not keeping up (drops are an evidence gap, never a violation)")
 	fs.DurationVar(&c.ActionTimeout, "action-timeout", 5*time.Second, "how long one action (deny, freeze, kill) may take before it is recorded as timed out")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "procfs mount (identity of connected processes)")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 mount (freeze action)")

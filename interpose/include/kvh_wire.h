@@ -25,7 +25,7 @@ enum kvh_record_type {
   KVH_REC_ALLOC = 2,      /* an allocation this process made or imported */
   KVH_REC_FREE = 3,       /* memory given back, with its zeroize attestation */
   KVH_REC_QUARANTINE = 4, /* zeroize or verify failed: kept from the driver */
-  KVH_REC_DROPS = 5,      /* count = records dropped while the agent was away or slow */
+  KVH_REC_DROPS = 5,      /* count = records dropped while the agent was away or slow, since the last DROPS */
   KVH_REC_FLOOR_ACK = 6,  /* a floor was applied: verify, flags (KVH_F_DOUBLE_PASS) and
                              count (samples) are the interposer's settings now */
 };
@@ -105,10 +105,30 @@ struct kvh_control {
   uint32_t reserved; /* 12 */
 };
 
+/* kvh_counters: the process's event account, 64 bytes at offset 0 of a
+ * memfd (sealed against shrinking) that libkvh passes with its HELLO as
+ * SCM_RIGHTS ancillary data. libkvh keeps it up to date as it works, so the
+ * agent can read the final counts after the process exited or was killed,
+ * and behind whatever backlog: every record given a seq was either received
+ * by the agent, or counted in dropped, or lost with the process (emitted -
+ * received - dropped, exactly). A claim, like every other field. An agent
+ * that ignores ancillary data loses nothing but the account. */
+#define KVH_COUNTERS_MAGIC 0x3143564bu /* "KVC1" little-endian */
+struct kvh_counters {
+  uint32_t magic;      /*  0 KVH_COUNTERS_MAGIC */
+  uint16_t version;    /*  4 KVH_WIRE_VERSION */
+  uint16_t reserved0;  /*  6 */
+  uint64_t emitted;    /*  8 records given a seq (ALLOC, FREE, QUARANTINE, FLOOR_ACK): the last seq */
+  uint64_t dropped;    /* 16 of those, records lost before reaching the agent's socket */
+  uint64_t reserved[5]; /* 24 */
+};
+
 #ifdef __cplusplus
+static_assert(sizeof(struct kvh_counters) == 64, "kvh_counters layout");
 static_assert(sizeof(struct kvh_record) == 160, "kvh_record layout");
 static_assert(sizeof(struct kvh_control) == 16, "kvh_control layout");
 #else
+_Static_assert(sizeof(struct kvh_counters) == 64, "kvh_counters layout");
 _Static_assert(sizeof(struct kvh_record) == 160, "kvh_record layout");
 _Static_assert(sizeof(struct kvh_control) == 16, "kvh_control layout");
 #endif

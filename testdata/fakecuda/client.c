@@ -14,7 +14,8 @@
  *   deny      allocates every 10 ms until the agent denies (prints DENIED), then
  *             forks a child that tries for a second to allocate
  *   bench     times N alloc/free pairs and a 64 MiB pinned-host free
- *   churn     keeps L buffers live while making N allocations in all, at R per ms
+ *   churn     keeps L buffers live while making N allocations in all, at R per ms,
+ *             of S bytes (default 4096); prints CALLS, the hooked calls made
  *   failclosed  calls every allocation hook once and prints each result;
  *             with "hold", first holds a filled buffer until allocations are
  *             refused, then frees it
@@ -326,17 +327,21 @@ int main(int argc, char **argv) {
   printf("NOT DENIED\n");
 #elif defined(WAY_churn)
   long total = iters > 1 ? iters : 1000000, live = argc > 2 ? atol(argv[2]) : 10000, rate = argc > 3 ? atol(argv[3]) : 100;
+  size_t size = argc > 4 ? (size_t)atol(argv[4]) : 4096;
   CUdeviceptr *ps = calloc((size_t)live, sizeof *ps);
   unsigned long long x = 88172645463325252ULL;
-  for (long i = 0; i < live; i++) CHECK(cuMemAlloc_v2(&ps[i], 4096));
+  long calls = 0; /* hooked calls made: the outside count of events */
+  for (long i = 0; i < live; i++, calls++) CHECK(cuMemAlloc_v2(&ps[i], size));
   for (long i = live; i < total; i++) {
     x ^= x << 13; x ^= x >> 7; x ^= x << 17;
     long k = (long)(x % (unsigned long long)live);
     CHECK(cuMemFree_v2(ps[k]));
-    CHECK(cuMemAlloc_v2(&ps[k], 4096));
+    CHECK(cuMemAlloc_v2(&ps[k], size));
+    calls += 2;
     if (rate > 0 && i % rate == 0) usleep(1000);
   }
-  for (long i = 0; i < live; i++) CHECK(cuMemFree_v2(ps[i]));
+  for (long i = 0; i < live; i++, calls++) CHECK(cuMemFree_v2(ps[i]));
+  printf("CALLS %ld\n", calls);
   printf("RESIDUE 0\n");
   free(ps);
 #elif defined(WAY_bench)
