@@ -38,6 +38,7 @@ type Ledger struct {
 
 	violations violation.Sink
 	async      asyncTrail
+	queue      asyncTrail // without AsyncTrail: for the records that are not barriers (see Options)
 }
 
 // New returns a Ledger writing to opts.Trail.
@@ -70,6 +71,8 @@ func New(opts Options) (*Ledger, error) {
 			return nil, errors.New("tracer: AsyncTrail needs a trail with AppendAsync")
 		}
 		l.async = a
+	} else if a, ok := opts.Trail.(asyncTrail); ok {
+		l.queue = a
 	}
 	l.retired = make(map[Handle]struct{}, opts.RetiredWindow)
 	l.retRing = make([]Handle, opts.RetiredWindow)

@@ -26,11 +26,26 @@ func (l *Ledger) commit(b *buffer, r record, to State) error {
 }
 
 // record writes one transition record, waiting for durability unless the
-// ledger was built with AsyncTrail.
+// ledger was built with AsyncTrail, or the record is not a barrier (see
+// Options.AsyncTrail).
 func (l *Ledger) record(r record) error {
 	if l.async != nil {
 		return l.async.AppendAsync(r)
 	}
+	if l.queue != nil && !barrier(r.Ev) {
+		return l.queue.AppendAsync(r)
+	}
 	_, err := l.trail.Append(r)
 	return err
+}
+
+// barrier reports whether a transition must be durable, with all before
+// it, before the ledger returns: memory leaves the ledger or is kept from
+// use.
+func barrier(ev string) bool {
+	switch ev {
+	case trailevent.EvFree, trailevent.EvRelease, trailevent.EvRetire, trailevent.EvQuarantine, trailevent.EvDoubleFree:
+		return true
+	}
+	return false
 }

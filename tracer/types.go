@@ -92,6 +92,15 @@ type Options struct {
 	// connection's events are not serialised on fdatasync, while every action
 	// it takes is still recorded, durably, after the verdict it rests on.
 	AsyncTrail bool
+	// Without AsyncTrail, a trail that implements AppendAsync is used
+	// this way: a transition that lets memory go or changes what may be
+	// done with it — free, release, retire, quarantine, double free —
+	// returns only once it and every transition before it are durable (the
+	// trail keeps order, so its fdatasync covers them); allocate, bind,
+	// write, reuse, attest and sanitize records are queued and become
+	// durable with the next such barrier or group commit. One fdatasync
+	// wait per lifecycle instead of four: nothing leaves the ledger before
+	// its whole history is on disk.
 	// Violations, when set, is told of every policy violation after the
 	// quarantine it causes is recorded. Emit is called with the buffer's lock
 	// held, so it must never block, act or call back into the Ledger: a
