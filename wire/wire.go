@@ -287,7 +287,19 @@ func DecodeCounters(b []byte) (emitted, dropped uint64, err error) {
 	if le.Uint32(b[0:]) != CountersMagic || le.Uint16(b[4:]) != Version {
 		return 0, 0, ErrMagic
 	}
+	if le.Uint16(b[6:]) != 0 || !allZero(b[24:CountersSize]) {
+		return 0, 0, fmt.Errorf("%w: counters page reserved bytes set", ErrField)
+	}
 	return le.Uint64(b[8:]), le.Uint64(b[16:]), nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Encode renders c as kvh_counters bytes.

@@ -193,3 +193,36 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestCountersRoundTrip(t *testing.T) {
+	c := Counters{Emitted: 1 << 40, Dropped: 12345}
+	b := c.Encode()
+	if len(b) != CountersSize {
+		t.Fatalf("%d bytes", len(b))
+	}
+	e, d, err := DecodeCounters(b)
+	if err != nil || e != c.Emitted || d != c.Dropped {
+		t.Fatalf("%d %d %v", e, d, err)
+	}
+	b[0] ^= 1
+	if _, _, err := DecodeCounters(b); err == nil {
+		t.Fatal("bad magic accepted")
+	}
+	if _, _, err := DecodeCounters(b[:CountersSize-1]); err == nil {
+		t.Fatal("short page accepted")
+	}
+}
+
+func FuzzDecodeCounters(f *testing.F) {
+	f.Add(Counters{Emitted: 7, Dropped: 3}.Encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, d, err := DecodeCounters(b)
+		if err != nil {
+			return
+		}
+		back := Counters{Emitted: e, Dropped: d}.Encode()
+		if !bytes.Equal(back, b[:CountersSize]) {
+			t.Fatalf("re-encode: %x, want %x", back, b[:CountersSize])
+		}
+	})
+}
