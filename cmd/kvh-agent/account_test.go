@@ -80,7 +80,9 @@ func (a *testAgent) accounts(t *testing.T, pids []int, within time.Duration) map
 // and in the metrics, after the processes exited and behind the backlog;
 // and the agent's slowness is an evidence gap, not a tenant's violation.
 func TestEveryEventIngestedOrCounted(t *testing.T) {
-	a := newAgent(t, "--verify", "off", "--on-violation", "kill")
+	// observe: the witness sees every process on this machine that uses
+	// the fake driver, other tests' too, and none of them may be acted on.
+	a := newAgent(t, "--verify", "off")
 	const procs, total = 8, 20000
 	calls, pids := churners(t, a, procs, total, 4, func() { // 4 pairs per ms: about 8k events/s each, under the 100k cap
 		time.Sleep(300 * time.Millisecond)
@@ -101,10 +103,10 @@ func TestEveryEventIngestedOrCounted(t *testing.T) {
 		received += pa.Received
 		dropped += pa.Dropped
 		lost += pa.Lost
-		floorAcks++ // one per connection: a record with a seq that is not a call
+		floorAcks++ // at most one per connection: a record with a seq that is not a call
 	}
-	if received+dropped != uint64(calls)+floorAcks {
-		t.Errorf("received %d + dropped %d != %d calls + %d floor acknowledgements", received, dropped, calls, floorAcks)
+	if received+dropped < uint64(calls) || received+dropped > uint64(calls)+floorAcks {
+		t.Errorf("received %d + dropped %d: want %d calls (+ up to %d floor acknowledgements)", received, dropped, calls, floorAcks)
 	}
 	if dropped == 0 {
 		t.Errorf("no event was dropped while the agent was stopped: the test did not overload it")
@@ -117,11 +119,15 @@ func TestEveryEventIngestedOrCounted(t *testing.T) {
 		t.Errorf("metrics: hygiene %v + dropped %v + lost %v, want %d calls", hyg, drop, lst, calls)
 	}
 	t.Logf("%d calls: %d received, %d dropped, %d lost", calls, received, dropped, lost)
+	mine := map[int]bool{}
+	for _, p := range pids {
+		mine[p] = true
+	}
 	for _, ev := range a.typedEvents(t) {
-		if v, ok := ev.(*trailevent.Violation); ok {
+		if v, ok := ev.(*trailevent.Violation); ok && mine[v.PID] {
 			t.Errorf("the agent's slowness became a tenant's violation: %+v", *v) // the clients are honest: no violation at all
 		}
-		if act, ok := ev.(*trailevent.Action); ok {
+		if act, ok := ev.(*trailevent.Action); ok && mine[act.PID] && act.Action != "observe" {
 			t.Errorf("an action was taken on an honest tenant: %+v", *act)
 		}
 	}
