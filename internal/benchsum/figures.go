@@ -24,6 +24,7 @@ var Figures = []Figure{
 	{What: "witness ring buffer", Pkg: "/bpf", Bench: `BenchmarkWitness.*`, Units: []string{"events/s", "ring-events/s"}, Op: ">=", Target: 1e6},
 	{What: "witness ring buffer: events lost", Pkg: "/bpf", Bench: `BenchmarkWitness.*`, Units: []string{"lost", "ring-lost"}, Op: "==", Target: 0},
 	{What: "witness probe cost, probed / unprobed driver call", Pkg: "/bpf", Bench: `BenchmarkWitness.*`, Units: []string{"probed/unprobed"}},
+	{What: "shipping sealed segments to S3-compatible storage, vs plain PUTs of the same files", Pkg: "/ship", Bench: `BenchmarkShip.*`, Units: []string{"ship-MiB/s"}, Ratio: "ship/put"},
 	{What: "evidence report pass", Pkg: "/report", Bench: `BenchmarkReport`, Units: []string{"report-records/s"}},
 	{What: "evidence report peak heap", Pkg: "/report", Bench: `BenchmarkReport`, Units: []string{"peak-heap-MiB"}},
 }
