@@ -25,6 +25,7 @@ type Canonicalizer struct {
 
 type member struct {
 	k0, k1 int // decoded key in keys
+	q0, q1 int // the key as quoted in the line, when that is canonical (q0 >= 0)
 	v0, v1 int // canonical value in vals
 	kind   byte
 	s0, s1 int // for a string value: its decoded text in keys
@@ -59,7 +60,7 @@ func (c *Canonicalizer) Object(dst, line []byte, skip ...string) ([]byte, error)
 			dst = append(dst, ',')
 		}
 		first = false
-		dst = quote(dst, c.keys[m.k0:m.k1])
+		dst = c.appendKey(dst, m)
 		dst = append(dst, ':')
 		dst = append(dst, c.vals[m.v0:m.v1]...)
 	}
@@ -100,6 +101,13 @@ func (c *Canonicalizer) sorted(ms []member) []member {
 		ms[i] = c.tmp[j]
 	}
 	return ms[:len(perm)]
+}
+
+func (c *Canonicalizer) appendKey(dst []byte, m member) []byte {
+	if m.q0 >= 0 {
+		return append(dst, c.p.b[m.q0:m.q1]...)
+	}
+	return quote(dst, c.keys[m.k0:m.k1])
 }
 
 // Str returns the top-level string member key of the last object.
@@ -155,11 +163,16 @@ func (c *Canonicalizer) value1(top bool) (v0, v1 int, kind byte, ok bool) {
 				if p.i >= len(p.b) || p.b[p.i] != '"' {
 					return 0, 0, 0, false
 				}
-				k0 := len(c.keys)
-				if !c.str() {
+				k0, q0 := len(c.keys), p.i
+				ok, clean := c.str()
+				if !ok {
 					return 0, 0, 0, false
 				}
 				k1 := len(c.keys)
+				if !clean {
+					q0 = -1
+				}
+				q1 := p.i
 				p.ws()
 				if p.i >= len(p.b) || p.b[p.i] != ':' {
 					return 0, 0, 0, false
@@ -171,7 +184,7 @@ func (c *Canonicalizer) value1(top bool) (v0, v1 int, kind byte, ok bool) {
 				if !ok {
 					return 0, 0, 0, false
 				}
-				c.mem = append(c.mem, member{k0: k0, k1: k1, v0: a, v1: b, kind: kd, s0: s0, s1: len(c.keys)})
+				c.mem = append(c.mem, member{k0: k0, k1: k1, q0: q0, q1: q1, v0: a, v1: b, kind: kd, s0: s0, s1: len(c.keys)})
 				p.ws()
 				if p.i < len(p.b) && p.b[p.i] == ',' {
 					p.i++
@@ -196,7 +209,7 @@ func (c *Canonicalizer) value1(top bool) (v0, v1 int, kind byte, ok bool) {
 			if i > 0 {
 				c.vals = append(c.vals, ',')
 			}
-			c.vals = quote(c.vals, c.keys[m.k0:m.k1])
+			c.vals = c.appendKey(c.vals, m)
 			c.vals = append(c.vals, ':')
 			c.vals = append(c.vals, c.vals[m.v0:m.v1]...)
 		}
@@ -240,12 +253,17 @@ func (c *Canonicalizer) value1(top bool) (v0, v1 int, kind byte, ok bool) {
 		c.vals = append(c.vals, ']')
 		return v0, len(c.vals), 'a', true
 	case ch == '"':
-		s0 := len(c.keys)
-		if !c.str() {
+		s0, q0 := len(c.keys), p.i
+		ok, clean := c.str()
+		if !ok {
 			return 0, 0, 0, false
 		}
 		v0 = len(c.vals)
-		c.vals = quote(c.vals, c.keys[s0:])
+		if clean {
+			c.vals = append(c.vals, p.b[q0:p.i]...)
+		} else {
+			c.vals = quote(c.vals, c.keys[s0:])
+		}
 		return v0, len(c.vals), 's', true
 	default:
 		start := p.i
@@ -270,27 +288,38 @@ var literals = [][]byte{[]byte("true"), []byte("false"), []byte("null"), []byte(
 
 // str decodes the string at p.i onto the end of c.keys. A string with no
 // escape is copied as it is.
-func (c *Canonicalizer) str() bool {
+//
+// clean reports a string with no escape: its canonical form is its text
+// in the line, quotes included.
+func (c *Canonicalizer) str() (ok, clean bool) {
 	p := &c.p
 	p.i++
 	j := p.i
-	for j < len(p.b) && p.b[j] != '"' && p.b[j] != '\\' && p.b[j] >= 0x20 {
+	ascii := true
+	for j < len(p.b) {
+		ch := p.b[j]
+		if ch == '"' || ch == '\\' || ch < 0x20 {
+			break
+		}
+		if ch >= 0x80 {
+			ascii = false
+		}
 		j++
 	}
 	if j < len(p.b) && p.b[j] == '"' {
-		if !utf8.Valid(p.b[p.i:j]) {
-			return false
+		if !ascii && !utf8.Valid(p.b[p.i:j]) {
+			return false, false
 		}
 		c.keys = append(c.keys, p.b[p.i:j]...)
 		p.i = j + 1
-		return true
+		return true, true
 	}
 	// Escapes or an error: the general decoder.
 	p.i--
 	s, err := p.str()
 	if err != nil {
-		return false
+		return false, false
 	}
 	c.keys = append(c.keys, s...)
-	return true
+	return true, false
 }
