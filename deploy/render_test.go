@@ -300,3 +300,52 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(ks)
 	return ks
 }
+
+// TestAgentStartsOnEachOverlay runs the agent built here with each overlay's
+// arguments and its policy as the ConfigMap holds it, up to the first thing
+// that needs the node: the agent validates its flags and loads its policy
+// (exit 2 on either) before it reads its signing key, here a file that does
+// not exist (exit 1, naming the key). Only the two paths that point at the
+// node change.
+func TestAgentStartsOnEachOverlay(t *testing.T) {
+	bin := agentBinary(t)
+	for _, o := range overlays {
+		t.Run(o, func(t *testing.T) {
+			r := render(t, o)
+			c := agentContainer(t, r)
+			dir := t.TempDir()
+			polFile, _ := argValue(c.Args, "policy")
+			var text string
+			for _, cm := range r.configMaps {
+				if strings.HasPrefix(cm.Name, "kvh-policy-") {
+					text = cm.Data[filepath.Base(polFile)]
+				}
+			}
+			if text == "" {
+				t.Fatal("no policy in the overlay's policy ConfigMap")
+			}
+			pol := filepath.Join(dir, "policy.yaml")
+			if err := os.WriteFile(pol, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			missingKey := filepath.Join(dir, "no-such-key")
+			var args []string
+			for _, a := range c.Args {
+				switch {
+				case strings.HasPrefix(a, "--policy="):
+					a = "--policy=" + pol
+				case strings.HasPrefix(a, "--signing-key="):
+					a = "--signing-key=" + missingKey
+				}
+				args = append(args, a)
+			}
+			cmd := exec.Command(bin, args...)
+			cmd.Env = []string{"PATH=/usr/bin:/bin"} // no KV_*/KVH_* policy from this machine
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "signing key") || !strings.Contains(string(out), missingKey) {
+				t.Fatalf("kvh-agent with the %s overlay's arguments: %v, want exit 1 at the signing key (flags and policy accepted)\n%s", o, err, out)
+			}
+		})
+	}
+}
