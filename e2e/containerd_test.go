@@ -96,6 +96,11 @@ func TestContainerdNRI(t *testing.T) {
 
 	x.buildImages()
 	x.startContainerd()
+	// A GPU pod that starts before the agent: not injected (NRI fails
+	// open), learnt by Synchronize when the agent connects, and flagged by
+	// the witness, its pod named, once it uses the driver. Its own arena.
+	early := x.startPod("p0", "team-p", nil, []string{"/workload", "write", "SECRET-OF-TEAM-P"},
+		[]map[string]string{{"key": "NVIDIA_VISIBLE_DEVICES", "value": "all"}, {"key": "FAKECUDA_ARENA_FILE", "value": "/gpu/arena-p0"}, {"key": "WORKLOAD_DELAY", "value": "20"}})
 	x.startAgent()
 
 	gpuEnv := []map[string]string{{"key": "NVIDIA_VISIBLE_DEVICES", "value": "all"}, {"key": "FAKECUDA_ARENA_FILE", "value": "/gpu/arena"}}
@@ -140,6 +145,10 @@ func TestContainerdNRI(t *testing.T) {
 	if strings.Contains(logs["n1"], "LD_PRELOAD") || strings.Contains(logs["n1"], "KVH_SOCKET") || !strings.Contains(logs["n1"], "PATH=") {
 		t.Errorf("a container without a GPU was injected:\n%s", logs["n1"])
 	}
+	logs["p0"] = x.waitPod(early)
+	if !strings.Contains(logs["p0"], "LIBKVH absent") {
+		t.Errorf("the pod started before the agent has libkvh:\n%s", logs["p0"])
+	}
 	time.Sleep(3 * time.Second) // the last attestation window and violation records
 	x.stopAgent()
 
@@ -171,10 +180,10 @@ func TestContainerdNRI(t *testing.T) {
 	// agent names it while the process lives; each lingers after its
 	// calls) or their namespace as tenant. The machine may run other GPU
 	// processes (other tests): those are not this test's to judge.
-	caught, others := false, 0
+	caught, early0, others := false, false, 0
 	for _, v := range violations {
 		ours := strings.Contains(v.Detail, "(pod team-")
-		for _, ns := range []string{"team-a", "team-b", "team-o", "team-s"} {
+		for _, ns := range []string{"team-a", "team-b", "team-o", "team-s", "team-p"} {
 			ours = ours || v.Tenant == ns
 		}
 		switch {
@@ -183,9 +192,14 @@ func TestContainerdNRI(t *testing.T) {
 		case v.Tenant == "team-s" && strings.Contains(v.Detail, "pod team-s/s1,"):
 			caught = caught || v.Kind == "uncovered_process"
 		case v.Tenant == "team-o" && strings.Contains(v.Detail, "pod team-o/o1,"): // opted out: uncovered, as it should be
+		case v.Tenant == "team-p" && strings.Contains(v.Detail, "pod team-p/p0,"): // started before the agent
+			early0 = early0 || v.Kind == "uncovered_process"
 		default:
 			t.Errorf("a violation of an injected pod: %+v", v)
 		}
+	}
+	if !early0 {
+		t.Errorf("the pod started before the agent was not flagged as uncovered_process naming pod team-p/p0: %+v", violations)
 	}
 	if !caught {
 		t.Errorf("the container that stripped LD_PRELOAD was not caught as uncovered_process naming pod team-s/s1: %+v", violations)
@@ -374,10 +388,9 @@ func (x *world) stopAgent() {
 	x.agent = nil
 }
 
-// runPod runs one pod with one container to its exit and returns the
-// container's output.
-func (x *world) runPod(name, ns string, ann map[string]string, cmd []string, env []map[string]string) string {
-	t, w := x.t, x.w
+// startPod starts one pod with one container.
+func (x *world) startPod(name, ns string, ann map[string]string, cmd []string, env []map[string]string) started {
+	w := x.w
 	dir := filepath.Join(w, "specs", name)
 	os.MkdirAll(dir, 0o755)
 	logDir := filepath.Join(w, "logs", name)
@@ -409,21 +422,42 @@ func (x *world) runPod(name, ns string, ann map[string]string, cmd []string, env
 	x.pods = append(x.pods, podID)
 	ctrID := x.crictl("create", podID, cj, pj)
 	x.crictl("start", ctrID)
-	deadline := time.Now().Add(60 * time.Second)
+	return started{name, ns, podID, ctrID}
+}
+
+type started struct{ name, ns, podID, ctrID string }
+
+// runPod runs one pod with one container to its exit and returns the
+// container's output.
+func (x *world) runPod(name, ns string, ann map[string]string, cmd []string, env []map[string]string) string {
+	return x.waitPod(x.startPod(name, ns, ann, cmd, env))
+}
+
+// waitPod waits for a started pod's container to exit, removes the pod and
+// returns the container's output.
+func (x *world) waitPod(p started) string {
+	t := x.t
+	name, ns, podID, ctrID := p.name, p.ns, p.podID, p.ctrID
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		out := x.crictl("inspect", "-o", "go-template", "--template", "{{.status.state}}", ctrID)
 		if strings.Contains(out, "EXITED") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pod %s did not exit in 60 s (state %s)", name, out)
+			t.Fatalf("pod %s did not exit in 90 s (state %s)", name, out)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
 	logs := x.crictl("logs", ctrID) + "\n"
 	x.crictl("stopp", podID)
 	x.crictl("rmp", podID)
-	x.pods = x.pods[:len(x.pods)-1]
+	for i, id := range x.pods {
+		if id == podID {
+			x.pods = append(x.pods[:i], x.pods[i+1:]...)
+			break
+		}
+	}
 	t.Logf("pod %s/%s: %s", ns, name, strings.ReplaceAll(strings.TrimSpace(logs), "\n", "; "))
 	return logs
 }

@@ -169,18 +169,18 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	}
 	var pods ingest.Pods
 	var nri *nriplugin.Plugin
-	var witnessSink violation.Sink = queue
+	var pidSink violation.Sink = queue
 	if cfg.NRI {
 		if nri, err = startNRI(cfg, ledger.Policy, trail, log); err != nil {
 			return nil, err
 		}
 		pods = nri
-		witnessSink = podNamer{Sink: queue, procRoot: cfg.ProcRoot, pods: nri}
+		pidSink = podNamer{Sink: queue, procRoot: cfg.ProcRoot, pods: nri}
 	}
 
 	peers := ingest.NewPeers()
 	var server *ingest.Server
-	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: witnessSink,
+	corr, err := ingest.NewCorrelator(ingest.CorrelatorConfig{Window: cfg.AttestWindow, Covered: peers.Covered, Violations: pidSink,
 		Progress: func(pid int) (uint64, uint64, uint64, bool) { return server.Progress(pid) }}, reg)
 	if err != nil {
 		return nil, err
@@ -234,7 +234,7 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 		a.detect.Add(1)
 		go func() {
 			defer a.detect.Done()
-			watchGPU(ctx, inv, cfg.GPUInterval, cfg.ProcRoot, peers.Connected, queue)
+			watchGPU(ctx, inv, cfg.GPUInterval, cfg.ProcRoot, peers.Connected, pidSink)
 		}()
 	}
 	if witness != nil {

@@ -77,8 +77,8 @@ func runNRI(ctx context.Context, p *nriplugin.Plugin) {
 const nriRetry = 2e9 // 2 s between connection attempts
 
 // podNamer names the pod of a violator a detector saw only by pid (the
-// witness's uncovered_process and unattested_free) in the violation's
-// detail, from what the runtime told the NRI plugin. The tenant is still
+// witness's uncovered_process and unattested_free, NVML's uncovered GPU
+// process) in the violation's detail, from what the runtime told the NRI plugin. The tenant is still
 // the enforcer's to find, through a pidfd.
 type podNamer struct {
 	violation.Sink
