@@ -1025,30 +1025,40 @@ static const struct entry table[] = {
   E("cuStreamIsCapturing", 10000, 0, cuStreamIsCapturing), E("cuStreamIsCapturing", 10000, 1, cuStreamIsCapturing_ptsz),
 };
 
-static CUresult resolve(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st) {
+/* resolve answers as NVIDIA's 535 resolver does without a GPU: unknown flags
+ * are refused (CUDA_ERROR_INVALID_VALUE, *pfn untouched); the per-thread flag
+ * below version 7000 is "version not sufficient" for a function that has a
+ * per-thread variant; a name it cannot hand out is, for v2, success with
+ * *pfn NULL and the reason in *st, and for v1 CUDA_ERROR_NOT_FOUND with *pfn
+ * untouched. */
+static CUresult resolve(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st, int v2) {
   if (!sym || !pfn) return CUDA_ERROR_INVALID_VALUE;
+  if (flags & ~(cuuint64_t)(CU_GET_PROC_ADDRESS_LEGACY_STREAM | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM)) return CUDA_ERROR_INVALID_VALUE;
   int ptsz = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
   const struct entry *best = NULL;
-  int found = 0;
+  int found = 0, has_ptsz = 0;
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     const struct entry *e = &table[i];
     if (strcmp(e->base, sym) != 0) continue;
     found = 1;
+    has_ptsz |= e->ptsz;
     if (e->minver > ver) continue;
     if (e->ptsz && !ptsz) continue;
     if (!best || e->minver > best->minver || (e->ptsz && !best->ptsz)) best = e;
   }
+  if (ptsz && has_ptsz && ver < 7000) best = NULL; /* per-thread streams arrived in 7.0 */
   if (!best) {
     if (st) *st = found ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    if (!v2) return CUDA_ERROR_NOT_FOUND;
     *pfn = NULL;
-    return CUDA_ERROR_NOT_FOUND;
+    return CUDA_SUCCESS;
   }
   if (st) *st = CU_GET_PROC_ADDRESS_SUCCESS;
   *pfn = best->fn;
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags) { return resolve(sym, pfn, ver, flags, NULL); }
-EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st) { return resolve(sym, pfn, ver, flags, st); }
+EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags) { return resolve(sym, pfn, ver, flags, NULL, 0); }
+EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st) { return resolve(sym, pfn, ver, flags, st, 1); }
 
 /* fakecuda_peek reads device memory as it is, whatever the fault switches
  * say: the test clients use it to look for residue honestly. */

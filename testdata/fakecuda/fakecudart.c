@@ -87,9 +87,9 @@ EXPORT cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, int kind) {
 }
 EXPORT cudaError_t cudaGetDriverEntryPoint(const char *sym, void **fn, unsigned long long flags, cudaDriverEntryPointQueryResult *st) {
   if (!ready()) return 3;
-  return gpa(sym, fn, 12040, flags, st) == CUDA_SUCCESS ? cudaSuccess : 500;
+  return gpa(sym, fn, 12040, flags, st) == CUDA_SUCCESS && *fn ? cudaSuccess : 500;
 }
 EXPORT cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void **fn, unsigned int ver, unsigned long long flags, cudaDriverEntryPointQueryResult *st) {
   if (!ready()) return 3;
-  return gpa(sym, fn, (int)ver, flags, st) == CUDA_SUCCESS ? cudaSuccess : 500;
+  return gpa(sym, fn, (int)ver, flags, st) == CUDA_SUCCESS && *fn ? cudaSuccess : 500;
 }
