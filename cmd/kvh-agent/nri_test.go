@@ -75,3 +75,20 @@ func TestPublishLibkvh(t *testing.T) {
 		t.Fatalf("a missing library: %v", err)
 	}
 }
+
+func TestNRIConfigIsRefused(t *testing.T) {
+	if _, _, err := parseFlags([]string{"--nri", "--libkvh-dir", "lib"}); err == nil || !strings.Contains(err.Error(), `--libkvh-dir "lib" must be an absolute path`) {
+		t.Errorf("a relative --libkvh-dir: %v", err)
+	}
+	if _, _, err := parseFlags([]string{"--nri", "--socket", "kvh.sock"}); err == nil || !strings.Contains(err.Error(), "--socket") {
+		t.Errorf("a relative --socket: %v", err)
+	}
+	cfg, _, err := parseFlags([]string{"--nri", "--libkvh-dir", t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No libkvh.so there: every container injected would fail to start.
+	if _, err := startNRI(cfg, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "--publish-libkvh") {
+		t.Errorf("a --libkvh-dir without libkvh.so: %v", err)
+	}
+}
