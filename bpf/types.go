@@ -57,6 +57,13 @@ type Options struct {
 	ProcRoot  string        // default /proc
 	Rescan    time.Duration // default 2s; negative disables
 	Log       hclog.Logger
+	// Unprobed is told, once per process and mapping, of a CUDA library a
+	// process maps that the witness cannot probe: the path its maps name
+	// no longer names the mapped file (deleted, or replaced, perhaps by a
+	// link to a library already probed) and the mapping itself cannot be
+	// opened (/proc/<pid>/map_files needs CAP_CHECKPOINT_RESTORE or
+	// CAP_SYS_ADMIN). That process's calls through it go unwitnessed.
+	Unprobed func(pid int, lib, why string)
 }
 
 // ErrUnavailable means the witness cannot run here (not root, no BTF, no

@@ -35,7 +35,8 @@ type Witness struct {
 	attached map[[2]uint64]string    // (dev, ino) of the file underneath -> path
 	real     map[[2]uint64][2]uint64 // (dev, ino) as a process's maps show it -> the file underneath
 	quit     chan struct{}
-	closed   bool // under mu: the maps are gone
+	flagged  map[flagKey]bool // mappings reported to Options.Unprobed
+	closed   bool             // under mu: the maps are gone
 	wg       sync.WaitGroup
 	dropped  atomic.Uint64 // events the reader could not hand on
 }
@@ -69,7 +70,7 @@ func Start(opts Options) (*Witness, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: loading programs: %v", ErrUnavailable, err)
 	}
-	w := &Witness{opts: opts, coll: coll, progs: map[string]*ebpf.Program{}, events: make(chan []Event, eventBatches), attached: map[[2]uint64]string{}, real: map[[2]uint64][2]uint64{}, quit: make(chan struct{})}
+	w := &Witness{opts: opts, coll: coll, progs: map[string]*ebpf.Program{}, events: make(chan []Event, eventBatches), attached: map[[2]uint64]string{}, real: map[[2]uint64][2]uint64{}, flagged: map[flagKey]bool{}, quit: make(chan struct{})}
 	for name, ps := range spec.Programs {
 		w.progs[ps.SectionName] = coll.Programs[name]
 	}
@@ -230,7 +231,17 @@ func (w *Witness) scan() {
 			}
 			path := filepath.Join(dir, "root", lib.path)
 			key, err := realFile(w.opts.ProcRoot, filepath.Join(dir, "mountinfo"), filepath.Join(dir, "root"), lib.path)
-			if err != nil {
+			switch {
+			case err == nil && !namesMapping(path, key, lib.key):
+				// The process chose what its path names now (a deleted
+				// copy, or a link to a probed library in its place):
+				// resolving the path would take the mapping for that file.
+				w.probeMapping(pid, dir, lib, "the path its maps name is now another file")
+				continue
+			case errors.Is(err, os.ErrNotExist) && lib.deleted:
+				w.probeMapping(pid, dir, lib, "the mapped file was deleted")
+				continue
+			case err != nil:
 				continue // gone, or not readable: the next scan tries again
 			}
 			w.mu.Lock()
@@ -244,6 +255,64 @@ func (w *Witness) scan() {
 	}
 }
 
+// namesMapping: the file at path (key, the file underneath it) is the file
+// a mapping holds (mapped, its (device, inode) in the maps). Kernels before
+// 6.8 show the file underneath an overlay in the maps, later ones the
+// overlay's own, which stat through path gives.
+func namesMapping(path string, key, mapped [2]uint64) bool {
+	if key == mapped {
+		return true
+	}
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && [2]uint64{st.Dev, st.Ino} == mapped
+}
+
+type flagKey struct {
+	pid    int
+	mapped [2]uint64
+}
+
+// probeMapping probes the file a mapping holds through
+// /proc/<pid>/map_files, when the path in the maps no longer names it. The
+// kernel lets only CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) follow those
+// links; without, the process is reported to Options.Unprobed, once.
+func (w *Witness) probeMapping(pid int, dir string, lib mappedLib, why string) {
+	mf := filepath.Join(dir, "map_files", lib.rng)
+	var st unix.Stat_t
+	err := unix.Stat(mf, &st)
+	if err == nil && [2]uint64{st.Dev, st.Ino} != lib.key {
+		err = errors.New("map_files names another file")
+	}
+	if err == nil {
+		if _, err = w.attachKey(mf, lib.key); err == nil {
+			w.mu.Lock()
+			w.real[lib.key] = lib.key
+			w.mu.Unlock()
+			return
+		}
+	}
+	if _, serr := os.Stat(dir); serr != nil {
+		return // gone
+	}
+	fk := flagKey{pid, lib.key}
+	w.mu.Lock()
+	done := w.flagged[fk]
+	if !done {
+		if len(w.flagged) >= maxReal {
+			clear(w.flagged)
+		}
+		w.flagged[fk] = true
+	}
+	w.mu.Unlock()
+	if done {
+		return
+	}
+	w.opts.Log.Warn("witness: a process maps a CUDA library that cannot be probed", "pid", pid, "library", lib.path, "why", why, "error", err)
+	if w.opts.Unprobed != nil {
+		w.opts.Unprobed(pid, lib.path, why)
+	}
+}
+
 // maxReal bounds the remembered maps -> file resolutions (one per
 // container's view of a library; forgotten wholesale past it, then found
 // again).
@@ -252,8 +321,10 @@ const maxReal = 1 << 14
 // mappedLib is a library a process maps: its path in the process's mount
 // namespace and the (device, inode) of the file the mapping holds.
 type mappedLib struct {
-	path string
-	key  [2]uint64
+	path    string
+	key     [2]uint64
+	rng     string // the mapping's address range, its name in map_files
+	deleted bool   // the maps say "(deleted)"
 }
 
 func cudaLibraries(maps string) []mappedLib {
@@ -278,7 +349,7 @@ func cudaLibraries(maps string) []mappedLib {
 		key, ok := mapsKey(fields[3], fields[4])
 		if ok && !seen[key] {
 			seen[key] = true
-			out = append(out, mappedLib{p, key})
+			out = append(out, mappedLib{path: p, key: key, rng: fields[0], deleted: len(fields) > 6 && fields[6] == "(deleted)"})
 		}
 	}
 	return out

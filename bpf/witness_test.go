@@ -254,6 +254,18 @@ loop:
 	if ours != 1 {
 		t.Errorf("one file through four overlays probed %d times: %v", ours, w.Attached())
 	}
+	// Each overlay's path names the file its processes map: none is taken
+	// for a swapped path, probed through map_files or reported.
+	for _, p := range w.Attached() {
+		if strings.Contains(p, "/map_files/") {
+			t.Errorf("a mapping through an overlay probed as one its path no longer names: %s", p)
+		}
+	}
+	w.mu.Lock()
+	if len(w.flagged) != 0 {
+		t.Errorf("mappings through overlays reported unprobed: %v", w.flagged)
+	}
+	w.mu.Unlock()
 	for _, pid := range pids {
 		s := seq[pid]
 		if len(s) < 4 {

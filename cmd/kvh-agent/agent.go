@@ -148,7 +148,7 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 	if inv != nil {
 		undo = append(undo, func() { inv.Close() })
 	}
-	witness, err := startWitness(cfg, log, reg, am)
+	witness, err := startWitness(cfg, log, reg, am, queue)
 	if err != nil {
 		return nil, err
 	}

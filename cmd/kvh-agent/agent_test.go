@@ -65,6 +65,7 @@ type testAgent struct {
 	addr  string
 	pub   string
 	extra []string
+	wrap  []string // a command the agent runs under (setpriv), or none
 }
 
 func newAgent(t *testing.T, extra ...string) *testAgent {
@@ -105,6 +106,9 @@ func (a *testAgent) start() {
 		"--signing-key", filepath.Join(a.dir, forensic.SigningKeyFile), "--metrics-json", filepath.Join(a.dir, "metrics.json"),
 		"--export-interval", "200ms", "--append-only=false", "--sweep-interval", "100ms"}, a.extra...)
 	a.cmd = exec.Command(agentBin, args...)
+	if len(a.wrap) > 0 {
+		a.cmd = exec.Command(a.wrap[0], append(append(a.wrap[1:len(a.wrap):len(a.wrap)], agentBin), args...)...)
+	}
 	log := &syncBuffer{} // the reader goroutine writes to its own run's buffer: a restart must not race it
 	a.log = log
 	pr, pw := io.Pipe()

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/kvhygiene/kvh/bpf"
 	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/violation"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -18,7 +19,12 @@ var defaultDriverLibs = []string{"/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr
 // startWitness attaches the eBPF witness unless --witness=off. It returns
 // nil (and logs why) when the witness is off or cannot attach under auto;
 // under --witness=on that is an error.
-func startWitness(cfg *Config, log hclog.Logger, reg prometheus.Registerer, m *agentMetrics) (*bpf.Witness, error) {
+//
+// A process that maps a CUDA library the witness cannot probe (the path
+// its maps name was deleted or replaced after the mapping) is an
+// uncovered_process violation on out: its calls through that library go
+// unwitnessed.
+func startWitness(cfg *Config, log hclog.Logger, reg prometheus.Registerer, m *agentMetrics, out violation.Sink) (*bpf.Witness, error) {
 	if cfg.Witness == "off" {
 		log.Info("eBPF witness off (--witness=off): frees are judged from interposer attestations only")
 		return nil, nil
@@ -31,7 +37,11 @@ func startWitness(cfg *Config, log hclog.Logger, reg prometheus.Registerer, m *a
 			}
 		}
 	}
-	w, err := bpf.Start(bpf.Options{Libraries: libs, ProcRoot: cfg.ProcRoot, Log: log.Named("witness")})
+	unprobed := func(pid int, lib, why string) {
+		out.Emit(violation.Violation{Kind: violation.UncoveredProcess, PID: pid, Source: "witness",
+			Detail: fmt.Sprintf("maps a CUDA library the witness cannot probe (%s): %s", why, lib)})
+	}
+	w, err := bpf.Start(bpf.Options{Libraries: libs, ProcRoot: cfg.ProcRoot, Log: log.Named("witness"), Unprobed: unprobed})
 	switch {
 	case err != nil && cfg.Witness == "on":
 		return nil, fmt.Errorf("--witness=on: %w", err)

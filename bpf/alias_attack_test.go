@@ -1,0 +1,148 @@
+//go:build linux && (amd64 || arm64)
+
+package bpf
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kvhygiene/kvh/internal/libkvhtest"
+	"golang.org/x/sys/unix"
+)
+
+// Attack: a process maps its own copy of libcuda, then deletes it, or
+// puts a symlink to a library the witness already probes in its place. The
+// witness resolved the path its maps name, not the mapping: the deleted
+// copy was skipped as gone on every scan, and the replaced one was taken
+// for the probed file and never probed. Calls through the copy went
+// unwitnessed and nothing said so. Now the mapping itself is probed
+// (map_files, which root here may follow) and, where it cannot be, the
+// process is reported.
+func TestAttackWitnessMissesSwappedCopy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the eBPF witness needs root: skipped")
+	}
+	if err := libkvhtest.Build(); err != nil {
+		t.Fatal(err)
+	}
+	probed := filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1")
+	for _, tc := range []struct {
+		name string
+		swap func(path string) error
+	}{
+		{"replaced by a link to a probed library", func(p string) error {
+			if err := os.Remove(p); err != nil {
+				return err
+			}
+			return os.Symlink(probed, p)
+		}},
+		{"deleted", os.Remove},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var reported []int
+			w, err := Start(Options{Libraries: []string{probed}, Rescan: -1, Unprobed: func(pid int, lib, why string) {
+				mu.Lock()
+				reported = append(reported, pid)
+				mu.Unlock()
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			dir := t.TempDir()
+			cmd, err := libkvhtest.StartOnCopiedDriver(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			time.Sleep(300 * time.Millisecond) // the copy is mapped
+			if err := tc.swap(filepath.Join(dir, "libcuda.so.1")); err != nil {
+				t.Fatal(err)
+			}
+			w.scan()
+			if evs := collect(w, cmd.Process.Pid, time.Second); len(evs) == 0 {
+				t.Fatalf("the process's own copy of libcuda went unprobed (attached: %v)", w.Attached())
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(reported) != 0 {
+				t.Errorf("a mapping the witness probed was reported unprobed: %v", reported)
+			}
+		})
+	}
+}
+
+// Without the capability to follow map_files (the DaemonSet grants neither
+// CAP_CHECKPOINT_RESTORE nor CAP_SYS_ADMIN), the process is reported once.
+func TestAttackWitnessReportsUnprobeableCopy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the eBPF witness needs root: skipped")
+	}
+	if err := libkvhtest.Build(); err != nil {
+		t.Fatal(err)
+	}
+	probed := filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1")
+	var mu sync.Mutex
+	var reported []int
+	w, err := Start(Options{Libraries: []string{probed}, Rescan: -1, Unprobed: func(pid int, lib, why string) {
+		mu.Lock()
+		reported = append(reported, pid)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	dir := t.TempDir()
+	cmd, err := libkvhtest.StartOnCopiedDriver(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	p := filepath.Join(dir, "libcuda.so.1")
+	os.Remove(p)
+	if err := os.Symlink(probed, p); err != nil {
+		t.Fatal(err)
+	}
+	// Scan from a thread without the capabilities map_files needs (the
+	// thread is locked and dropped; it ends with the goroutine).
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lockAndDropCaps(t)
+		w.scan()
+		w.scan() // reported once, not per scan
+	}()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reported) != 1 || reported[0] != cmd.Process.Pid {
+		t.Fatalf("reported %v, want [%d] once", reported, cmd.Process.Pid)
+	}
+}
+
+// lockAndDropCaps removes CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE from
+// the calling thread's effective set, for the rest of its life.
+func lockAndDropCaps(t *testing.T) {
+	runtimeLockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Error(err)
+		return
+	}
+	for _, c := range []uint{unix.CAP_SYS_ADMIN, unix.CAP_CHECKPOINT_RESTORE} {
+		data[c/32].Effective &^= 1 << (c % 32)
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Error(err)
+	}
+}
+
+func runtimeLockOSThread() { runtime.LockOSThread() }
