@@ -510,3 +510,60 @@ func TestSIGHUPReloadsPolicy(t *testing.T) {
 	}
 	a.stop()
 }
+
+// With --policy-watch the agent reloads a policy mounted the way kubelet
+// mounts a ConfigMap: the file is a symlink through ..data, and an update
+// swaps ..data to a new directory. No signal is sent.
+func TestPolicyWatchReloadsConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	write := func(gen, body string) {
+		d := filepath.Join(dir, gen)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "policy.yaml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(gen, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("..gen1", "coverage_threshold: 99.9\n")
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.Symlink("..data/policy.yaml", pol); err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(t, "--policy", pol, "--policy-watch", "100ms")
+	if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" && e["reason"] == "start" }); !ok {
+		t.Fatalf("no policy record at start: %v", a.events())
+	}
+	write("..gen2", "coverage_threshold: 95\n")
+	ev, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "policy" && e["reason"] == "reload" })
+	if !ok {
+		t.Fatalf("the swapped ConfigMap was not reloaded: %v\n%s", a.events(), a.log)
+	}
+	if p, _ := ev["policy"].(map[string]any); p["coverage_threshold"] != 95.0 {
+		t.Fatalf("reloaded the wrong policy: %v", ev)
+	}
+	// An invalid update is refused once, not every tick, and the policy in
+	// force stays.
+	write("..gen3", "coverage_threshold: lots\n")
+	time.Sleep(600 * time.Millisecond)
+	if n := strings.Count(a.log.String(), "policy reload refused"); n != 1 {
+		t.Fatalf("an invalid policy was refused %d times, want once:\n%s", n, a.log)
+	}
+	if _, m := a.get("/metrics"); !strings.Contains(m, "kvh_ledger_coverage_threshold_ratio 0.95") {
+		t.Fatal("the policy in force changed after a refused reload")
+	}
+	a.stop()
+}
+
+func TestPolicyWatchNeedsPolicy(t *testing.T) {
+	if _, _, err := parseFlags([]string{"--policy-watch", "10s"}); err == nil || !strings.Contains(err.Error(), "--policy-watch needs --policy") {
+		t.Fatalf("got %v", err)
+	}
+}

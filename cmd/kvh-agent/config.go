@@ -48,6 +48,7 @@ type Config struct {
 	CgroupRoot          string
 	NVIDIAParams        string
 	ModprobeDir         string
+	PolicyWatch         time.Duration
 	Version             bool
 	policyFlags         *policy.Flags
 
@@ -125,6 +126,7 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.ShipCredentials, "ship-credentials-file", "", "AWS shared credentials file (profile $AWS_PROFILE or default; mode 0600) instead of the AWS_* variables (default: $AWS_SHARED_CREDENTIALS_FILE when the variables are unset)")
 	fs.DurationVar(&c.ShipInterval, "ship-interval", 5*time.Second, "how often new trail bytes are shipped")
 	fs.DurationVar(&c.ShipMaxBacklogAge, "ship-max-backlog-age", 15*time.Minute, "trail bytes unshipped for longer are a shipping_backlog violation (recorded; no process is acted on)")
+	fs.DurationVar(&c.PolicyWatch, "policy-watch", 0, "reload the --policy file when its content changes, checked this often (e.g. 10s for a Kubernetes ConfigMap volume, which is updated in place); 0: only on SIGHUP")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	c.policyFlags = policy.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -132,6 +134,12 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	}
 	if c.Version {
 		return c, fs, nil // nothing else is used, so nothing else is judged
+	}
+	if c.PolicyWatch < 0 {
+		return nil, fs, fmt.Errorf("--policy-watch must not be negative")
+	}
+	if c.PolicyWatch > 0 && c.policyFlags.File() == "" {
+		return nil, fs, fmt.Errorf("--policy-watch needs --policy: there is no file to watch")
 	}
 	if fs.NArg() > 0 {
 		return nil, fs, fmt.Errorf("unexpected arguments %q", fs.Args())

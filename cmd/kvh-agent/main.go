@@ -59,12 +59,21 @@ func run(args []string, stderr *os.File) int {
 		log.Error("start failed", "error", err)
 		return 1
 	}
-	for s := range sigs {
-		if s == syscall.SIGHUP {
+	w := newPolicyWatch(cfg.policyFlags.File(), cfg.PolicyWatch)
+	defer w.stop()
+	for {
+		select {
+		case <-w.changed():
+			log.Info("policy file changed", "file", cfg.policyFlags.File())
 			a.reload()
 			continue
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				a.reload()
+				continue
+			}
+			log.Info("shutting down", "signal", s.String())
 		}
-		log.Info("shutting down", "signal", s.String())
 		break
 	}
 	if err := a.stop(); err != nil {
