@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
@@ -400,29 +401,33 @@ func TestMountsMatchFlags(t *testing.T) {
 		if _, ok := cm.Data[strings.TrimPrefix(pol, m.MountPath+"/")]; !ok {
 			t.Errorf("%s: ConfigMap %s has no key for %s (keys %v)", o, cm.Name, pol, sortedKeys(cm.Data))
 		}
-		if !strings.HasPrefix(cm.Name, "kvh-policy-") {
-			t.Errorf("%s: policy ConfigMap %q carries no content hash: a policy change would not roll the agents", o, cm.Name)
+		// A fixed name: kubelet then updates the file in place and the
+		// agent reloads it; a hashed name would restart every agent.
+		if cm.Name != "kvh-policy" {
+			t.Errorf("%s: policy ConfigMap %q: want the fixed name kvh-policy, so a change is reloaded in place", o, cm.Name)
+		}
+		if w, ok := argValue(c.Args, "policy-watch"); !ok {
+			t.Errorf("%s: no --policy-watch: a changed policy ConfigMap would never reach the agent", o)
+		} else if d, err := time.ParseDuration(w); err != nil || d <= 0 || d > time.Minute {
+			t.Errorf("%s: --policy-watch=%s: want a positive interval of at most a minute", o, w)
 		}
 	}
 }
 
-// TestPolicyRollsTheAgents: different policies render different ConfigMap
-// names, so a change is a new pod template.
-func TestPolicyRollsTheAgents(t *testing.T) {
-	names := map[string]string{}
+// TestEachOverlayHasItsPolicy: observe and enforce render different
+// policies under the one ConfigMap name.
+func TestEachOverlayHasItsPolicy(t *testing.T) {
+	seen := map[string]string{}
 	for _, o := range overlays {
-		v := render(t, o).ds.Spec.Template.Spec.Volumes
-		for _, vol := range v {
-			if vol.ConfigMap != nil && strings.HasPrefix(vol.ConfigMap.Name, "kvh-policy") {
-				if prev, ok := names[vol.ConfigMap.Name]; ok {
-					t.Errorf("%s and %s render the same policy ConfigMap %s", prev, o, vol.ConfigMap.Name)
-				}
-				names[vol.ConfigMap.Name] = o
-			}
+		cm, ok := render(t, o).configMaps["kvh-policy"]
+		if !ok {
+			t.Fatalf("%s: no kvh-policy ConfigMap", o)
 		}
-	}
-	if len(names) != len(overlays) {
-		t.Errorf("policy ConfigMaps %v: want one per overlay", names)
+		body := cm.Data["policy.yaml"]
+		if prev, ok := seen[body]; ok {
+			t.Errorf("%s and %s render the same policy", prev, o)
+		}
+		seen[body] = o
 	}
 }
 

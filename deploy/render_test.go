@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -317,7 +318,7 @@ func TestAgentStartsOnEachOverlay(t *testing.T) {
 			polFile, _ := argValue(c.Args, "policy")
 			var text string
 			for _, cm := range r.configMaps {
-				if strings.HasPrefix(cm.Name, "kvh-policy-") {
+				if cm.Name == "kvh-policy" {
 					text = cm.Data[filepath.Base(polFile)]
 				}
 			}
@@ -347,5 +348,21 @@ func TestAgentStartsOnEachOverlay(t *testing.T) {
 				t.Fatalf("kvh-agent with the %s overlay's arguments: %v, want exit 1 at the signing key (flags and policy accepted)\n%s", o, err, out)
 			}
 		})
+	}
+}
+
+// TestArgsExpandDefinedEnv: Kubernetes expands $(NAME) in args only when the
+// container defines NAME; otherwise the agent gets the text "$(NAME)".
+func TestArgsExpandDefinedEnv(t *testing.T) {
+	ref := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+	for _, o := range overlays {
+		c := agentContainer(t, render(t, o))
+		for _, a := range c.Args {
+			for _, m := range ref.FindAllStringSubmatch(a, -1) {
+				if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == m[1] }) {
+					t.Errorf("%s: %s refers to $(%s), which the container does not define", o, a, m[1])
+				}
+			}
+		}
 	}
 }
