@@ -33,7 +33,7 @@ find build/gcov -name '*.gcda' -delete
 start=$SECONDS
 # -p 1 for the reason make test gives.
 KVH_COVERDIR=$DATA KVH_TEST_LIB=$LIB \
-  $GO test -race -count=1 -p 1 -coverpkg="$MOD/..." ./... -args -test.gocoverdir="$DATA" 2>&1 | tee "$OUT/test.log"
+  $GO test -race -count=1 -p 1 -timeout 30m -coverpkg="$MOD/..." ./... -args -test.gocoverdir="$DATA" 2>&1 | tee "$OUT/test.log"
 status=${PIPESTATUS[0]}
 echo "cover: go test took $((SECONDS - start))s"
 
