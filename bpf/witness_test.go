@@ -227,9 +227,19 @@ func TestWitnessAttachesOnceThroughOverlays(t *testing.T) {
 	for _, m := range mounts { // and named explicitly, as --witness-lib would
 		w.attach(filepath.Join(m, "libcuda.so.1"))
 	}
-	// Once the rescan has seen them, each process's allocations and frees
+	// Once every probe is attached, each process's allocations and frees
 	// alternate: a second probe on the file would report each call twice.
-	time.Sleep(500 * time.Millisecond)
+	// What was queued while the probes went on one by one (an allocation's
+	// probe before the free's) is drained first.
+	drain := time.After(500 * time.Millisecond)
+drained:
+	for {
+		select {
+		case <-w.Events():
+		case <-drain:
+			break drained
+		}
+	}
 	seq := map[int][]string{}
 	deadline := time.After(1500 * time.Millisecond)
 loop:
@@ -274,7 +284,7 @@ loop:
 		}
 		for i := 1; i < len(s); i++ {
 			if s[i] == s[i-1] {
-				t.Errorf("pid %d: %s witnessed twice in a row at %d of %d: a library probed more than once", pid, s[i], i, len(s))
+				t.Errorf("pid %d: %s witnessed twice in a row at %d of %d: a library probed more than once (%q)", pid, s[i], i, len(s), s[:min(len(s), 6)])
 				break
 			}
 		}
