@@ -4,9 +4,12 @@ package bpf
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,9 +130,65 @@ func TestAttackWitnessReportsUnprobeableCopy(t *testing.T) {
 	}
 }
 
-// lockAndDropCaps removes CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE from
-// the calling thread's effective set, for the rest of its life.
-func lockAndDropCaps(t *testing.T) {
+// Attack: a non-root process keeps its copy of libcuda in a directory
+// only it may search. The agent, root without DAC_READ_SEARCH (as the
+// DaemonSet runs it), cannot resolve the path: the copy was skipped as
+// "not readable" on every scan, never probed and never reported.
+func TestAttackWitnessUnsearchableCopy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the eBPF witness needs root: skipped")
+	}
+	if err := libkvhtest.Build(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var reported []string
+	w, err := Start(Options{Libraries: []string{filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1")}, Rescan: -1, Unprobed: func(pid int, lib, why string) {
+		mu.Lock()
+		reported = append(reported, why)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	base := t.TempDir()
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Chmod(base, 0o755))
+	must(os.Chmod(filepath.Dir(base), 0o755)) // t.TempDir's own parent is 0700
+	dir := filepath.Join(base, "private")
+	must(os.Mkdir(dir, 0o700))
+	must(libkvhtest.CopyFakeDriver(dir))
+	must(os.Chown(filepath.Join(dir, "libcuda.so.1"), 65534, 65534))
+	must(os.Chown(dir, 65534, 65534))
+	cmd := exec.Command(libkvhtest.Client("deny"))
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	must(cmd.Start())
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lockAndDropCaps(t, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH)
+		w.scan()
+	}()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reported) != 1 {
+		maps, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "maps"))
+		t.Fatalf("a copy of libcuda in a directory the agent cannot search: reported %q, want once\n%s", reported, maps)
+	}
+}
+
+// lockAndDropCaps removes CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE (and
+// extra) from the calling thread's effective set, for the rest of its life.
+func lockAndDropCaps(t *testing.T, extra ...uint) {
 	runtimeLockOSThread()
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
@@ -137,7 +196,7 @@ func lockAndDropCaps(t *testing.T) {
 		t.Error(err)
 		return
 	}
-	for _, c := range []uint{unix.CAP_SYS_ADMIN, unix.CAP_CHECKPOINT_RESTORE} {
+	for _, c := range append([]uint{unix.CAP_SYS_ADMIN, unix.CAP_CHECKPOINT_RESTORE}, extra...) {
 		data[c/32].Effective &^= 1 << (c % 32)
 	}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {

@@ -241,8 +241,13 @@ func (w *Witness) scan() {
 			case errors.Is(err, os.ErrNotExist) && lib.deleted:
 				w.probeMapping(pid, dir, lib, "the mapped file was deleted")
 				continue
+			case errors.Is(err, os.ErrPermission):
+				// A directory the process made unsearchable to the agent
+				// (root without DAC_READ_SEARCH, as the DaemonSet runs).
+				w.probeMapping(pid, dir, lib, "its path cannot be searched by the agent")
+				continue
 			case err != nil:
-				continue // gone, or not readable: the next scan tries again
+				continue // gone: the next scan tries again
 			}
 			w.mu.Lock()
 			if len(w.real) >= maxReal {
