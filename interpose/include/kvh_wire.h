@@ -14,6 +14,7 @@
  */
 #ifndef KVH_WIRE_H
 #define KVH_WIRE_H
+#include <stddef.h>
 #include <stdint.h>
 
 #define KVH_WIRE_MAGIC 0x3148564bu /* "KVH1" little-endian */
@@ -125,10 +126,12 @@ struct kvh_counters {
 
 #ifdef __cplusplus
 static_assert(sizeof(struct kvh_counters) == 64, "kvh_counters layout");
+static_assert(offsetof(struct kvh_counters, emitted) == 8 && offsetof(struct kvh_counters, dropped) == 16, "kvh_counters layout (wire.DecodeCounters)");
 static_assert(sizeof(struct kvh_record) == 160, "kvh_record layout");
 static_assert(sizeof(struct kvh_control) == 16, "kvh_control layout");
 #else
 _Static_assert(sizeof(struct kvh_counters) == 64, "kvh_counters layout");
+_Static_assert(offsetof(struct kvh_counters, emitted) == 8 && offsetof(struct kvh_counters, dropped) == 16, "kvh_counters layout (wire.DecodeCounters)");
 _Static_assert(sizeof(struct kvh_record) == 160, "kvh_record layout");
 _Static_assert(sizeof(struct kvh_control) == 16, "kvh_control layout");
 #endif
