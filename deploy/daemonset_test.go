@@ -18,7 +18,7 @@ import (
 
 // wantCapabilities is every capability the agent is given, and the only
 // ones: daemonset.yaml justifies each beside it.
-var wantCapabilities = []corev1.Capability{"BPF", "PERFMON", "SYS_PTRACE", "KILL", "LINUX_IMMUTABLE"}
+var wantCapabilities = []corev1.Capability{"BPF", "PERFMON", "SYS_PTRACE", "KILL", "LINUX_IMMUTABLE", "CHECKPOINT_RESTORE"}
 
 // hostPaths is every host path the agent may mount, whether it must be
 // writable, and the flag that points the agent at it (directory or file
