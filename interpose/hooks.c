@@ -876,12 +876,23 @@ EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
  * empty node in the free node's place (the memory stays allocated in the
  * graph, never handed back) and reports a quarantine. */
 
+/* track_graph tracks a graph allocation with no context: its address is
+ * backed only while the graph runs, so a context teardown must not try to
+ * zeroize it (a memset of an unbacked address would fail and keep the whole
+ * context from the driver in enforce mode); its free nodes zeroize it. */
+static void track_graph(enum hook_id fn, uint64_t p, size_t n) {
+  if (!p) return;
+  struct slot v = {.key = p, .size = n, .kind = KVH_MEM_ASYNC, .owner = OWN_CREATOR};
+  table_put(&ptrs, &v);
+  emit_alloc(fn, p, n, KVH_MEM_ASYNC, OWN_CREATOR, NULL);
+}
+
 EXPORT CUresult cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps, size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params) {
   NEED_REAL(cuGraphAddMemAllocNode);
   CUresult gate_rc = refused();
   if (unlikely(gate_rc)) return gate_rc;
   CUresult rc = real_cuGraphAddMemAllocNode(node, g, deps, ndeps, params);
-  if (rc == CUDA_SUCCESS && params) track(HOOK_cuGraphAddMemAllocNode, params->dptr, params->bytesize, KVH_MEM_ASYNC, OWN_CREATOR, NULL, 0);
+  if (rc == CUDA_SUCCESS && params) track_graph(HOOK_cuGraphAddMemAllocNode, params->dptr, params->bytesize);
   return rc;
 }
 
@@ -998,7 +1009,7 @@ EXPORT CUresult cuGraphAddNode(CUgraphNode *node, CUgraph g, const CUgraphNode *
   }
   CUresult rc = real_cuGraphAddNode(node, g, deps, ndeps, params);
   if (rc == CUDA_SUCCESS && params && params->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC)
-    track(HOOK_cuGraphAddNode, params->alloc.dptr, params->alloc.bytesize, KVH_MEM_ASYNC, OWN_CREATOR, NULL, 0);
+    track_graph(HOOK_cuGraphAddNode, params->alloc.dptr, params->alloc.bytesize);
   return rc;
 }
 
