@@ -165,7 +165,14 @@ func TestAttackWitnessUnsearchableCopy(t *testing.T) {
 	must(libkvhtest.CopyFakeDriver(dir))
 	must(os.Chown(filepath.Join(dir, "libcuda.so.1"), 65534, 65534))
 	must(os.Chown(dir, 65534, 65534))
-	cmd := exec.Command(libkvhtest.Client("deny"))
+	// The client runs as uid 65534 from a copy that uid can reach: the
+	// checkout may sit in a directory only root can enter (a CI clone in a
+	// 0700 temporary directory).
+	b, err := os.ReadFile(libkvhtest.Client("deny"))
+	must(err)
+	client := filepath.Join(base, "client_deny")
+	must(os.WriteFile(client, b, 0o755))
+	cmd := exec.Command(client)
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	must(cmd.Start())
