@@ -66,12 +66,7 @@ func (p *process) takeAccount() *os.File {
 func (p *process) offered(now time.Time, rate float64, n uint64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.last.IsZero() {
-		p.tokens = rate
-	} else {
-		p.tokens = min(rate, p.tokens+now.Sub(p.last).Seconds()*rate)
-	}
-	p.last = now
+	p.refillLocked(now, rate)
 	p.tokens -= float64(n)
 	if p.tokens < 0 {
 		p.tokens = 0
@@ -86,35 +81,25 @@ const floodWindow = time.Second
 // reflag is how often one process is reported again for the same cap.
 const reflag = 10 * time.Second
 
-// admit takes one token for an event at now; false means the process is
-// over max_event_rate (a burst of one second's worth is allowed).
-func (p *process) admit(now time.Time, rate float64) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// refillLocked adds the tokens earned since the last event, up to one
+// second's worth (the burst max_event_rate allows); the first event starts
+// with a full bucket.
+func (p *process) refillLocked(now time.Time, rate float64) {
 	if p.last.IsZero() {
 		p.tokens = rate
 	} else {
 		p.tokens = min(rate, p.tokens+now.Sub(p.last).Seconds()*rate)
 	}
 	p.last = now
-	if p.tokens >= 1 {
-		p.tokens--
-		return true
-	}
-	return false
 }
 
 // admitN takes up to n tokens for a packet of n events at now and returns
-// how many of them are admitted: the first ones, as n calls of admit would.
+// how many of them are admitted: the first ones, one token each (over
+// max_event_rate for the rest; a burst of one second's worth is allowed).
 func (p *process) admitN(now time.Time, rate float64, n int) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.last.IsZero() {
-		p.tokens = rate
-	} else {
-		p.tokens = min(rate, p.tokens+now.Sub(p.last).Seconds()*rate)
-	}
-	p.last = now
+	p.refillLocked(now, rate)
 	k := min(n, int(p.tokens))
 	p.tokens -= float64(k)
 	return k
