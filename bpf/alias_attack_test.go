@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -46,17 +47,7 @@ func TestAttackWitnessMissesSwappedCopy(t *testing.T) {
 		{"deleted", os.Remove},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var reported []int
-			w, err := Start(Options{Libraries: []string{probed}, Rescan: -1, Unprobed: func(pid int, lib, why string) {
-				mu.Lock()
-				reported = append(reported, pid)
-				mu.Unlock()
-			}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close()
+			w, log := startReporting(t, probed)
 			dir := t.TempDir()
 			cmd, err := libkvhtest.StartOnCopiedDriver(dir)
 			if err != nil {
@@ -71,9 +62,7 @@ func TestAttackWitnessMissesSwappedCopy(t *testing.T) {
 			if evs := collect(w, cmd.Process.Pid, time.Second); len(evs) == 0 {
 				t.Fatalf("the process's own copy of libcuda went unprobed (attached: %v)", w.Attached())
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(reported) != 0 {
+			if reported := log.pids(); len(reported) != 0 {
 				t.Errorf("a mapping the witness probed was reported unprobed: %v", reported)
 			}
 		})
@@ -90,17 +79,7 @@ func TestAttackWitnessReportsUnprobeableCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	probed := filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1")
-	var mu sync.Mutex
-	var reported []int
-	w, err := Start(Options{Libraries: []string{probed}, Rescan: -1, Unprobed: func(pid int, lib, why string) {
-		mu.Lock()
-		reported = append(reported, pid)
-		mu.Unlock()
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	w, log := startReporting(t, probed)
 	dir := t.TempDir()
 	cmd, err := libkvhtest.StartOnCopiedDriver(dir)
 	if err != nil {
@@ -123,9 +102,7 @@ func TestAttackWitnessReportsUnprobeableCopy(t *testing.T) {
 		w.scan() // reported once, not per scan
 	}()
 	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	if len(reported) != 1 || reported[0] != cmd.Process.Pid {
+	if reported := log.pids(); len(reported) != 1 || reported[0] != cmd.Process.Pid {
 		t.Fatalf("reported %v, want [%d] once", reported, cmd.Process.Pid)
 	}
 }
@@ -141,17 +118,7 @@ func TestAttackWitnessUnsearchableCopy(t *testing.T) {
 	if err := libkvhtest.Build(); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var reported []string
-	w, err := Start(Options{Libraries: []string{filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1")}, Rescan: -1, Unprobed: func(pid int, lib, why string) {
-		mu.Lock()
-		reported = append(reported, why)
-		mu.Unlock()
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	w, log := startReporting(t, filepath.Join(libkvhtest.FakeDir(), "libcuda.so.1"))
 	base := t.TempDir()
 	must := func(err error) {
 		if err != nil {
@@ -185,12 +152,48 @@ func TestAttackWitnessUnsearchableCopy(t *testing.T) {
 		w.scan()
 	}()
 	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	if len(reported) != 1 {
+	if reported := log.whys(); len(reported) != 1 {
 		maps, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "maps"))
 		t.Fatalf("a copy of libcuda in a directory the agent cannot search: reported %q, want once\n%s", reported, maps)
 	}
+}
+
+// unprobedLog keeps what a witness's Unprobed callback reported.
+type unprobedLog struct {
+	mu  sync.Mutex
+	pid []int
+	why []string
+}
+
+func (l *unprobedLog) add(pid int, _, why string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pid = append(l.pid, pid)
+	l.why = append(l.why, why)
+}
+
+func (l *unprobedLog) pids() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.pid)
+}
+
+func (l *unprobedLog) whys() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.why)
+}
+
+// startReporting starts a witness on lib that scans only when a test says
+// and keeps what it reports unprobed; it is closed when the test ends.
+func startReporting(t *testing.T, lib string) (*Witness, *unprobedLog) {
+	log := &unprobedLog{}
+	w, err := Start(Options{Libraries: []string{lib}, Rescan: -1, Unprobed: log.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w, log
 }
 
 // lockAndDropCaps removes CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE (and
