@@ -134,7 +134,9 @@ test-short: ## quick tests (no crash loop, no fuzzing)
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null; \
+	    echo "fuzz $$pkg $$f"; out=$$(mktemp); \
+	    if ! $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >$$out 2>&1; then \
+	      grep -v '^fuzz: elapsed' $$out; rm -f $$out; exit 1; fi; rm -f $$out; \
 	  done; done
 
 bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run; summary in build/bench.md

@@ -219,6 +219,9 @@ func (s *Server) disconnect(c *conn, log interface{ Error(string, ...any) }) {
 	last := false
 	if c.p.conns--; c.p.conns <= 0 {
 		delete(s.procs, c.p.key)
+		if s.byPID[int32(c.p.h.PID)] == c.p {
+			delete(s.byPID, int32(c.p.h.PID))
+		}
 		s.carryLocked(c.p)
 		last = true
 	}

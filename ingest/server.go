@@ -67,6 +67,7 @@ type Server struct {
 	mu      sync.Mutex // guards conns, procs, perUID, pending, closed, denied, limits; never held across I/O
 	conns   map[*conn]struct{}
 	procs   map[string]*process // by pidfd key
+	byPID   map[int32]*process  // the same, by pid: the accept loop's cheap per-process cap
 	perUID  map[uint32]int      // connections and reservations, by uid
 	pending int                 // connections accepted and not yet set up
 	closed  bool
@@ -162,7 +163,7 @@ func New(ln *net.UnixListener, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
-	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, procs: map[string]*process{}, perUID: map[uint32]int{},
+	return &Server{cfg: cfg, ln: ln, conns: map[*conn]struct{}{}, procs: map[string]*process{}, byPID: map[int32]*process{}, perUID: map[uint32]int{},
 		denied: map[string]bool{}, limits: map[string]time.Time{}, carry: map[string]carried{}, settled: map[int]settled{}, quit: make(chan struct{})}, nil
 }
 
@@ -205,6 +206,15 @@ func (s *Server) accept(c *net.UnixConn) {
 	}
 	s.mu.Lock()
 	refuse := s.overCapLocked(cred.Uid)
+	var at *process // a process already at its cap
+	if p := s.byPID[cred.Pid]; refuse == "" && p != nil && p.conns >= s.cfg.MaxConnsPerProcess && p.h.Alive() {
+		// The process that holds this pid is alive, so it is the one that
+		// connected (a live process's pid is not another's): refused here
+		// for a getsockopt and a map lookup, so that a process flooding the
+		// socket is drained as fast as it connects and the backlog stays
+		// open to others.
+		at, refuse = p, fmt.Sprintf("the process holds %d connections, its cap", p.conns)
+	}
 	if refuse == "" && !s.closed {
 		// Reserved now, so that a flood is refused here, before any
 		// goroutine starts for it.
@@ -217,6 +227,8 @@ func (s *Server) accept(c *net.UnixConn) {
 	switch {
 	case closed:
 		c.Close()
+	case at != nil:
+		s.refuse(c, cred, at.h, at.key, refuse, now)
 	case refuse != "":
 		s.refuse(c, cred, nil, "uid:"+strconv.FormatUint(uint64(cred.Uid), 10), refuse, now)
 	default:
@@ -277,6 +289,7 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		if p == nil {
 			p = &process{h: h, key: h.Key(), id: id}
 			s.procs[p.key] = p
+			s.byPID[int32(h.PID)] = p
 			s.adoptLocked(p)
 		}
 		p.conns++
@@ -331,8 +344,8 @@ func (s *Server) overCapLocked(uid uint32) string {
 
 // refuse closes a connection over a cap, counts it, and reports the process
 // (at most once per reflag per key — the process, or the uid — and per
-// uid). h is the process when it is known; otherwise it is identified off
-// the accept loop.
+// uid). h is the process when it is known; otherwise it is identified;
+// either way off the accept loop.
 func (s *Server) refuse(c *net.UnixConn, cred *unix.Ucred, h *proc.Handle, key, why string, now time.Time) {
 	s.cfg.Metrics.IngestErrors.WithLabelValues("too_many_connections").Inc()
 	if !s.flagLimit(key, cred.Uid, now) {
@@ -351,11 +364,22 @@ func (s *Server) refuse(c *net.UnixConn, cred *unix.Ucred, h *proc.Handle, key, 
 		id := identifyHandle(s.cfg.ProcRoot, h, cred.Uid, s.cfg.Policy().TrustTenantClaims, s.cfg.Pods)
 		s.cfg.Violations.Emit(violation.Violation{Kind: violation.ConnectionLimit, PID: h.PID, Tenant: id.Tenant, Detail: "connection refused: " + why, Source: "ingest", Process: h, At: now})
 	}
-	if h == nil {
-		go report() // at most once per uid per reflag
+	// Off the accept loop, and waited for by Close (registered before it
+	// can start waiting, or not at all).
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.wg.Add(1)
+	}
+	s.mu.Unlock()
+	if closed {
+		c.Close()
 		return
 	}
-	report()
+	go func() {
+		defer s.wg.Done()
+		report()
+	}()
 }
 
 // flagLimit reports whether a connection_limit violation is due for this

@@ -197,9 +197,12 @@ func TestConnectionFlood(t *testing.T) {
 			c.Close()
 		}
 	}()
-	// Another tenant: libkvh retries its connection every 200 ms while it
-	// lives, so it gets in once the refusals have drained the backlog.
-	run := a.client("driver", "CLIENT_LINGER_MS=3000")
+	// Another tenant, started while the flood is still being refused: it
+	// does its work at once and, as a serving process does, lives on.
+	// libkvh keeps its records and retries its connection every 200 ms
+	// while it lives, so it gets in once the refusals have drained the
+	// backlog (the agent refuses a process at its cap on the accept loop).
+	run := a.client("driver", "CLIENT_LINGER_MS=0", "CLIENT_HOLD_MS=4000")
 	if run.Err != nil {
 		t.Fatal(run.Err)
 	}
