@@ -23,7 +23,7 @@ KVH_LINK := $(KVH_LDFLAGS) -Wl,--version-script=interpose/exports.map
 # last single-file kvh.c), built from git as it was built then.
 KVH_BASE ?= 780b422
 FAKE := $(BUILD)/fakecuda
-WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn register failclosed vmmalias table v1 ctx graph imports
+WAYS := runtime driver dlopen entry vmm async host ipc stress fork edge deny bench churn register failclosed vmmalias table v1 ctx graph imports graphlaunch
 CLIENT_CFLAGS := -O1 -g -Wall -Wextra -Werror -Iinterpose/include
 
 .PHONY: help build test cover test-short fuzz bench lint demo clean interpose fakecuda gpu-check generate check-generate

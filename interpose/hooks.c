@@ -171,7 +171,7 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
     pthread_mutex_unlock(&st->mu);
     if (!untracked_range(fn, p, &v)) { /* unknown pointer or double free: the driver decides */
       CUresult rc = do_free(ctx);
-      if (rc == CUDA_SUCCESS) import_del(p);
+      if (rc == CUDA_SUCCESS) import_del(p), graph_freed(p);
       struct kvh_record r = {0};
       r.type = KVH_REC_FREE;
       r.fn = (uint16_t)fn;
@@ -209,6 +209,7 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
   CUresult rc = do_free(ctx);
   if (rc != CUDA_SUCCESS) table_put(&ptrs, &v); /* still allocated: keep tracking it */
   else if (v.owner == OWN_IMPORTER) import_del(p);
+  if (rc == CUDA_SUCCESS && (v.graph || !e)) graph_freed(p); /* a miss may be graph memory too */
   emit(&r);
   return rc;
 }
@@ -882,7 +883,7 @@ EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
  * context from the driver in enforce mode); its free nodes zeroize it. */
 static void track_graph(enum hook_id fn, uint64_t p, size_t n) {
   if (!p) return;
-  struct slot v = {.key = p, .size = n, .kind = KVH_MEM_ASYNC, .owner = OWN_CREATOR};
+  struct slot v = {.key = p, .size = n, .kind = KVH_MEM_ASYNC, .owner = OWN_CREATOR, .graph = 1};
   table_put(&ptrs, &v);
   emit_alloc(fn, p, n, KVH_MEM_ASYNC, OWN_CREATOR, NULL);
 }
@@ -1022,6 +1023,336 @@ EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *pdptr, CUexternalMe
   if (rc == CUDA_SUCCESS && pdptr) {
     import_add(*pdptr);
     track(HOOK_cuExternalMemoryGetMappedBuffer, *pdptr, 0, KVH_MEM_IPC_IMPORT, OWN_IMPORTER, NULL, 0);
+  }
+  return rc;
+}
+
+/* ---- graph launches ----------------------------------------------------------
+ *
+ * An alloc node that no free node of its graph frees leaves its allocation
+ * live after a launch, until the application frees it (cuMemFree[Async],
+ * hooked) or another graph's free node does. The next launch allocates it
+ * again at the same address: libkvh tracks it again then, so that every
+ * free of it is zeroized, not only the first. An executable instantiated
+ * with CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH frees what the last
+ * launch left live when it is launched again, with no call libkvh could put
+ * a memset before but the launch itself: libkvh zeroizes it on the launch
+ * stream, ordered before the launch, and attests it (verify off: nothing
+ * can read it back without waiting for the stream).
+ *
+ * At instantiation libkvh walks the graph (cuGraphGetNodes and the node
+ * queries, child graphs included) and keeps, per executable, the alloc
+ * nodes its graph does not free and the addresses its free nodes free. A
+ * launch marks the first live and the second freed; a hooked free marks its
+ * address freed. Only memory marked live is written at an auto-free
+ * relaunch: writing to graph memory that was freed would fault the
+ * context. */
+struct galloc {
+  uint64_t p;
+  size_t n;
+  int live; /* a launch allocated it, and nothing freed it since */
+};
+struct gexec {
+  CUgraphExec e;
+  int auto_free;
+  size_t nalloc, nfree;
+  struct galloc *alloc; /* allocations the graph does not free */
+  uint64_t *free;       /* what its free nodes free */
+};
+pthread_mutex_t graph_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct gexec *gexecs; /* guarded by graph_mu */
+static size_t ngexecs, gexecs_cap;
+static atomic_int gexecs_any; /* lets launches and frees skip graph_mu when there are none */
+
+typedef CUresult (*get_nodes_fn)(CUgraph, CUgraphNode *, size_t *);
+typedef CUresult (*node_type_fn)(CUgraphNode, int *);
+typedef CUresult (*alloc_params_fn)(CUgraphNode, CUDA_MEM_ALLOC_NODE_PARAMS *);
+typedef CUresult (*free_params_fn)(CUgraphNode, CUdeviceptr *);
+typedef CUresult (*child_graph_fn)(CUgraphNode, CUgraph *);
+
+struct graph_walk {
+  get_nodes_fn nodes;
+  node_type_fn type;
+  alloc_params_fn alloc;
+  free_params_fn freep;
+  child_graph_fn child;
+};
+
+static int push_u64(uint64_t **a, size_t *n, uint64_t v) {
+  if ((*n & (*n + 1)) == 0 || *n == 0) { /* grow at 1, 2, 4, ... (n+1 a power of two) */
+    uint64_t *b = realloc(*a, (*n + 1) * 2 * sizeof **a);
+    if (!b) return -1;
+    *a = b;
+  }
+  (*a)[(*n)++] = v;
+  return 0;
+}
+
+static int push_alloc(struct gexec *x, uint64_t p, size_t n) {
+  if ((x->nalloc & (x->nalloc + 1)) == 0 || x->nalloc == 0) {
+    struct galloc *b = realloc(x->alloc, (x->nalloc + 1) * 2 * sizeof *b);
+    if (!b) return -1;
+    x->alloc = b;
+  }
+  x->alloc[x->nalloc++] = (struct galloc){p, n, 0};
+  return 0;
+}
+
+/* walk lists g's alloc and free nodes into x (child graphs to depth 8);
+ * -1 when the driver cannot answer or memory runs out. */
+static int walk(const struct graph_walk *w, CUgraph g, struct gexec *x, int depth) {
+  size_t n = 0;
+  if (depth > 8 || w->nodes(g, NULL, &n) != CUDA_SUCCESS) return -1;
+  if (!n) return 0;
+  CUgraphNode *nodes = calloc(n, sizeof *nodes);
+  if (!nodes) return -1;
+  int rc = w->nodes(g, nodes, &n) == CUDA_SUCCESS ? 0 : -1;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    int t = -1;
+    if (!nodes[i] || w->type(nodes[i], &t) != CUDA_SUCCESS) {
+      rc = -1;
+    } else if (t == CU_GRAPH_NODE_TYPE_MEM_ALLOC) {
+      CUDA_MEM_ALLOC_NODE_PARAMS ap;
+      memset(&ap, 0, sizeof ap);
+      rc = w->alloc(nodes[i], &ap) == CUDA_SUCCESS && ap.dptr ? push_alloc(x, ap.dptr, ap.bytesize) : -1;
+    } else if (t == CU_GRAPH_NODE_TYPE_MEM_FREE) {
+      CUdeviceptr d = 0;
+      rc = w->freep(nodes[i], &d) == CUDA_SUCCESS ? push_u64(&x->free, &x->nfree, d) : -1;
+    } else if (t == CU_GRAPH_NODE_TYPE_GRAPH) {
+      CUgraph c = NULL;
+      rc = w->child && w->child(nodes[i], &c) == CUDA_SUCCESS && c ? walk(w, c, x, depth + 1) : -1;
+    }
+  }
+  free(nodes);
+  return rc;
+}
+
+static void gexec_free(struct gexec *x) {
+  free(x->alloc);
+  free(x->free);
+}
+
+/* graph_forget drops executable e (graph_mu held). */
+static void graph_forget_locked(CUgraphExec e) {
+  for (size_t i = 0; i < ngexecs; i++) {
+    if (gexecs[i].e != e) continue;
+    gexec_free(&gexecs[i]);
+    gexecs[i] = gexecs[--ngexecs];
+    atomic_store(&gexecs_any, ngexecs > 0);
+    return;
+  }
+}
+
+/* instantiated lists executable e's graph memory. A graph kvh cannot walk
+ * (the driver lacks a query) is reported: with auto-free, its memory goes
+ * back unzeroized at each relaunch. */
+static void instantiated(enum hook_id fn, CUgraphExec e, CUgraph g, unsigned long long flags) {
+  if (cfg.mode == MODE_OFF || !e || !g) return;
+  static struct graph_walk w; /* looked up once; a race looks up the same answers */
+  if (!w.nodes) {
+    *(void **)&w.nodes = lookup("cuGraphGetNodes");
+    *(void **)&w.type = lookup("cuGraphNodeGetType");
+    *(void **)&w.alloc = lookup("cuGraphMemAllocNodeGetParams");
+    *(void **)&w.freep = lookup("cuGraphMemFreeNodeGetParams");
+    *(void **)&w.child = lookup("cuGraphChildGraphNodeGetGraph");
+  }
+  struct gexec x = {.e = e, .auto_free = (flags & CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) != 0};
+  int rc = w.nodes && w.type && w.alloc && w.freep ? walk(&w, g, &x, 0) : -1;
+  /* keep only the allocations no free node of this graph frees */
+  size_t k = 0;
+  for (size_t i = 0; i < x.nalloc; i++) {
+    int freed = 0;
+    for (size_t j = 0; j < x.nfree && !freed; j++) freed = x.free[j] == x.alloc[i].p;
+    if (!freed) x.alloc[k++] = x.alloc[i];
+  }
+  x.nalloc = k;
+  pthread_mutex_lock(&graph_mu);
+  graph_forget_locked(e); /* a handle the driver reuses */
+  if (rc == 0 && (x.nalloc || x.nfree) && ngexecs == gexecs_cap) {
+    size_t c = gexecs_cap ? gexecs_cap * 2 : 16;
+    struct gexec *b = realloc(gexecs, c * sizeof *b);
+    if (b) gexecs = b, gexecs_cap = c;
+    else rc = -1;
+  }
+  if (rc == 0 && (x.nalloc || x.nfree)) {
+    gexecs[ngexecs++] = x;
+    atomic_store(&gexecs_any, 1);
+  } else {
+    gexec_free(&x);
+  }
+  pthread_mutex_unlock(&graph_mu);
+  if (rc != 0) { /* a quarantine of nothing: the trail says this graph's memory is unwatched */
+    struct kvh_record r = {0};
+    r.type = KVH_REC_FREE;
+    r.fn = (uint16_t)fn;
+    r.result = KVH_RES_ZEROIZE_FAILED;
+    r.flags = KVH_F_ASYNC;
+    r.mem_kind = KVH_MEM_ASYNC;
+    emit(&r);
+  }
+}
+
+/* graph_freed marks graph memory at p freed (the application's free of it
+ * went through). */
+void graph_freed(uint64_t p) {
+  if (likely(!atomic_load_explicit(&gexecs_any, memory_order_relaxed))) return;
+  pthread_mutex_lock(&graph_mu);
+  for (size_t i = 0; i < ngexecs; i++)
+    for (size_t j = 0; j < gexecs[i].nalloc; j++)
+      if (gexecs[i].alloc[j].p == p) gexecs[i].alloc[j].live = 0;
+  pthread_mutex_unlock(&graph_mu);
+}
+
+/* graph_mark records a launch of e: done, everything it allocates is live
+ * and what its free nodes free is not; refused, what auto-free would have
+ * freed (was[].live) is live still. */
+static void graph_mark(CUgraphExec e, const struct galloc *was, size_t n, int done) {
+  pthread_mutex_lock(&graph_mu);
+  for (size_t i = 0; i < ngexecs; i++) {
+    struct gexec *x = &gexecs[i];
+    if (x->e != e) continue;
+    for (size_t j = 0; j < x->nalloc; j++) {
+      if (done) x->alloc[j].live = 1;
+      for (size_t k = 0; !done && k < n; k++)
+        if (was[k].p == x->alloc[j].p && was[k].live) x->alloc[j].live = 1;
+    }
+    for (size_t f = 0; done && f < x->nfree; f++)
+      for (size_t a = 0; a < ngexecs; a++)
+        for (size_t j = 0; j < gexecs[a].nalloc; j++)
+          if (gexecs[a].alloc[j].p == x->free[f]) gexecs[a].alloc[j].live = 0;
+    break;
+  }
+  pthread_mutex_unlock(&graph_mu);
+}
+
+typedef CUresult (*launch_fn)(CUgraphExec, CUstream);
+
+static CUresult graph_launch(enum hook_id fn, launch_fn real_launch, CUgraphExec e, CUstream s) {
+  if (likely(!atomic_load_explicit(&gexecs_any, memory_order_relaxed)) || cfg.mode == MODE_OFF) return real_launch(e, s);
+  /* What this launch frees (auto-free) and then allocates: copied out, so
+   * that no lock is held across the driver. */
+  struct galloc small[16], *mine = small;
+  size_t n = 0;
+  int auto_free = 0, found = 0;
+  pthread_mutex_lock(&graph_mu);
+  for (size_t i = 0; i < ngexecs && !found; i++) {
+    if (gexecs[i].e != e) continue;
+    found = 1;
+    auto_free = gexecs[i].auto_free;
+    n = gexecs[i].nalloc;
+    if (n > 16 && !(mine = malloc(n * sizeof *mine))) mine = small, n = 16; /* (no memory: the first 16) */
+    memcpy(mine, gexecs[i].alloc, n * sizeof *mine);
+    if (auto_free)
+      for (size_t j = 0; j < n; j++) gexecs[i].alloc[j].live = 0; /* freed by this launch, allocated again below */
+  }
+  pthread_mutex_unlock(&graph_mu);
+  if (!found) return real_launch(e, s);
+  const struct policy pol = policy_now();
+  resolve_helpers();
+  for (size_t j = 0; auto_free && j < n; j++) {
+    if (!mine[j].live) continue;
+    struct kvh_record r = {0};
+    r.type = KVH_REC_FREE;
+    r.fn = (uint16_t)fn;
+    r.ptr = mine[j].p;
+    r.bytes = mine[j].n;
+    r.mem_kind = KVH_MEM_ASYNC;
+    r.flags = KVH_F_ASYNC | (pol.double_pass ? KVH_F_DOUBLE_PASS : 0);
+    r.stream = (uint64_t)(uintptr_t)s;
+    r.verify = KVH_VERIFY_OFF;
+    CUresult mrc = p_memset_async ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    for (int pass = pol.double_pass ? 0 : 1; pass < 2 && mrc == CUDA_SUCCESS; pass++)
+      mrc = p_memset_async(mine[j].p, pass == 0 ? 0xA5 : 0, mine[j].n, s);
+    r.result = mrc == CUDA_SUCCESS ? KVH_RES_OK : KVH_RES_ZEROIZE_FAILED;
+    r.zeroed = mrc == CUDA_SUCCESS ? mine[j].n : 0;
+    if (mrc != CUDA_SUCCESS && cfg.mode == MODE_ENFORCE) {
+      /* Not launched: the launch would hand the memory back unzeroized.
+       * It stays allocated, live and tracked; what was zeroized before it
+       * is allocated again (its free was attested). */
+      r.type = KVH_REC_QUARANTINE;
+      emit(&r);
+      for (size_t k = 0; k < j; k++)
+        if (mine[k].live) track_graph(fn, mine[k].p, mine[k].n);
+      graph_mark(e, mine, n, 0);
+      if (mine != small) free(mine);
+      return mrc;
+    }
+    struct stripe *st;
+    struct slot *t = table_find(&ptrs, mine[j].p, &st);
+    if (t) table_del(st, t); /* freed: tracked again when the launch allocates it */
+    pthread_mutex_unlock(&st->mu);
+    emit(&r);
+  }
+  CUresult rc = real_launch(e, s);
+  /* Allocated by this launch (or, refused, still allocated as before):
+   * live, and tracked so that the application's free is zeroized. */
+  for (size_t j = 0; j < n; j++) {
+    if (rc != CUDA_SUCCESS && !(auto_free && mine[j].live)) continue;
+    struct stripe *st;
+    struct slot *t = table_find(&ptrs, mine[j].p, &st);
+    if (t) t->graph = 1; /* (tracked by a captured cuMemAllocAsync, say): its free must mark it freed */
+    pthread_mutex_unlock(&st->mu);
+    if (!t) track_graph(fn, mine[j].p, mine[j].n);
+  }
+  graph_mark(e, mine, n, rc == CUDA_SUCCESS);
+  if (mine != small) free(mine);
+  return rc;
+}
+
+EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+  NEED_REAL(cuGraphLaunch);
+  return graph_launch(HOOK_cuGraphLaunch, real_cuGraphLaunch, e, s);
+}
+
+EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s) {
+  NEED_REAL(cuGraphLaunch_ptsz);
+  return graph_launch(HOOK_cuGraphLaunch_ptsz, real_cuGraphLaunch_ptsz, e, s);
+}
+
+EXPORT CUresult cuGraphInstantiate(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t logsz) {
+  NEED_REAL(cuGraphInstantiate);
+  CUresult rc = real_cuGraphInstantiate(e, g, err, log, logsz);
+  if (rc == CUDA_SUCCESS && e) instantiated(HOOK_cuGraphInstantiate, *e, g, 0);
+  return rc;
+}
+
+EXPORT CUresult cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t logsz) {
+  NEED_REAL(cuGraphInstantiate_v2);
+  CUresult rc = real_cuGraphInstantiate_v2(e, g, err, log, logsz);
+  if (rc == CUDA_SUCCESS && e) instantiated(HOOK_cuGraphInstantiate_v2, *e, g, 0);
+  return rc;
+}
+
+EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags) {
+  NEED_REAL(cuGraphInstantiateWithFlags);
+  CUresult rc = real_cuGraphInstantiateWithFlags(e, g, flags);
+  if (rc == CUDA_SUCCESS && e) instantiated(HOOK_cuGraphInstantiateWithFlags, *e, g, flags);
+  return rc;
+}
+
+EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params) {
+  NEED_REAL(cuGraphInstantiateWithParams);
+  CUresult rc = real_cuGraphInstantiateWithParams(e, g, params);
+  if (rc == CUDA_SUCCESS && e && params) instantiated(HOOK_cuGraphInstantiateWithParams, *e, g, params->flags);
+  return rc;
+}
+
+EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params) {
+  NEED_REAL(cuGraphInstantiateWithParams_ptsz);
+  CUresult rc = real_cuGraphInstantiateWithParams_ptsz(e, g, params);
+  if (rc == CUDA_SUCCESS && e && params) instantiated(HOOK_cuGraphInstantiateWithParams_ptsz, *e, g, params->flags);
+  return rc;
+}
+
+/* cuGraphExecDestroy frees none of the executable's live allocations (they
+ * stay valid until freed, by hooked calls): kvh forgets the executable. */
+EXPORT CUresult cuGraphExecDestroy(CUgraphExec e) {
+  NEED_REAL(cuGraphExecDestroy);
+  CUresult rc = real_cuGraphExecDestroy(e);
+  if (rc == CUDA_SUCCESS && atomic_load(&gexecs_any)) {
+    pthread_mutex_lock(&graph_mu);
+    graph_forget_locked(e);
+    pthread_mutex_unlock(&graph_mu);
   }
   return rc;
 }

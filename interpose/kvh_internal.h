@@ -196,7 +196,7 @@ struct slot {
   uint64_t size;
   uint64_t stream;
   uint64_t aux;
-  uint8_t kind, owner, state, pad;
+  uint8_t kind, owner, state, graph; /* graph: a graph allocation (graph_freed on its free) */
   int32_t device;
   uint64_t ctx; /* ptrs: the context current at allocation (cuCtxGetCurrent), 0 unknown */
 };
@@ -231,6 +231,8 @@ void table_del(struct stripe *s, struct slot *e);
  * *out (malloc'd, the caller frees it; NULL when none or no memory). */
 size_t table_take_ctx(struct table *t, uint64_t ctx, struct slot **out);
 void lock_all(void);
+extern pthread_mutex_t graph_mu; /* hooks.c: graph executables (taken before the tables at fork) */
+void graph_freed(uint64_t p);
 void unlock_all(void);
 
 /* VMM mappings, sorted by address, under vmm_mu. Every VMM hook that changes

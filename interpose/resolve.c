@@ -141,9 +141,9 @@ static int is_wrapper(void *p) {
 /* substitute replaces *pfn, a real entry point a resolver handed out for
  * symbol, by kvh's wrapper for that same entry point: by address when kvh
  * already knows it; else by comparing it with each hooked entry point of that
- * base name (v1, v2, per-thread), looked up by its exported name — so the
- * answer is wrapped at every version and flag the driver gives it, and never
- * by a wrapper of another ABI. Only when those names cannot be looked up
+ * base name (v1, v2, per-thread), looked up by its exported name, then with
+ * every hooked entry point — so the answer is wrapped at every version and
+ * flag the driver gives it, and never by a wrapper of another ABI. Only when those names cannot be looked up
  * does it fall back to name, version and stream semantics. Anything else is
  * left alone. */
 static void substitute(const char *symbol, void **pfn, int version, unsigned long long flags) {
@@ -158,6 +158,16 @@ static void substitute(const char *symbol, void **pfn, int version, unsigned lon
   if (!symbol) return;
   for (int i = 1; i < HOOK_COUNT; i++) {
     if (strcmp(hooks[i].base, symbol) != 0 || strncmp(hooks[i].name, "cuda", 4) == 0) continue;
+    if (real_fn((enum hook_id)i) == got) {
+      *pfn = hooks[i].wrapper;
+      return;
+    }
+  }
+  /* A name can resolve to an entry point exported under another name
+   * (cuGraphInstantiate at 12000 is cuGraphInstantiateWithFlags): the same
+   * address is the same function, whatever it was asked for by. */
+  for (int i = 1; i < HOOK_COUNT; i++) {
+    if (strncmp(hooks[i].name, "cuda", 4) == 0) continue;
     if (real_fn((enum hook_id)i) == got) {
       *pfn = hooks[i].wrapper;
       return;

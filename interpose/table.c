@@ -145,6 +145,7 @@ size_t table_take_ctx(struct table *t, uint64_t ctx, struct slot **out) {
 /* lock_all takes the VMM lock and every stripe of both tables (fork);
  * unlock_all gives them back. */
 void lock_all(void) {
+  pthread_mutex_lock(&graph_mu);
   pthread_mutex_lock(&vmm_mu);
   for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&ptrs.s[i].mu);
   for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&handles.s[i].mu);
@@ -153,6 +154,7 @@ void unlock_all(void) {
   for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&handles.s[i].mu);
   for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&ptrs.s[i].mu);
   pthread_mutex_unlock(&vmm_mu);
+  pthread_mutex_unlock(&graph_mu);
 }
 
 /* ---- VMM mappings: a sorted array (mmap, not malloc), under vmm_mu ------- */

@@ -327,6 +327,8 @@ var FnNames = []string{
 	"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2",
 	"cuGraphAddMemAllocNode", "cuGraphAddMemFreeNode", "cuGraphAddNode",
 	"cuCtxAttach", "cuCtxDetach", "cuMemPoolImportPointer", "cuExternalMemoryGetMappedBuffer",
+	"cuGraphInstantiate", "cuGraphInstantiate_v2", "cuGraphInstantiateWithFlags", "cuGraphInstantiateWithParams",
+	"cuGraphInstantiateWithParams_ptsz", "cuGraphLaunch", "cuGraphLaunch_ptsz", "cuGraphExecDestroy",
 }
 
 // FnName names a hook id.

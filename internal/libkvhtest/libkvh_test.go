@@ -825,6 +825,64 @@ func TestGraphMemoryZeroized(t *testing.T) {
 	}
 }
 
+// Graph allocations no free node of their graph frees (issue 11 item 4).
+// An executable instantiated with AUTO_FREE_ON_LAUNCH frees them at its next
+// launch, with no free call and no free node: without libkvh the next
+// launch (another tenant's request) finds the last one's bytes; with it,
+// the launch is preceded by a memset on its stream, attested as a free by
+// cuGraphLaunch. Without the flag the application frees them after each
+// launch, and each launch allocates them again: libkvh tracks them again at
+// every launch, so every free is zeroized, not only the first (before this
+// change the second free missed the table and went through unzeroized).
+// The fake driver refuses a relaunch with allocations unfreed, as CUDA
+// documents.
+func TestGraphRelaunchZeroized(t *testing.T) {
+	bare := Exec("graphlaunch", "", nil)
+	if bare.Err != nil || bare.Value("AUTOFREE_RESIDUE") <= 0 || bare.Value("RELAUNCH_RESIDUE") <= 0 ||
+		bare.Value("RELAUNCH_REUSED") != 1 || bare.Value("UNFREED_RELAUNCH_REFUSED") != 1 {
+		t.Fatalf("without libkvh the memory should come back with its bytes: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
+	}
+	for _, env := range [][]string{nil, {"KVH_VERIFY=full", "KVH_DOUBLE_PASS=1"}} {
+		l := listen(t)
+		run := Exec("graphlaunch", Lib(), append([]string{"KVH_SOCKET=" + l.Path}, env...))
+		if run.Err != nil || run.Value("RESIDUE") != 0 || run.Value("RELAUNCH_REUSED") != 1 || run.Value("UNFREED_RELAUNCH_REFUSED") != 1 {
+			t.Fatalf("with libkvh %v: %v\n%s%s", env, run.Err, run.Stdout, run.Stderr)
+		}
+		count := func(recs []Got, fn string) int {
+			c := 0
+			for _, r := range frees(recs, run.PID) {
+				if wire.FnName(r.Fn) == fn && r.Type == wire.Free && r.Result == wire.ResOK && r.Zeroed == blockSize {
+					c++
+				}
+			}
+			return c
+		}
+		recs, ok := l.WaitFor(5*time.Second, func(r []Got) bool {
+			return count(r, "cuGraphLaunch") >= 2 && count(r, "cuMemFreeAsync") >= 4
+		})
+		if !ok || count(recs, "cuGraphLaunch") != 2 || count(recs, "cuMemFreeAsync") != 4 {
+			t.Fatalf("%v: want 2 auto-free zeroizes by cuGraphLaunch and 4 zeroized cuMemFreeAsync: %+v", env, frees(recs, run.PID))
+		}
+		// Every free has its allocation, and the one allocation never freed
+		// (the last graph's) is the only one left: the ledger stays balanced.
+		balance := func(recs []Got) (allocs, freed int) {
+			for _, r := range recs {
+				if int(r.PeerPID) == run.PID && r.Type == wire.Alloc {
+					allocs++
+				}
+				if int(r.PeerPID) == run.PID && r.Type == wire.Free {
+					freed++
+				}
+			}
+			return
+		}
+		recs, _ = l.WaitFor(5*time.Second, func(r []Got) bool { a, f := balance(r); return a == f+1 })
+		if a, f := balance(recs); a != f+1 {
+			t.Fatalf("%v: %d allocations, %d frees (want one left): %+v", env, a, f, recs)
+		}
+	}
+}
+
 // A table miss never zeroizes memory the process does not own (issue 11 (d)):
 // with the table full (it cannot grow), a device free it misses is zeroized
 // when the driver says the pointer starts a live allocation — but an IPC or

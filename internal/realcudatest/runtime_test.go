@@ -21,15 +21,13 @@ import (
 // does not happen). A gap not listed here fails the test.
 var runtimeGaps = map[string]string{
 	// libkvh gap: issue 11 item 4 (memory that leaves its owner without a free call)
-	"cuArrayCreate_v2":            "arrays not covered (issue 11 item 4)",
-	"cuArray3DCreate_v2":          "arrays not covered (issue 11 item 4)",
-	"cuArrayDestroy":              "arrays not covered (issue 11 item 4)",
-	"cuMipmappedArrayCreate":      "arrays not covered (issue 11 item 4)",
-	"cuMipmappedArrayDestroy":     "arrays not covered (issue 11 item 4)",
-	"cuDeviceGraphMemTrim":        "needs no wrapper: the pool holds only memory zeroized before its free node (README)",
-	"cuGraphExecDestroy":          "needs no wrapper: frees no live graph allocation (README)",
-	"cuGraphInstantiateWithFlags": "AUTO_FREE_ON_LAUNCH not covered (README)",
-	"cuModuleUnload":              "module globals not covered (not in issue 11's list)",
+	"cuArrayCreate_v2":        "arrays not covered (issue 11 item 4)",
+	"cuArray3DCreate_v2":      "arrays not covered (issue 11 item 4)",
+	"cuArrayDestroy":          "arrays not covered (issue 11 item 4)",
+	"cuMipmappedArrayCreate":  "arrays not covered (issue 11 item 4)",
+	"cuMipmappedArrayDestroy": "arrays not covered (issue 11 item 4)",
+	"cuDeviceGraphMemTrim":    "needs no wrapper: the pool holds only memory zeroized before its free node (README)",
+	"cuModuleUnload":          "module globals not covered (not in issue 11's list)",
 	// imports libkvh does not track (README: why none needs zeroizing)
 	"cuMemPoolImportFromShareableHandle":      "pool import not tracked",
 	"cuImportExternalMemory":                  "external memory import not tracked",

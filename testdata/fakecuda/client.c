@@ -752,6 +752,67 @@ int main(int argc, char **argv) {
   printf("ADDNODE_RESIDUE %d\n", addnode_residue);
   free(look);
   printf("RESIDUE %d\n", graph_residue + trim_residue + capture_residue + addnode_residue);
+#elif defined(WAY_graphlaunch)
+  /* Graph allocations that no free node in their graph frees: the memory
+   * stays allocated after a launch, until the application frees it — or,
+   * for an executable instantiated with AUTO_FREE_ON_LAUNCH, until the next
+   * launch frees it (no free call, no free node). */
+  extern CUresult cuGraphCreate(CUgraph *, unsigned int);
+  extern CUresult cuGraphAddMemAllocNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUDA_MEM_ALLOC_NODE_PARAMS *);
+  extern CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long);
+  extern CUresult cuGraphLaunch(CUgraphExec, CUstream);
+  extern CUresult cuGraphExecDestroy(CUgraphExec);
+  extern CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+  extern CUresult cuMemsetD8Async(CUdeviceptr, unsigned char, size_t, CUstream);
+  CUstream s = (CUstream)(uintptr_t)0x5200;
+  unsigned char *look = malloc(N);
+#define SECRET_BYTES(p) (peek(look, (p), N), count_byte(look, N, 0x5a))
+  CUgraph g;
+  CUgraphNode a;
+  CUgraphExec e;
+  CUDA_MEM_ALLOC_NODE_PARAMS ap;
+  /* 1. AUTO_FREE_ON_LAUNCH: one tenant's launch leaves its bytes in the
+   * graph's allocation; the next launch (another tenant's request) frees
+   * it and allocates it again */
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  CUdeviceptr pa = ap.dptr;
+  CHECK(cuGraphInstantiateWithFlags(&e, g, 1 /* CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH */));
+  CHECK(cuGraphLaunch(e, s));
+  CHECK(cuMemsetD8Async(pa, 0x5a, N, s));
+  CHECK(cuGraphLaunch(e, s));
+  int autofree_residue = SECRET_BYTES(pa);
+  printf("AUTOFREE_RESIDUE %d\n", autofree_residue);
+  CHECK(cuGraphLaunch(e, s)); /* and again */
+  CHECK(cuMemFreeAsync(pa, s));
+  CHECK(cuGraphExecDestroy(e));
+  /* 2. Without the flag, a relaunch with the allocation unfreed fails, and
+   * the application frees it after each launch: every launch allocates it
+   * again, and every free must zeroize it (not only the first) */
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  CUdeviceptr pb = ap.dptr;
+  CHECK(cuGraphInstantiateWithFlags(&e, g, 0));
+  for (int i = 0; i < 3; i++) {
+    CHECK(cuGraphLaunch(e, s));
+    CHECK(cuMemsetD8Async(pb, 0x5a, N, s));
+    if (i == 0) printf("UNFREED_RELAUNCH_REFUSED %d\n", cuGraphLaunch(e, s) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(cuMemFreeAsync(pb, s));
+  }
+  /* the next graph allocation of that size gets the memory */
+  memset(&ap, 0, sizeof ap);
+  ap.bytesize = N;
+  CHECK(cuGraphCreate(&g, 0));
+  CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+  printf("RELAUNCH_REUSED %d\n", ap.dptr == pb);
+  int relaunch_residue = SECRET_BYTES(ap.dptr);
+  printf("RELAUNCH_RESIDUE %d\n", relaunch_residue);
+  free(look);
+  printf("RESIDUE %d\n", autofree_residue + relaunch_residue);
 #elif defined(WAY_imports)
   /* Another process (a forked exporter) shares two buffers, one by IPC and
    * one from its pool; this process fills its allocation table first (run it

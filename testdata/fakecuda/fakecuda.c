@@ -724,9 +724,11 @@ struct gnode {
   unsigned int value, esz;
 };
 struct fgraph {
-  int n, exec;
+  int n, exec, launched;
+  unsigned long long flags; /* an executable's instantiate flags */
   struct gnode nodes[GMAXN];
 };
+#define FAKE_AUTO_FREE_ON_LAUNCH 1ULL /* CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH */
 static struct fgraph *cap_graph;
 static int cap_invalid;
 static int graph_launches;
@@ -829,13 +831,52 @@ EXPORT CUresult cuGraphAddNode(CUgraphNode *out, CUgraph g, const CUgraphNode *d
   }
 }
 
+/* The graph queries libkvh walks a graph with at instantiation. */
+EXPORT CUresult cuGraphGetNodes(CUgraph gh, CUgraphNode *nodes, size_t *num) {
+  struct fgraph *g = (struct fgraph *)(void *)gh;
+  if (!g || !num) return CUDA_ERROR_INVALID_VALUE;
+  size_t k = 0;
+  for (int i = 0; i < g->n; i++) {
+    if (g->nodes[i].type == GN_DEAD) continue;
+    if (nodes && k < *num) nodes[k] = (CUgraphNode)(void *)&g->nodes[i];
+    k++;
+  }
+  if (nodes)
+    for (size_t i = k; i < *num; i++) nodes[i] = NULL;
+  if (!nodes || k < *num) *num = k;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphNodeGetType(CUgraphNode n, int *type) {
+  static const int types[] = {[GN_ALLOC] = CU_GRAPH_NODE_TYPE_MEM_ALLOC, [GN_FREE] = CU_GRAPH_NODE_TYPE_MEM_FREE,
+                              [GN_MEMSET] = CU_GRAPH_NODE_TYPE_MEMSET, [GN_EMPTY] = CU_GRAPH_NODE_TYPE_EMPTY};
+  struct gnode *x = (struct gnode *)(void *)n;
+  if (!x || !type || x->type == GN_DEAD) return CUDA_ERROR_INVALID_VALUE;
+  *type = types[x->type];
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphMemAllocNodeGetParams(CUgraphNode n, CUDA_MEM_ALLOC_NODE_PARAMS *out) {
+  struct gnode *x = (struct gnode *)(void *)n;
+  if (!x || !out || x->type != GN_ALLOC) return CUDA_ERROR_INVALID_VALUE;
+  memset(out, 0, sizeof *out);
+  out->bytesize = x->n;
+  out->dptr = x->p;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphMemFreeNodeGetParams(CUgraphNode n, CUdeviceptr *out) {
+  struct gnode *x = (struct gnode *)(void *)n;
+  if (!x || !out || x->type != GN_FREE) return CUDA_ERROR_INVALID_VALUE;
+  *out = x->p;
+  return CUDA_SUCCESS;
+}
+
 EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags) {
-  (void)flags;
   if (!e || !g) return CUDA_ERROR_INVALID_VALUE;
   struct fgraph *x = malloc(sizeof *x);
   if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
   *x = *(struct fgraph *)(void *)g;
   x->exec = 1;
+  x->launched = 0;
+  x->flags = flags;
   *e = (CUgraphExec)(void *)x;
   return CUDA_SUCCESS;
 }
@@ -885,10 +926,42 @@ static void run_node(const struct gnode *x) {
   }
 }
 
+/* block_live says whether p is a live block (mu held). */
+static int block_live(CUdeviceptr p) {
+  for (unsigned i = hslot(p);; i = (i + 1) & (HASH - 1)) {
+    if (live[i].p == 0) return 0;
+    if (live[i].p == p && live[i].size) return 1;
+  }
+}
+
+/* unfreed_live says whether the executable's alloc node i allocates memory
+ * no free node of its graph frees, and a previous launch left it live. */
+static int unfreed_live(const struct fgraph *g, int i) {
+  if (g->nodes[i].type != GN_ALLOC) return 0;
+  for (int j = 0; j < g->n; j++)
+    if (g->nodes[j].type == GN_FREE && g->nodes[j].p == g->nodes[i].p) return 0;
+  pthread_mutex_lock(&mu);
+  int l = block_live(g->nodes[i].p);
+  pthread_mutex_unlock(&mu);
+  return l;
+}
+
+/* cuGraphLaunch: as CUDA documents it, a relaunch while allocations of the
+ * previous launch are unfreed fails with CUDA_ERROR_INVALID_VALUE, unless
+ * the executable was instantiated with AUTO_FREE_ON_LAUNCH: then they are
+ * freed first — to the graph pool, bytes and all — and the launch's alloc
+ * nodes take them again. */
 EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
   (void)s;
   struct fgraph *g = (struct fgraph *)(void *)e;
   if (!g || !g->exec) return CUDA_ERROR_INVALID_VALUE;
+  if (g->launched) {
+    for (int i = 0; i < g->n; i++)
+      if (unfreed_live(g, i) && !(g->flags & FAKE_AUTO_FREE_ON_LAUNCH)) return CUDA_ERROR_INVALID_VALUE;
+    for (int i = 0; i < g->n; i++)
+      if (unfreed_live(g, i)) give(g->nodes[i].p);
+  }
+  g->launched = 1;
   unsigned char done[GMAXN] = {0};
   for (int left = g->n; left > 0; left--) {
     int pick = -1;
@@ -1020,6 +1093,8 @@ static const struct entry table[] = {
   E("cuGraphAddMemsetNode", 10000, 0, cuGraphAddMemsetNode), E("cuGraphAddEmptyNode", 10000, 0, cuGraphAddEmptyNode),
   E("cuGraphDestroyNode", 10000, 0, cuGraphDestroyNode), E("cuGraphAddNode", 12020, 0, cuGraphAddNode), E("cuGraphInstantiateWithFlags", 11040, 0, cuGraphInstantiateWithFlags),
   E("cuGraphExecDestroy", 10000, 0, cuGraphExecDestroy), E("cuGraphLaunch", 10000, 0, cuGraphLaunch),
+  E("cuGraphGetNodes", 10000, 0, cuGraphGetNodes), E("cuGraphNodeGetType", 10000, 0, cuGraphNodeGetType),
+  E("cuGraphMemAllocNodeGetParams", 11040, 0, cuGraphMemAllocNodeGetParams), E("cuGraphMemFreeNodeGetParams", 11040, 0, cuGraphMemFreeNodeGetParams),
   E("cuDeviceGraphMemTrim", 11040, 0, cuDeviceGraphMemTrim),
   E("cuStreamBeginCapture", 10010, 0, cuStreamBeginCapture_v2), E("cuStreamEndCapture", 10000, 0, cuStreamEndCapture),
   E("cuStreamIsCapturing", 10000, 0, cuStreamIsCapturing), E("cuStreamIsCapturing", 10000, 1, cuStreamIsCapturing_ptsz),
