@@ -905,3 +905,21 @@ func TestTableMissNeverZeroizesImports(t *testing.T) {
 		t.Fatalf("an import was written to (EXPORTER 6) or the driver's error changed:\n%s%s", run.Stdout, run.Stderr)
 	}
 }
+
+// Review of 14f61a2: a cuMemFreeAsync captured into a graph frees nothing
+// until that graph runs, but release() calls graph_freed() at capture time,
+// so the auto-free executable's allocation is marked not live. When the
+// capture is discarded, the next auto-free relaunch frees the memory (bytes
+// and all) with no memset before it.
+func TestGraphCapturedFreeThenAutoFreeRelaunch(t *testing.T) {
+	bare := Exec("graphlaunch", "", []string{"GRAPHLAUNCH_CAPFREE=1"})
+	if bare.Err != nil || bare.Value("CAPFREE_RESIDUE") <= 0 {
+		t.Fatalf("without libkvh the auto-freed memory should keep its bytes: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
+	}
+	l := listen(t)
+	run := Exec("graphlaunch", Lib(), []string{"KVH_SOCKET=" + l.Path, "GRAPHLAUNCH_CAPFREE=1"})
+	if run.Err != nil || run.Value("CAPFREE_RESIDUE") != 0 {
+		t.Fatalf("auto-free relaunch after a discarded captured free left %d secret bytes: %v\n%s%s",
+			run.Value("CAPFREE_RESIDUE"), run.Err, run.Stdout, run.Stderr)
+	}
+}

@@ -811,6 +811,35 @@ int main(int argc, char **argv) {
   printf("RELAUNCH_REUSED %d\n", ap.dptr == pb);
   int relaunch_residue = SECRET_BYTES(ap.dptr);
   printf("RELAUNCH_RESIDUE %d\n", relaunch_residue);
+  /* 3. (review) A captured cuMemFreeAsync of an auto-free executable's live
+   * allocation frees nothing until the captured graph runs; the capture is
+   * discarded (never instantiated), so the allocation stays live and the
+   * next relaunch auto-frees it: that free must be zeroized too. Only with
+   * GRAPHLAUNCH_CAPFREE=1, so that the records of part 1 and 2 stay as
+   * TestGraphRelaunchZeroized counts them. */
+  if (getenv("GRAPHLAUNCH_CAPFREE")) {
+    extern CUresult cuStreamBeginCapture_v2(CUstream, CUstreamCaptureMode);
+    extern CUresult cuStreamEndCapture(CUstream, CUgraph *);
+    extern CUresult cuGraphDestroy(CUgraph);
+    CUstream s2 = (CUstream)(uintptr_t)0x5300;
+    memset(&ap, 0, sizeof ap);
+    ap.bytesize = N;
+    CHECK(cuGraphCreate(&g, 0));
+    CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+    CUdeviceptr pc = ap.dptr;
+    CHECK(cuGraphInstantiateWithFlags(&e, g, 1));
+    CHECK(cuGraphLaunch(e, s));
+    CHECK(cuMemsetD8Async(pc, 0x5a, N, s));
+    CUgraph cg = NULL;
+    CHECK(cuStreamBeginCapture_v2(s2, 0));
+    CHECK(cuMemFreeAsync(pc, s2)); /* captured: a node of cg, nothing freed now */
+    CHECK(cuStreamEndCapture(s2, &cg));
+    CHECK(cuGraphDestroy(cg)); /* discarded: pc is still allocated */
+    CHECK(cuGraphLaunch(e, s)); /* auto-free: frees pc (and allocates it again) */
+    printf("CAPFREE_RESIDUE %d\n", SECRET_BYTES(pc));
+    CHECK(cuMemFreeAsync(pc, s));
+    CHECK(cuGraphExecDestroy(e));
+  }
   free(look);
   printf("RESIDUE %d\n", autofree_residue + relaunch_residue);
 #elif defined(WAY_imports)
