@@ -923,3 +923,24 @@ func TestGraphCapturedFreeThenAutoFreeRelaunch(t *testing.T) {
 			run.Value("CAPFREE_RESIDUE"), run.Err, run.Stdout, run.Stderr)
 	}
 }
+
+// Review of 14f61a2: an executable whose graph libkvh cannot walk is not
+// registered, so what its free nodes free is never marked freed. When one of
+// them frees an auto-free executable's allocation, that executable's next
+// (legal) relaunch memsets freed graph memory — a context fault on a GPU —
+// and, in enforce mode, returns the memset's error for a launch the driver
+// never saw. The fake counts memsets of memory that is not allocated
+// (FAKECUDA_FAULT_FREED) and fails the graph queries on demand to stand in
+// for any walk() failure.
+func TestGraphWalkFailureNeverWritesFreedMemory(t *testing.T) {
+	bare := Exec("graphlaunch", "", []string{"GRAPHLAUNCH_WALKFAIL=1"})
+	if bare.Err != nil || bare.Value("WALKFAIL_RELAUNCH_RC") != 0 || bare.Value("FREED_WRITES") != 0 {
+		t.Fatalf("without libkvh the relaunch is legal and writes nothing freed: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
+	}
+	l := listen(t)
+	run := Exec("graphlaunch", Lib(), []string{"KVH_SOCKET=" + l.Path, "GRAPHLAUNCH_WALKFAIL=1"})
+	if run.Err != nil || run.Value("FREED_WRITES") != 0 || run.Value("WALKFAIL_RELAUNCH_RC") != 0 {
+		t.Fatalf("libkvh wrote %d times to freed graph memory; relaunch returned %d: %v\n%s%s",
+			run.Value("FREED_WRITES"), run.Value("WALKFAIL_RELAUNCH_RC"), run.Err, run.Stdout, run.Stderr)
+	}
+}

@@ -840,6 +840,35 @@ int main(int argc, char **argv) {
     CHECK(cuMemFreeAsync(pc, s));
     CHECK(cuGraphExecDestroy(e));
   }
+  /* 4. (review) Executable Y frees the auto-free executable X's allocation
+   * with a free node; libkvh could not walk Y's graph (stands in for any
+   * walk() failure: the lazy lookup race, depth > 8, no memory, a query the
+   * driver refuses). X's relaunch then memsets memory Y already freed. */
+  if (getenv("GRAPHLAUNCH_WALKFAIL")) {
+    extern CUresult cuGraphAddMemFreeNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUdeviceptr);
+    extern int fakecuda_freed_writes(void);
+    CUgraph gy;
+    CUgraphNode fy;
+    CUgraphExec ey;
+    memset(&ap, 0, sizeof ap);
+    ap.bytesize = N;
+    CHECK(cuGraphCreate(&g, 0));
+    CHECK(cuGraphAddMemAllocNode(&a, g, NULL, 0, &ap));
+    CUdeviceptr px = ap.dptr;
+    CHECK(cuGraphInstantiateWithFlags(&e, g, 1));
+    CHECK(cuGraphCreate(&gy, 0));
+    CHECK(cuGraphAddMemFreeNode(&fy, gy, NULL, 0, px));
+    setenv("FAKECUDA_GRAPHQUERY_FAIL", "1", 1);
+    CHECK(cuGraphInstantiateWithFlags(&ey, gy, 0));
+    unsetenv("FAKECUDA_GRAPHQUERY_FAIL");
+    CHECK(cuGraphLaunch(e, s));  /* X allocates px */
+    CHECK(cuGraphLaunch(ey, s)); /* Y frees px */
+    setenv("FAKECUDA_FAULT_FREED", "1", 1);
+    CUresult lrc = cuGraphLaunch(e, s); /* legal: px is freed, nothing to auto-free */
+    unsetenv("FAKECUDA_FAULT_FREED");
+    printf("WALKFAIL_RELAUNCH_RC %d\n", (int)lrc);
+    printf("FREED_WRITES %d\n", fakecuda_freed_writes());
+  }
   free(look);
   printf("RESIDUE %d\n", autofree_residue + relaunch_residue);
 #elif defined(WAY_imports)

@@ -216,9 +216,21 @@ EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { return !d ? CUD
 EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep) { (void)p; (void)keep; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemPoolDestroy(CUmemoryPool p) { (void)p; return CUDA_SUCCESS; }
 
+static int block_live(CUdeviceptr p);
+static int freed_writes; /* memsets of graph memory that was not allocated (a real GPU faults the context) */
+EXPORT int fakecuda_freed_writes(void) { return freed_writes; }
 static CUresult memset8(CUdeviceptr d, unsigned char v, size_t n) {
   if (!d || env_int("FAKECUDA_MEMSET_FAIL")) return CUDA_ERROR_INVALID_VALUE;
   if (cap_stream) return capture_unsupported(); /* a synchronous call during a global-mode capture */
+  if (env_int("FAKECUDA_FAULT_FREED")) {
+    pthread_mutex_lock(&mu);
+    int l = block_live(d);
+    pthread_mutex_unlock(&mu);
+    if (!l) {
+      freed_writes++;
+      return (CUresult)700; /* CUDA_ERROR_ILLEGAL_ADDRESS */
+    }
+  }
   size_t leave = (size_t)env_int("FAKECUDA_MEMSET_PARTIAL");
   memset((void *)(uintptr_t)d, v, n > leave ? n - leave : 0);
   return CUDA_SUCCESS;
@@ -847,6 +859,7 @@ EXPORT CUresult cuGraphGetNodes(CUgraph gh, CUgraphNode *nodes, size_t *num) {
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuGraphNodeGetType(CUgraphNode n, int *type) {
+  if (env_int("FAKECUDA_GRAPHQUERY_FAIL")) return (CUresult)801; /* CUDA_ERROR_NOT_SUPPORTED */
   static const int types[] = {[GN_ALLOC] = CU_GRAPH_NODE_TYPE_MEM_ALLOC, [GN_FREE] = CU_GRAPH_NODE_TYPE_MEM_FREE,
                               [GN_MEMSET] = CU_GRAPH_NODE_TYPE_MEMSET, [GN_EMPTY] = CU_GRAPH_NODE_TYPE_EMPTY};
   struct gnode *x = (struct gnode *)(void *)n;
