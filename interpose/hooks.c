@@ -171,7 +171,8 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
     pthread_mutex_unlock(&st->mu);
     if (!untracked_range(fn, p, &v)) { /* unknown pointer or double free: the driver decides */
       CUresult rc = do_free(ctx);
-      if (rc == CUDA_SUCCESS) import_del(p), graph_freed(p);
+      if (rc == CUDA_SUCCESS) import_del(p);
+      if (rc == CUDA_SUCCESS && !(async && capturing(s))) graph_freed(p); /* (a captured free frees nothing yet) */
       struct kvh_record r = {0};
       r.type = KVH_REC_FREE;
       r.fn = (uint16_t)fn;
@@ -189,14 +190,14 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
   r.stream = s ? (uint64_t)(uintptr_t)s : v.stream;
   if (async) r.flags |= KVH_F_ASYNC;
   size_t n = len_hint && len_hint < v.size ? len_hint : v.size;
-  int failed = 0;
+  int failed = 0, captured = 0;
   if (v.owner == OWN_IMPORTER) {
     r.flags |= KVH_F_IMPORTER;
     r.result = KVH_RES_PASSTHROUGH;
     r.bytes = n;
   } else if (cfg.mode != MODE_OFF) {
     CUstream zs = (CUstream)(uintptr_t)r.stream;
-    if (async && device && capturing(zs)) failed = zeroize_scheduled(p, n, zs, &r) != 0;
+    if (async && device && capturing(zs)) failed = zeroize_scheduled(p, n, zs, &r) != 0, captured = 1;
     else failed = zeroize(p, n, device, zs, async, &r) != 0;
   }
   if (failed && cfg.mode == MODE_ENFORCE) {
@@ -209,7 +210,9 @@ static CUresult release(enum hook_id fn, uint64_t p, int device, int async, CUst
   CUresult rc = do_free(ctx);
   if (rc != CUDA_SUCCESS) table_put(&ptrs, &v); /* still allocated: keep tracking it */
   else if (v.owner == OWN_IMPORTER) import_del(p);
-  if (rc == CUDA_SUCCESS && (v.graph || !e)) graph_freed(p); /* a miss may be graph memory too */
+  /* A miss may be graph memory too; a captured free frees nothing until its
+   * graph runs (its free node marks it then). */
+  if (rc == CUDA_SUCCESS && !captured && (v.graph || !e)) graph_freed(p);
   emit(&r);
   return rc;
 }
@@ -1037,16 +1040,22 @@ EXPORT CUresult cuExternalMemoryGetMappedBuffer(CUdeviceptr *pdptr, CUexternalMe
  * with CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH frees what the last
  * launch left live when it is launched again, with no call libkvh could put
  * a memset before but the launch itself: libkvh zeroizes it on the launch
- * stream, ordered before the launch, and attests it (verify off: nothing
- * can read it back without waiting for the stream).
+ * stream before the launch — ordered, like the launch, behind the previous
+ * launch of the executable, by an event recorded after it when the stream
+ * changed — and attests it (verify off: nothing can read it back without
+ * waiting for the stream).
  *
  * At instantiation libkvh walks the graph (cuGraphGetNodes and the node
- * queries, child graphs included) and keeps, per executable, the alloc
- * nodes its graph does not free and the addresses its free nodes free. A
- * launch marks the first live and the second freed; a hooked free marks its
+ * queries, child graphs included) and keeps, per executable, the alloc nodes
+ * its graph does not free and what its free nodes free of other graphs'
+ * memory. A launch marks the first live and the second freed; a hooked free
+ * (not a captured one: that frees nothing until its graph runs) marks its
  * address freed. Only memory marked live is written at an auto-free
- * relaunch: writing to graph memory that was freed would fault the
- * context. */
+ * relaunch: writing to graph memory that was freed would fault the context.
+ * An executable whose graph cannot be walked is kept as opaque: each of its
+ * launches may free anything, so it marks every graph allocation freed
+ * (what an auto-free relaunch of it frees is then not zeroized, and its
+ * instantiation says so in the trail). */
 struct galloc {
   uint64_t p;
   size_t n;
@@ -1054,135 +1063,128 @@ struct galloc {
 };
 struct gexec {
   CUgraphExec e;
-  int auto_free;
+  int auto_free, opaque;
   size_t nalloc, nfree;
   struct galloc *alloc; /* allocations the graph does not free */
-  uint64_t *free;       /* what its free nodes free */
+  uint64_t *free;       /* other graphs' memory its free nodes free */
+  CUevent ev;           /* auto-free: recorded after each launch (NULL: none) */
+  CUstream last;        /* the stream of the last launch */
+  int launched;
 };
 pthread_mutex_t graph_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct gexec *gexecs; /* guarded by graph_mu */
 static size_t ngexecs, gexecs_cap;
 static atomic_int gexecs_any; /* lets launches and frees skip graph_mu when there are none */
 
-typedef CUresult (*get_nodes_fn)(CUgraph, CUgraphNode *, size_t *);
-typedef CUresult (*node_type_fn)(CUgraphNode, int *);
-typedef CUresult (*alloc_params_fn)(CUgraphNode, CUDA_MEM_ALLOC_NODE_PARAMS *);
-typedef CUresult (*free_params_fn)(CUgraphNode, CUdeviceptr *);
-typedef CUresult (*child_graph_fn)(CUgraphNode, CUgraph *);
+static struct {
+  CUresult (*nodes)(CUgraph, CUgraphNode *, size_t *);
+  CUresult (*type)(CUgraphNode, int *);
+  CUresult (*alloc)(CUgraphNode, CUDA_MEM_ALLOC_NODE_PARAMS *);
+  CUresult (*freep)(CUgraphNode, CUdeviceptr *);
+  CUresult (*child)(CUgraphNode, CUgraph *);
+  CUresult (*ev_create)(CUevent *, unsigned int);
+  CUresult (*ev_record)(CUevent, CUstream);
+  CUresult (*ev_wait)(CUstream, CUevent, unsigned int);
+  CUresult (*ev_destroy)(CUevent);
+  CUresult (*ctx_sync)(void);
+} gd; /* the driver calls the graph paths make, looked up once */
+static pthread_once_t gd_once = PTHREAD_ONCE_INIT;
 
-struct graph_walk {
-  get_nodes_fn nodes;
-  node_type_fn type;
-  alloc_params_fn alloc;
-  free_params_fn freep;
-  child_graph_fn child;
-};
+static void gd_init(void) {
+  *(void **)&gd.nodes = lookup("cuGraphGetNodes");
+  *(void **)&gd.type = lookup("cuGraphNodeGetType");
+  *(void **)&gd.alloc = lookup("cuGraphMemAllocNodeGetParams");
+  *(void **)&gd.freep = lookup("cuGraphMemFreeNodeGetParams");
+  *(void **)&gd.child = lookup("cuGraphChildGraphNodeGetGraph");
+  *(void **)&gd.ev_create = lookup("cuEventCreate");
+  *(void **)&gd.ev_record = lookup("cuEventRecord");
+  *(void **)&gd.ev_wait = lookup("cuStreamWaitEvent");
+  *(void **)&gd.ev_destroy = lookup("cuEventDestroy_v2");
+  *(void **)&gd.ctx_sync = lookup("cuCtxSynchronize");
+}
 
-static int push_u64(uint64_t **a, size_t *n, uint64_t v) {
-  if ((*n & (*n + 1)) == 0 || *n == 0) { /* grow at 1, 2, 4, ... (n+1 a power of two) */
-    uint64_t *b = realloc(*a, (*n + 1) * 2 * sizeof **a);
-    if (!b) return -1;
-    *a = b;
-  }
-  (*a)[(*n)++] = v;
+/* grow doubles *a (of elements of size sz) when n reaches a power of two. */
+static int grow(void **a, size_t n, size_t sz) {
+  if (n && (n & (n - 1))) return 0;
+  void *b = realloc(*a, (n ? n * 2 : 4) * sz);
+  if (!b) return -1;
+  *a = b;
   return 0;
 }
 
-static int push_alloc(struct gexec *x, uint64_t p, size_t n) {
-  if ((x->nalloc & (x->nalloc + 1)) == 0 || x->nalloc == 0) {
-    struct galloc *b = realloc(x->alloc, (x->nalloc + 1) * 2 * sizeof *b);
-    if (!b) return -1;
-    x->alloc = b;
-  }
-  x->alloc[x->nalloc++] = (struct galloc){p, n, 0};
-  return 0;
-}
-
-/* walk lists g's alloc and free nodes into x (child graphs to depth 8);
- * -1 when the driver cannot answer or memory runs out. */
-static int walk(const struct graph_walk *w, CUgraph g, struct gexec *x, int depth) {
+/* walk lists g's alloc nodes and free nodes into x (child graphs to depth
+ * 8); -1 when the driver cannot answer or memory runs out. */
+static int walk(CUgraph g, struct gexec *x, int depth) {
   size_t n = 0;
-  if (depth > 8 || w->nodes(g, NULL, &n) != CUDA_SUCCESS) return -1;
+  if (depth > 8 || gd.nodes(g, NULL, &n) != CUDA_SUCCESS) return -1;
   if (!n) return 0;
   CUgraphNode *nodes = calloc(n, sizeof *nodes);
   if (!nodes) return -1;
-  int rc = w->nodes(g, nodes, &n) == CUDA_SUCCESS ? 0 : -1;
+  int rc = gd.nodes(g, nodes, &n) == CUDA_SUCCESS ? 0 : -1;
   for (size_t i = 0; i < n && rc == 0; i++) {
     int t = -1;
-    if (!nodes[i] || w->type(nodes[i], &t) != CUDA_SUCCESS) {
+    if (!nodes[i] || gd.type(nodes[i], &t) != CUDA_SUCCESS) {
       rc = -1;
     } else if (t == CU_GRAPH_NODE_TYPE_MEM_ALLOC) {
       CUDA_MEM_ALLOC_NODE_PARAMS ap;
       memset(&ap, 0, sizeof ap);
-      rc = w->alloc(nodes[i], &ap) == CUDA_SUCCESS && ap.dptr ? push_alloc(x, ap.dptr, ap.bytesize) : -1;
+      rc = gd.alloc(nodes[i], &ap) == CUDA_SUCCESS && ap.dptr && grow((void **)&x->alloc, x->nalloc, sizeof *x->alloc) == 0 ? 0 : -1;
+      if (rc == 0) x->alloc[x->nalloc++] = (struct galloc){ap.dptr, ap.bytesize, 0};
     } else if (t == CU_GRAPH_NODE_TYPE_MEM_FREE) {
       CUdeviceptr d = 0;
-      rc = w->freep(nodes[i], &d) == CUDA_SUCCESS ? push_u64(&x->free, &x->nfree, d) : -1;
+      rc = gd.freep(nodes[i], &d) == CUDA_SUCCESS && grow((void **)&x->free, x->nfree, sizeof *x->free) == 0 ? 0 : -1;
+      if (rc == 0) x->free[x->nfree++] = d;
     } else if (t == CU_GRAPH_NODE_TYPE_GRAPH) {
       CUgraph c = NULL;
-      rc = w->child && w->child(nodes[i], &c) == CUDA_SUCCESS && c ? walk(w, c, x, depth + 1) : -1;
+      rc = gd.child && gd.child(nodes[i], &c) == CUDA_SUCCESS && c ? walk(c, x, depth + 1) : -1;
     }
   }
   free(nodes);
   return rc;
 }
 
-static void gexec_free(struct gexec *x) {
-  free(x->alloc);
-  free(x->free);
-}
-
-/* graph_forget drops executable e (graph_mu held). */
-static void graph_forget_locked(CUgraphExec e) {
+/* graph_forget_locked takes executable e out (graph_mu held) and returns
+ * its event, for the caller to destroy outside the lock. */
+static CUevent graph_forget_locked(CUgraphExec e) {
   for (size_t i = 0; i < ngexecs; i++) {
     if (gexecs[i].e != e) continue;
-    gexec_free(&gexecs[i]);
+    CUevent ev = gexecs[i].ev;
+    free(gexecs[i].alloc);
+    free(gexecs[i].free);
     gexecs[i] = gexecs[--ngexecs];
     atomic_store(&gexecs_any, ngexecs > 0);
-    return;
+    return ev;
   }
+  return NULL;
 }
 
-/* instantiated lists executable e's graph memory. A graph kvh cannot walk
- * (the driver lacks a query) is reported: with auto-free, its memory goes
- * back unzeroized at each relaunch. */
+/* instantiated lists executable e's graph memory. */
 static void instantiated(enum hook_id fn, CUgraphExec e, CUgraph g, unsigned long long flags) {
   if (cfg.mode == MODE_OFF || !e || !g) return;
-  static struct graph_walk w; /* looked up once; a race looks up the same answers */
-  if (!w.nodes) {
-    *(void **)&w.nodes = lookup("cuGraphGetNodes");
-    *(void **)&w.type = lookup("cuGraphNodeGetType");
-    *(void **)&w.alloc = lookup("cuGraphMemAllocNodeGetParams");
-    *(void **)&w.freep = lookup("cuGraphMemFreeNodeGetParams");
-    *(void **)&w.child = lookup("cuGraphChildGraphNodeGetGraph");
-  }
+  pthread_once(&gd_once, gd_init);
   struct gexec x = {.e = e, .auto_free = (flags & CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) != 0};
-  int rc = w.nodes && w.type && w.alloc && w.freep ? walk(&w, g, &x, 0) : -1;
-  /* keep only the allocations no free node of this graph frees */
-  size_t k = 0;
-  for (size_t i = 0; i < x.nalloc; i++) {
-    int freed = 0;
-    for (size_t j = 0; j < x.nfree && !freed; j++) freed = x.free[j] == x.alloc[i].p;
-    if (!freed) x.alloc[k++] = x.alloc[i];
-  }
-  x.nalloc = k;
-  pthread_mutex_lock(&graph_mu);
-  graph_forget_locked(e); /* a handle the driver reuses */
-  if (rc == 0 && (x.nalloc || x.nfree) && ngexecs == gexecs_cap) {
-    size_t c = gexecs_cap ? gexecs_cap * 2 : 16;
-    struct gexec *b = realloc(gexecs, c * sizeof *b);
-    if (b) gexecs = b, gexecs_cap = c;
-    else rc = -1;
-  }
-  if (rc == 0 && (x.nalloc || x.nfree)) {
-    gexecs[ngexecs++] = x;
-    atomic_store(&gexecs_any, 1);
+  int rc = gd.nodes && gd.type && gd.alloc && gd.freep ? walk(g, &x, 0) : -1;
+  if (rc == 0) {
+    /* What the graph allocates and frees itself is zeroized by the memset
+     * node before its free node: keep the allocations it leaves live, and
+     * the frees of memory it did not allocate. */
+    size_t ka = 0, kf = 0;
+    for (size_t i = 0; i < x.nalloc; i++) {
+      int freed = 0;
+      for (size_t j = 0; j < x.nfree && !freed; j++) freed = x.free[j] == x.alloc[i].p;
+      if (!freed) x.alloc[ka++] = x.alloc[i];
+    }
+    for (size_t j = 0; j < x.nfree; j++) {
+      int own = 0;
+      for (size_t i = 0; i < x.nalloc && !own; i++) own = x.free[j] == x.alloc[i].p; /* (the full list) */
+      if (!own) x.free[kf++] = x.free[j];
+    }
+    x.nalloc = ka, x.nfree = kf;
   } else {
-    gexec_free(&x);
-  }
-  pthread_mutex_unlock(&graph_mu);
-  if (rc != 0) { /* a quarantine of nothing: the trail says this graph's memory is unwatched */
-    struct kvh_record r = {0};
+    free(x.alloc);
+    free(x.free);
+    x = (struct gexec){.e = e, .auto_free = x.auto_free, .opaque = 1};
+    struct kvh_record r = {0}; /* the trail says this executable's own memory is not watched */
     r.type = KVH_REC_FREE;
     r.fn = (uint16_t)fn;
     r.result = KVH_RES_ZEROIZE_FAILED;
@@ -1190,6 +1192,27 @@ static void instantiated(enum hook_id fn, CUgraphExec e, CUgraph g, unsigned lon
     r.mem_kind = KVH_MEM_ASYNC;
     emit(&r);
   }
+  if (x.auto_free && x.nalloc && gd.ev_create && gd.ev_create(&x.ev, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) x.ev = NULL;
+  int keep = x.opaque || x.nalloc || x.nfree;
+  pthread_mutex_lock(&graph_mu);
+  CUevent old = graph_forget_locked(e); /* a handle the driver reuses */
+  if (keep && ngexecs == gexecs_cap) {
+    size_t c = gexecs_cap ? gexecs_cap * 2 : 16;
+    struct gexec *b = realloc(gexecs, c * sizeof *b);
+    if (b) gexecs = b, gexecs_cap = c;
+    else keep = 0; /* no memory: unwatched, as an opaque executable would be, but unmarked */
+  }
+  if (keep) {
+    gexecs[ngexecs++] = x;
+    atomic_store(&gexecs_any, 1);
+  }
+  pthread_mutex_unlock(&graph_mu);
+  if (!keep) {
+    free(x.alloc);
+    free(x.free);
+    if (x.ev && gd.ev_destroy) gd.ev_destroy(x.ev);
+  }
+  if (old && gd.ev_destroy) gd.ev_destroy(old);
 }
 
 /* graph_freed marks graph memory at p freed (the application's free of it
@@ -1203,23 +1226,28 @@ void graph_freed(uint64_t p) {
   pthread_mutex_unlock(&graph_mu);
 }
 
-/* graph_mark records a launch of e: done, everything it allocates is live
- * and what its free nodes free is not; refused, what auto-free would have
- * freed (was[].live) is live still. */
-static void graph_mark(CUgraphExec e, const struct galloc *was, size_t n, int done) {
+/* graph_mark records a launch of e on s: done, everything it allocates is
+ * live and what its free nodes free is not (an opaque executable may free
+ * anything); refused, what auto-free would have freed (was[].live) is live
+ * still. */
+static void graph_mark(CUgraphExec e, CUstream s, const struct galloc *was, size_t n, int done) {
   pthread_mutex_lock(&graph_mu);
   for (size_t i = 0; i < ngexecs; i++) {
     struct gexec *x = &gexecs[i];
     if (x->e != e) continue;
+    if (done) x->last = s, x->launched = 1;
     for (size_t j = 0; j < x->nalloc; j++) {
       if (done) x->alloc[j].live = 1;
       for (size_t k = 0; !done && k < n; k++)
         if (was[k].p == x->alloc[j].p && was[k].live) x->alloc[j].live = 1;
     }
-    for (size_t f = 0; done && f < x->nfree; f++)
-      for (size_t a = 0; a < ngexecs; a++)
-        for (size_t j = 0; j < gexecs[a].nalloc; j++)
-          if (gexecs[a].alloc[j].p == x->free[f]) gexecs[a].alloc[j].live = 0;
+    for (size_t a = 0; done && (x->nfree || x->opaque) && a < ngexecs; a++)
+      for (size_t j = 0; j < gexecs[a].nalloc; j++) {
+        if (a == i) continue;
+        int freed = x->opaque;
+        for (size_t f = 0; f < x->nfree && !freed; f++) freed = gexecs[a].alloc[j].p == x->free[f];
+        if (freed) gexecs[a].alloc[j].live = 0;
+      }
     break;
   }
   pthread_mutex_unlock(&graph_mu);
@@ -1231,25 +1259,36 @@ static CUresult graph_launch(enum hook_id fn, launch_fn real_launch, CUgraphExec
   if (likely(!atomic_load_explicit(&gexecs_any, memory_order_relaxed)) || cfg.mode == MODE_OFF) return real_launch(e, s);
   /* What this launch frees (auto-free) and then allocates: copied out, so
    * that no lock is held across the driver. */
-  struct galloc small[16], *mine = small;
-  size_t n = 0;
-  int auto_free = 0, found = 0;
+  struct galloc small[32], *mine = small;
+  size_t n = 0, live = 0;
+  int auto_free = 0, found = 0, launched = 0;
+  CUevent ev = NULL;
+  CUstream last = NULL;
   pthread_mutex_lock(&graph_mu);
   for (size_t i = 0; i < ngexecs && !found; i++) {
-    if (gexecs[i].e != e) continue;
+    struct gexec *x = &gexecs[i];
+    if (x->e != e) continue;
     found = 1;
-    auto_free = gexecs[i].auto_free;
-    n = gexecs[i].nalloc;
-    if (n > 16 && !(mine = malloc(n * sizeof *mine))) mine = small, n = 16; /* (no memory: the first 16) */
-    memcpy(mine, gexecs[i].alloc, n * sizeof *mine);
-    if (auto_free)
-      for (size_t j = 0; j < n; j++) gexecs[i].alloc[j].live = 0; /* freed by this launch, allocated again below */
+    auto_free = x->auto_free, ev = x->ev, last = x->last, launched = x->launched;
+    n = x->nalloc;
+    if (n > 32 && !(mine = malloc(n * sizeof *mine))) mine = small, n = 32; /* (no memory: the first 32) */
+    memcpy(mine, x->alloc, n * sizeof *mine);
+    for (size_t j = 0; auto_free && j < n; j++) {
+      live += mine[j].live;
+      x->alloc[j].live = 0; /* freed by this launch, allocated again after it */
+    }
   }
   pthread_mutex_unlock(&graph_mu);
   if (!found) return real_launch(e, s);
+  if (live && launched && s != last) {
+    /* The launch is ordered behind the previous one on another stream; so
+     * must the memsets be. Without an event, wait for the device. */
+    if (!ev || !gd.ev_wait || gd.ev_wait(s, ev, 0) != CUDA_SUCCESS)
+      if (gd.ctx_sync) gd.ctx_sync();
+  }
   const struct policy pol = policy_now();
   resolve_helpers();
-  for (size_t j = 0; auto_free && j < n; j++) {
+  for (size_t j = 0; live && j < n; j++) {
     if (!mine[j].live) continue;
     struct kvh_record r = {0};
     r.type = KVH_REC_FREE;
@@ -1273,7 +1312,7 @@ static CUresult graph_launch(enum hook_id fn, launch_fn real_launch, CUgraphExec
       emit(&r);
       for (size_t k = 0; k < j; k++)
         if (mine[k].live) track_graph(fn, mine[k].p, mine[k].n);
-      graph_mark(e, mine, n, 0);
+      graph_mark(e, s, mine, n, 0);
       if (mine != small) free(mine);
       return mrc;
     }
@@ -1284,6 +1323,7 @@ static CUresult graph_launch(enum hook_id fn, launch_fn real_launch, CUgraphExec
     emit(&r);
   }
   CUresult rc = real_launch(e, s);
+  if (rc == CUDA_SUCCESS && ev && gd.ev_record) gd.ev_record(ev, s);
   /* Allocated by this launch (or, refused, still allocated as before):
    * live, and tracked so that the application's free is zeroized. */
   for (size_t j = 0; j < n; j++) {
@@ -1294,7 +1334,7 @@ static CUresult graph_launch(enum hook_id fn, launch_fn real_launch, CUgraphExec
     pthread_mutex_unlock(&st->mu);
     if (!t) track_graph(fn, mine[j].p, mine[j].n);
   }
-  graph_mark(e, mine, n, rc == CUDA_SUCCESS);
+  graph_mark(e, s, mine, n, rc == CUDA_SUCCESS);
   if (mine != small) free(mine);
   return rc;
 }
@@ -1304,6 +1344,8 @@ EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
   return graph_launch(HOOK_cuGraphLaunch, real_cuGraphLaunch, e, s);
 }
 
+/* (The memsets and the event go to the legacy stream when s is 0 here: it
+ * waits for the per-thread default stream, so the order holds.) */
 EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s) {
   NEED_REAL(cuGraphLaunch_ptsz);
   return graph_launch(HOOK_cuGraphLaunch_ptsz, real_cuGraphLaunch_ptsz, e, s);
@@ -1351,8 +1393,9 @@ EXPORT CUresult cuGraphExecDestroy(CUgraphExec e) {
   CUresult rc = real_cuGraphExecDestroy(e);
   if (rc == CUDA_SUCCESS && atomic_load(&gexecs_any)) {
     pthread_mutex_lock(&graph_mu);
-    graph_forget_locked(e);
+    CUevent ev = graph_forget_locked(e);
     pthread_mutex_unlock(&graph_mu);
+    if (ev && gd.ev_destroy) gd.ev_destroy(ev);
   }
   return rc;
 }

@@ -166,9 +166,12 @@ static void substitute(const char *symbol, void **pfn, int version, unsigned lon
   /* A name can resolve to an entry point exported under another name
    * (cuGraphInstantiate at 12000 is cuGraphInstantiateWithFlags): the same
    * address is the same function, whatever it was asked for by. */
+  static _Atomic unsigned char absent[HOOK_COUNT]; /* the driver does not export it: not looked up again */
   for (int i = 1; i < HOOK_COUNT; i++) {
-    if (strncmp(hooks[i].name, "cuda", 4) == 0) continue;
-    if (real_fn((enum hook_id)i) == got) {
+    if (strncmp(hooks[i].name, "cuda", 4) == 0 || atomic_load_explicit(&absent[i], memory_order_relaxed)) continue;
+    void *f = real_fn((enum hook_id)i);
+    if (!f) atomic_store_explicit(&absent[i], 1, memory_order_relaxed);
+    if (f == got) {
       *pfn = hooks[i].wrapper;
       return;
     }

@@ -838,7 +838,7 @@ func TestGraphMemoryZeroized(t *testing.T) {
 // documents.
 func TestGraphRelaunchZeroized(t *testing.T) {
 	bare := Exec("graphlaunch", "", nil)
-	if bare.Err != nil || bare.Value("AUTOFREE_RESIDUE") <= 0 || bare.Value("RELAUNCH_RESIDUE") <= 0 ||
+	if bare.Err != nil || bare.Value("AUTOFREE_RESIDUE") <= 0 || bare.Value("RELAUNCH_RESIDUE") <= 0 || bare.Value("CROSS_STREAM_WAITS") != 0 ||
 		bare.Value("RELAUNCH_REUSED") != 1 || bare.Value("UNFREED_RELAUNCH_REFUSED") != 1 {
 		t.Fatalf("without libkvh the memory should come back with its bytes: %v\n%s%s", bare.Err, bare.Stdout, bare.Stderr)
 	}
@@ -847,6 +847,11 @@ func TestGraphRelaunchZeroized(t *testing.T) {
 		run := Exec("graphlaunch", Lib(), append([]string{"KVH_SOCKET=" + l.Path}, env...))
 		if run.Err != nil || run.Value("RESIDUE") != 0 || run.Value("RELAUNCH_REUSED") != 1 || run.Value("UNFREED_RELAUNCH_REFUSED") != 1 {
 			t.Fatalf("with libkvh %v: %v\n%s%s", env, run.Err, run.Stdout, run.Stderr)
+		}
+		// A relaunch on another stream: the memset waits for the last
+		// launch (an event recorded after it), as the launch itself does.
+		if run.Value("CROSS_STREAM_WAITS") != 1 {
+			t.Fatalf("with libkvh %v: the auto-free memset on a new stream was not ordered behind the last launch:\n%s", env, run.Stdout)
 		}
 		count := func(recs []Got, fn string) int {
 			c := 0

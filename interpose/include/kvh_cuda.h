@@ -34,6 +34,8 @@ typedef struct CUmemAllocationProp_st {
 } CUmemAllocationProp;
 typedef int CUmemAllocationHandleType;
 /* Graphs and stream capture (cuda.h 12.x layouts). */
+typedef struct CUevent_st *CUevent;
+#define CU_EVENT_DISABLE_TIMING 0x2
 typedef struct CUgraph_st *CUgraph;
 typedef struct CUgraphNode_st *CUgraphNode;
 typedef struct CUgraphExec_st *CUgraphExec;

@@ -785,7 +785,12 @@ int main(int argc, char **argv) {
   CHECK(cuGraphLaunch(e, s));
   int autofree_residue = SECRET_BYTES(pa);
   printf("AUTOFREE_RESIDUE %d\n", autofree_residue);
-  CHECK(cuGraphLaunch(e, s)); /* and again */
+  /* and again, on another stream: the launch is ordered behind the last
+   * one (CUDA), and what frees its memory must be too */
+  extern int fakecuda_cross_waits(void);
+  int waits = fakecuda_cross_waits();
+  CHECK(cuGraphLaunch(e, (CUstream)(uintptr_t)0x5201));
+  printf("CROSS_STREAM_WAITS %d\n", fakecuda_cross_waits() - waits);
   CHECK(cuMemFreeAsync(pa, s));
   CHECK(cuGraphExecDestroy(e));
   /* 2. Without the flag, a relaunch with the allocation unfreed fails, and

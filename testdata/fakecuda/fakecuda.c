@@ -711,6 +711,53 @@ EXPORT void fakecuda_kernel_stats(int *l, int *u) {
 }
 
 
+/* ---- events ------------------------------------------------------------------
+ *
+ * The fake runs everything at once, so an event orders nothing; it keeps the
+ * stream it was last recorded on, and counts the waits of one stream on an
+ * event recorded on another (fakecuda_cross_waits): how a test sees that
+ * work on a new stream was ordered behind work on the old one. */
+struct fevent {
+  unsigned int magic;
+  CUstream recorded_on;
+  int recorded;
+};
+#define FEVENT_MAGIC 0x45564e54u
+static int cross_waits;
+EXPORT int fakecuda_cross_waits(void) { return __atomic_load_n(&cross_waits, __ATOMIC_SEQ_CST); }
+EXPORT CUresult cuEventCreate(CUevent *ev, unsigned int flags) {
+  if (!ev || flags & ~0xfu) return CUDA_ERROR_INVALID_VALUE;
+  struct fevent *x = calloc(1, sizeof *x);
+  if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
+  x->magic = FEVENT_MAGIC;
+  *ev = (CUevent)(void *)x;
+  return CUDA_SUCCESS;
+}
+static struct fevent *fevent_of(CUevent ev) {
+  struct fevent *x = (struct fevent *)(void *)ev;
+  return x && x->magic == FEVENT_MAGIC ? x : NULL;
+}
+EXPORT CUresult cuEventRecord(CUevent ev, CUstream s) {
+  struct fevent *x = fevent_of(ev);
+  if (!x) return CUDA_ERROR_INVALID_VALUE;
+  x->recorded_on = s;
+  x->recorded = 1;
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent ev, unsigned int flags) {
+  struct fevent *x = fevent_of(ev);
+  if (!x || flags) return CUDA_ERROR_INVALID_VALUE;
+  if (x->recorded && x->recorded_on != s) __atomic_add_fetch(&cross_waits, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+EXPORT CUresult cuEventDestroy_v2(CUevent ev) {
+  struct fevent *x = fevent_of(ev);
+  if (!x) return CUDA_ERROR_INVALID_VALUE;
+  x->magic = 0;
+  free(x);
+  return CUDA_SUCCESS;
+}
+
 /* ---- graphs: memory nodes and stream capture -------------------------------
  *
  * A graph is its nodes in creation order. Graph memory comes from the graph
@@ -1110,6 +1157,8 @@ static const struct entry table[] = {
   E("cuGraphMemAllocNodeGetParams", 11040, 0, cuGraphMemAllocNodeGetParams), E("cuGraphMemFreeNodeGetParams", 11040, 0, cuGraphMemFreeNodeGetParams),
   E("cuDeviceGraphMemTrim", 11040, 0, cuDeviceGraphMemTrim),
   E("cuStreamBeginCapture", 10010, 0, cuStreamBeginCapture_v2), E("cuStreamEndCapture", 10000, 0, cuStreamEndCapture),
+  E("cuEventCreate", 2000, 0, cuEventCreate), E("cuEventRecord", 2000, 0, cuEventRecord),
+  E("cuStreamWaitEvent", 3020, 0, cuStreamWaitEvent), E("cuEventDestroy", 4000, 0, cuEventDestroy_v2),
   E("cuStreamIsCapturing", 10000, 0, cuStreamIsCapturing), E("cuStreamIsCapturing", 10000, 1, cuStreamIsCapturing_ptsz),
 };
 
