@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -108,5 +109,49 @@ func TestValidJSONDepth(t *testing.T) {
 		if validJSON(b) != json.Valid(b) {
 			t.Errorf("nesting %d: validJSON %v, json.Valid %v", n, validJSON(b), json.Valid(b))
 		}
+	}
+}
+
+// TestVerifyLongSegment verifies a segment many read blocks long, so that the
+// verifier reuses its blocks (and what the chain keeps from them must not
+// change under it), then finds one edited record far into it.
+func TestVerifyLongSegment(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := t.TempDir()
+	l, err := Open(dir, Options{Signer: k.signer, MACKey: testMAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pad := strings.Repeat("x", 200)
+	const n = 16000 // about 5 MB: twenty blocks
+	for i := range n {
+		if err := l.AppendAsync(map[string]any{"i": i, "pad": pad}); err != nil {
+			t.Fatal(err)
+		}
+		if i%997 == 0 { // checkpoints at sizes spread over the blocks
+			if err := l.Sync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs := mustGlob(t, dir, "seg-*.jsonl")
+	if st, _ := os.Stat(segs[0]); len(segs) != 1 || st.Size() < 16*pipeBlock {
+		t.Fatalf("want one segment of at least %d bytes: %v", 16*pipeBlock, segs)
+	}
+	rep := verify(t, dir, k, testMAC)
+	if !rep.OK || rep.Records != n+2 || rep.Checkpoints < n/997 {
+		t.Fatalf("untouched: ok %v records %d checkpoints %d: %v", rep.OK, rep.Records, rep.Checkpoints, rep.Problem)
+	}
+	const bad = n - 100
+	editLines(t, segs[0], func(lines [][]byte) [][]byte {
+		lines[bad] = bytes.Replace(lines[bad], []byte(`"pad":"x`), []byte(`"pad":"y`), 1)
+		return lines
+	})
+	rep = verify(t, dir, k, testMAC)
+	if rep.OK || rep.Problem.Line != bad+1 || !strings.Contains(rep.Problem.Reason, "MAC invalid") {
+		t.Fatalf("edited line %d: %+v", bad+1, rep.Problem)
 	}
 }
