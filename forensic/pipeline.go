@@ -52,15 +52,27 @@ func (e errLineTooLong) Error() string {
 	return fmt.Sprintf("record line longer than %d bytes", int(e))
 }
 
+// blockPool holds read blocks for the pipes of one verification, so that
+// its segments, one pipe each, share a few blocks.
+type blockPool[T any] chan *lineBlock[T]
+
+func newBlockPool[T any]() blockPool[T] {
+	return make(blockPool[T], 2*runtime.GOMAXPROCS(0)+4)
+}
+
 // newLinePipe starts reading r. newWorker makes each worker's private state
 // (hashes, scratch buffers); prep must not keep line after it returns
-// unless it copies it.
-func newLinePipe[T any, W any](r io.Reader, maxLine int, newWorker func() W, prep func(w W, line []byte, out *T)) *linePipe[T] {
+// unless it copies it. Blocks come from and go back to free (nil: a pool of
+// the pipe's own).
+func newLinePipe[T any, W any](r io.Reader, maxLine int, free blockPool[T], newWorker func() W, prep func(w W, line []byte, out *T)) *linePipe[T] {
 	workers := runtime.GOMAXPROCS(0)
+	if free == nil {
+		free = newBlockPool[T]()
+	}
 	p := &linePipe[T]{
 		ordered: make(chan *lineBlock[T], 2*workers+2),
 		quit:    make(chan struct{}),
-		free:    make(chan *lineBlock[T], 2*workers+2),
+		free:    free,
 		maxLine: maxLine,
 	}
 	work := make(chan *lineBlock[T], 2*workers+2)

@@ -57,7 +57,7 @@ func TestLinePipe(t *testing.T) {
 		in.WriteString(l + "\n")
 	}
 	in.WriteString("tail")
-	p := newLinePipe(iotestHalf{bytes.NewReader(in.Bytes())}, 100, func() int { return 0 }, func(_ int, line []byte, out *int) { *out = len(line) })
+	p := newLinePipe(iotestHalf{bytes.NewReader(in.Bytes())}, 100, nil, func() int { return 0 }, func(_ int, line []byte, out *int) { *out = len(line) })
 	defer p.stop()
 	for i, w := range want {
 		line, n, err := p.next()
@@ -70,7 +70,7 @@ func TestLinePipe(t *testing.T) {
 	}
 
 	long := "short\n" + strings.Repeat("x", 101) + "\nafter\n"
-	p2 := newLinePipe(strings.NewReader(long), 100, func() int { return 0 }, func(int, []byte, *int) {})
+	p2 := newLinePipe(strings.NewReader(long), 100, nil, func() int { return 0 }, func(int, []byte, *int) {})
 	defer p2.stop()
 	if line, _, err := p2.next(); string(line) != "short" || err != nil {
 		t.Fatalf("first: %q %v", line, err)
@@ -79,7 +79,7 @@ func TestLinePipe(t *testing.T) {
 		t.Fatalf("over-long line: %v", err)
 	}
 	exact := strings.Repeat("y", 100) + "\n"
-	p3 := newLinePipe(strings.NewReader(exact), 100, func() int { return 0 }, func(int, []byte, *int) {})
+	p3 := newLinePipe(strings.NewReader(exact), 100, nil, func() int { return 0 }, func(int, []byte, *int) {})
 	defer p3.stop()
 	if line, _, err := p3.next(); len(line) != 100 || err != nil {
 		t.Fatalf("a line of exactly maxLine: %d %v", len(line), err)

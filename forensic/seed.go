@@ -161,7 +161,7 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 		}
 	}
 	newWorker := func() *seedWorker { return &seedWorker{mac: newMAC(key)} }
-	lp := newLinePipe(f, MaxLine, newWorker, prepSeedLine)
+	lp := newLinePipe(f, MaxLine, nil, newWorker, prepSeedLine)
 	defer lp.stop()
 	var tailPre seedPre
 	var buf []byte

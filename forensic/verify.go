@@ -118,6 +118,7 @@ type verifier struct {
 	// segment fails to declare
 	tornLine   int
 	tornReason string
+	blocks     blockPool[preLine] // shared by the segments' line pipes
 	done       int64
 	total      int64
 
@@ -172,7 +173,7 @@ func Verify(dir string, opts VerifyOptions) (*Report, error) {
 		return nil, err
 	}
 	defer d.close()
-	v := &verifier{d: d, opts: opts, rep: &Report{}, roots: map[uint64][]byte{}, ext: map[uint64][]byte{}}
+	v := &verifier{d: d, opts: opts, rep: &Report{}, roots: map[uint64][]byte{}, ext: map[uint64][]byte{}, blocks: newBlockPool[preLine]()}
 	v.sigs, v.pendAt, v.seen = map[uint64][]string{}, map[uint64]bool{}, map[uint64][]byte{}
 	v.initKeys()
 	err = v.run(dir)
@@ -434,7 +435,7 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 	if len(alt) > 0 {
 		alt = append([][]byte{v.opts.MACKey}, alt...)
 	}
-	lp := newLinePipe(f, MaxLine, func() *lineWorker { return newLineWorker(wkey, alt...) }, prepLine)
+	lp := newLinePipe(f, MaxLine, v.blocks, func() *lineWorker { return newLineWorker(wkey, alt...) }, prepLine)
 	defer lp.stop()
 	var off int64
 	lineNo := 0
