@@ -105,9 +105,24 @@ func jsonLit(b []byte, i int, lit string) (int, bool) {
 	return i + len(lit), true
 }
 
+// plainStr marks the bytes a JSON string holds as they are: not '"', '\\'
+// or a control character.
+var plainStr = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 func jsonString(b []byte, i int) (int, bool) {
 	i++ // opening quote
 	for i < len(b) {
+		for i < len(b) && plainStr[b[i]] { // most of a string: skip it fast
+			i++
+		}
+		if i >= len(b) {
+			break
+		}
 		c := b[i]
 		switch {
 		case c == '"':

@@ -606,8 +606,8 @@ func (v *verifier) loadCheckpoints() error {
 			}
 			continue
 		}
-		var cl checkpointLine
-		if len(line) > 64<<10 || strictUnmarshal(line, &cl) != nil {
+		cl := opened[i].line
+		if !opened[i].parsed {
 			if i == len(lines)-1 {
 				// An incomplete last checkpoint line is a crash artefact; checkpoints are re-derivable.
 				v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s line %d: incomplete checkpoint ignored", CheckpointFile, i+1))
@@ -656,13 +656,15 @@ func (v *verifier) loadCheckpoints() error {
 }
 
 type openedCheckpoint struct {
-	cp  *log.Checkpoint
-	ids []string // the keys whose signatures verified
-	err error
+	line   checkpointLine
+	parsed bool // line is well-formed (and cp, ids, err are its note's)
+	cp     *log.Checkpoint
+	ids    []string // the keys whose signatures verified
+	err    error
 }
 
-// openCheckpoints opens the note of every well-formed checkpoint line, on
-// all cores.
+// openCheckpoints parses every checkpoint line and opens the note of every
+// well-formed one, on all cores.
 func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
 	out := make([]openedCheckpoint, len(lines))
 	var next atomic.Int64
@@ -672,11 +674,13 @@ func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
 		go func() {
 			defer wg.Done()
 			for i := int(next.Add(1) - 1); i < len(lines); i = int(next.Add(1) - 1) {
-				var cl checkpointLine
-				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || strictUnmarshal(lines[i], &cl) != nil {
+				o := &out[i]
+				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || strictUnmarshal(lines[i], &o.line) != nil {
+					o.line = checkpointLine{}
 					continue
 				}
-				out[i].cp, out[i].ids, out[i].err = v.openCheckpoint([]byte(cl.Note))
+				o.parsed = true
+				o.cp, o.ids, o.err = v.openCheckpoint([]byte(o.line.Note))
 			}
 		}()
 	}
