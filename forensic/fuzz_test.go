@@ -94,3 +94,32 @@ func FuzzValidJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckpointLineFast holds parseCheckpointLine's hand decoder to
+// strictUnmarshal: whatever it accepts, strictUnmarshal accepts with the
+// same values; and the writer's own lines take the hand decoder.
+func FuzzCheckpointLineFast(f *testing.F) {
+	skey, _, _ := note.GenerateKey(nil, "kvh-fuzz")
+	s, _ := note.NewSigner(skey)
+	n, _ := note.Sign(&note.Note{Text: "kvh/x/1\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"}, s)
+	line, _ := json.Marshal(checkpointLine{Size: 5, Note: string(n)})
+	var cl checkpointLine
+	if !fastCheckpointLine(line, &cl) || cl.Size != 5 || cl.Note != string(n) {
+		f.Fatalf("the writer's line %s: fast path %+v", line, cl)
+	}
+	f.Add(line)
+	for _, l := range []string{`{"size":0,"note":""}`, `{"size":01,"note":""}`, `{"size":18446744073709551616,"note":"x"}`,
+		`{"size":1,"note":"a\nb\"c"}`, `{"size":1,"note":"a\u2014"}`, `{"size":1,"note":"\xff"}`, `{"size":1,"note":"x"}}`,
+		`{"size":1,"note":"x"} `, `{"size":1,"note":"\n\\"}`, `{"Size":1,"note":"x"}`, "{\"size\":1,\"note\":\"\t\"}"} {
+		f.Add([]byte(l))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fast, slow checkpointLine
+		if !fastCheckpointLine(data, &fast) {
+			return
+		}
+		if err := strictUnmarshal(data, &slow); err != nil || fast != slow {
+			t.Fatalf("%q: fast path %+v, strictUnmarshal %+v (%v)", data, fast, slow, err)
+		}
+	})
+}

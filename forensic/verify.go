@@ -675,7 +675,7 @@ func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
 			defer wg.Done()
 			for i := int(next.Add(1) - 1); i < len(lines); i = int(next.Add(1) - 1) {
 				o := &out[i]
-				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || strictUnmarshal(lines[i], &o.line) != nil {
+				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || parseCheckpointLine(lines[i], &o.line) != nil {
 					o.line = checkpointLine{}
 					continue
 				}
