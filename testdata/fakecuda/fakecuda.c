@@ -184,18 +184,22 @@ EXPORT CUresult cuCtxSynchronize(void) { return CUDA_SUCCESS; }
 EXPORT CUresult cuStreamSynchronize(CUstream s) { return capturing(s) ? capture_unsupported() : CUDA_SUCCESS; }
 EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { return capturing(s) ? capture_unsupported() : CUDA_SUCCESS; }
 
-EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *d, size_t n) {
+/* dev_alloc is every device allocation's body. The exported calls use it
+ * rather than each other: a call through an exported name would reach an
+ * interposer's wrapper again (NVIDIA's driver makes no such calls). */
+static CUresult dev_alloc(CUdeviceptr *d, size_t n) {
   if (!d) return CUDA_ERROR_INVALID_VALUE;
   CUdeviceptr p = take(n, 0);
   if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
   *d = p;
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemAllocManaged(CUdeviceptr *d, size_t n, unsigned int f) { (void)f; return cuMemAlloc_v2(d, n); }
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *d, size_t n) { return dev_alloc(d, n); }
+EXPORT CUresult cuMemAllocManaged(CUdeviceptr *d, size_t n, unsigned int f) { (void)f; return dev_alloc(d, n); }
 EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *d, size_t *pitch, size_t w, size_t h, unsigned int e) {
   (void)e;
   size_t pw = round_up(w);
-  CUresult r = cuMemAlloc_v2(d, pw * h);
+  CUresult r = dev_alloc(d, pw * h);
   if (r == CUDA_SUCCESS) *pitch = pw;
   return r;
 }
@@ -207,10 +211,10 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr d) {
   if (env_int("FAKECUDA_FREE_FAIL")) return CUDA_ERROR_INVALID_VALUE;
   return give(d);
 }
-EXPORT CUresult cuMemAllocAsync(CUdeviceptr *d, size_t n, CUstream s) { return capturing(s) ? capture_alloc(d, n) : cuMemAlloc_v2(d, n); }
-EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *d, size_t n, CUstream s) { return capturing(s) ? capture_alloc(d, n) : cuMemAlloc_v2(d, n); }
-EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return cuMemAlloc_v2(d, n); }
-EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return cuMemAlloc_v2(d, n); }
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *d, size_t n, CUstream s) { return capturing(s) ? capture_alloc(d, n) : dev_alloc(d, n); }
+EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *d, size_t n, CUstream s) { return capturing(s) ? capture_alloc(d, n) : dev_alloc(d, n); }
+EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return dev_alloc(d, n); }
+EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *d, size_t n, CUmemoryPool p, CUstream s) { (void)p; (void)s; return dev_alloc(d, n); }
 EXPORT CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) { return !d ? CUDA_ERROR_INVALID_VALUE : capturing(s) ? capture_free(d) : give(d); }
 EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { return !d ? CUDA_ERROR_INVALID_VALUE : capturing(s) ? capture_free(d) : give(d); }
 EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep) { (void)p; (void)keep; return CUDA_SUCCESS; }
@@ -282,14 +286,9 @@ EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdevic
 }
 
 /* Pinned host memory comes from the same arena (host=1 blocks). */
-EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int f) {
-  (void)f;
-  CUdeviceptr p = take(n, 1);
-  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
-  *pp = (void *)(uintptr_t)p;
-  return CUDA_SUCCESS;
-}
-EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t n) { return cuMemHostAlloc(pp, n, 0); }
+static CUresult host_alloc(void **pp, size_t n); /* (below; as dev_alloc) */
+EXPORT CUresult cuMemHostAlloc(void **pp, size_t n, unsigned int f) { (void)f; return host_alloc(pp, n); }
+EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t n) { return host_alloc(pp, n); }
 EXPORT CUresult cuMemFreeHost(void *p) { return p ? give((CUdeviceptr)(uintptr_t)p) : CUDA_ERROR_INVALID_VALUE; }
 EXPORT CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int f) { (void)p; (void)n; (void)f; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemHostUnregister(void *p) { return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
