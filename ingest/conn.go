@@ -256,6 +256,28 @@ func (s *Server) violation(c *conn, k violation.Kind, detail string) {
 	s.cfg.Violations.Emit(violation.Violation{Kind: k, PID: c.id.PID, Tenant: c.id.Tenant, Detail: detail, Source: "ingest", Process: c.p.h})
 }
 
+// unknownFailure judges a failed zeroize or verify the interposer reports
+// for memory whose allocation the agent never saw (its record was lost, or
+// the memory is one libkvh could not see allocated, as a graph it could not
+// walk): no ledger entry to attest, but a hygiene failure all the same, and
+// it is not dropped with the unknown pointer. Once per kind and reflag per
+// process, as the other interposer-reported failures.
+func (s *Server) unknownFailure(c *conn, r *wire.Record, now time.Time) {
+	kind, what := violation.FreeWithoutSanitize, "released"
+	if r.Type == wire.Quarantine {
+		kind, what = violation.QuarantinedBuffer, "kept from the driver"
+	}
+	if !c.p.shouldFlag(kind, now) {
+		return
+	}
+	why := "zeroize failed"
+	if r.Result == wire.ResVerifyFailed {
+		why = "verify failed"
+	}
+	s.cfg.Metrics.Frees.WithLabelValues("failed").Inc()
+	s.violation(c, kind, fmt.Sprintf("%s: %s, %d bytes at %#x %s, an allocation the agent never saw", wire.FnName(r.Fn), why, r.Bytes, r.Ptr, what))
+}
+
 func (s *Server) record(c *conn, r *wire.Record, raw []byte, pol policy.Config, now time.Time) error {
 	led := s.cfg.Ledger
 	switch r.Type {
@@ -335,6 +357,9 @@ func (s *Server) record(c *conn, r *wire.Record, raw []byte, pol policy.Config, 
 					return nil
 				}
 				return led.Retire(e.h, "released by a passthrough free (memory another owner still holds)")
+			}
+			if r.Result == wire.ResZeroizeFailed || r.Result == wire.ResVerifyFailed {
+				s.unknownFailure(c, r, now)
 			}
 			return nil
 		}
