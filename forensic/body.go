@@ -8,11 +8,18 @@ import (
 )
 
 // canonical turns a body into the bytes a record carries.
-func canonical(body any) ([]byte, error) {
+func canonical(body any) ([]byte, error) { return canonicalTo(nil, body) }
+
+// canonicalTo is canonical encoding a BodyAppender into dst's storage; the
+// result never aliases body's own bytes.
+func canonicalTo(dst []byte, body any) ([]byte, error) {
 	var b []byte
 	switch v := body.(type) {
 	case BodyAppender:
-		m := v.AppendBody(make([]byte, 0, 256))
+		if dst == nil {
+			dst = make([]byte, 0, 256)
+		}
+		m := v.AppendBody(dst[:0])
 		if len(m) < 2 || m[0] != '{' || len(m) > MaxLine/2 {
 			return nil, errors.New("record body must be a JSON object within the size limit")
 		}

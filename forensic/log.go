@@ -148,6 +148,8 @@ type Log struct {
 	rekeyedTail bool
 	leafHash    hash.Hash
 	buf         []byte
+	ts          string // the batch's timestamp while commit encodes it
+	leafSum     [32]byte
 	batch       []*request
 
 	// The encoder (run) writes batches and hands them to the syncer, which
@@ -535,25 +537,19 @@ func defaultOrigin() string {
 
 // Append writes one event record whose body is body marshalled as a JSON
 // object, and returns its seq once it is durable and covered by a signed
-// checkpoint.
+// checkpoint. body is encoded before Append queues the record; the Log
+// keeps no reference to it.
 func (l *Log) Append(body any) (uint64, error) {
-	b, err := canonical(body)
-	if err != nil {
-		return 0, err
-	}
-	return l.submit(KindEvent, b, false)
+	return l.submitEvent(body, false)
 }
 
 // AppendAsync queues an event record and returns without waiting for it to
-// be durable. Records are written in the order they are queued, so when a
+// be durable; like Append it encodes body first and keeps no reference to
+// it. Records are written in the order they are queued, so when a
 // later Append or Sync returns, this record is durable too. A write error
 // stops the trail (Err) and fails every later call.
 func (l *Log) AppendAsync(body any) error {
-	b, err := canonical(body)
-	if err != nil {
-		return err
-	}
-	_, err = l.submit(KindEvent, b, true)
+	_, err := l.submitEvent(body, true)
 	return err
 }
 
