@@ -39,6 +39,7 @@ type Ledger struct {
 	violations violation.Sink
 	async      asyncTrail
 	queue      asyncTrail // without AsyncTrail: for the records that are not barriers (see Options)
+	encodes    bool       // the trail encodes a body before Append returns (encodesBody)
 }
 
 // New returns a Ledger writing to opts.Trail.
@@ -61,7 +62,7 @@ func New(opts Options) (*Ledger, error) {
 	if opts.RetiredWindow <= 0 {
 		opts.RetiredWindow = 65536
 	}
-	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy, violations: opts.Violations}
+	l := &Ledger{trail: opts.Trail, alloc: opts.Allocator, faults: opts.Faults, log: opts.Logger, now: opts.Now, pol: opts.Policy, violations: opts.Violations, encodes: encodesBody(opts.Trail)}
 	for i := range l.shards {
 		l.shards[i].m = map[Handle]*buffer{}
 	}
