@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/transparency-dev/formats/log"
@@ -124,7 +125,8 @@ type Log struct {
 
 	statsMu sync.Mutex
 	stats   Stats
-	err     error // sticky write error
+	err     error       // sticky write error
+	failed  atomic.Bool // err is set (read without statsMu)
 
 	// Owned by the writer goroutine.
 	lock      *os.File
@@ -581,6 +583,9 @@ func (l *Log) Dir() string { return l.d.path }
 
 // Err returns the sticky write error, if the trail has stopped accepting records.
 func (l *Log) Err() error {
+	if !l.failed.Load() { // every AppendAsync asks: no lock while all is well
+		return nil
+	}
 	l.statsMu.Lock()
 	defer l.statsMu.Unlock()
 	return l.err

@@ -360,6 +360,7 @@ func (l *Log) fail(err error) {
 	l.statsMu.Lock()
 	if l.err == nil {
 		l.err = err
+		l.failed.Store(true)
 	}
 	l.statsMu.Unlock()
 }

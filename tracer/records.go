@@ -12,7 +12,11 @@ import (
 type record = trailevent.Buffer
 
 func (b *buffer) rec(ev string, to State) record {
-	return record{Ev: ev, H: uint64(b.h), Kind: b.kind.String(), From: b.state.String(), To: to.String(),
+	from := ""
+	if b.state != 0 { // a new buffer has no state yet (State(0).String formats one)
+		from = b.state.String()
+	}
+	return record{Ev: ev, H: uint64(b.h), Kind: b.kind.String(), From: from, To: to.String(),
 		Tenant: b.tags.Tenant, Request: b.tags.Request, Model: b.tags.Model, Device: b.tags.Device,
 		Framework: b.tags.Framework, PID: b.tags.PID, Stream: b.tags.Stream, Claimed: b.tags.Claimed}
 }

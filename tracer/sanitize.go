@@ -49,7 +49,8 @@ func (l *Ledger) finishSanitize(b *buffer, res zeroize.Result, ev string) error 
 	cov := res.CoveragePct()
 	r := b.rec(ev, to)
 	r.Bytes, r.Coverage, r.Method, r.Seed, r.DurNS = int64(res.Bytes), &cov, res.Method, res.Seed, res.Duration.Nanoseconds()
-	r.Verified = &res.Verified
+	verified := res.Verified // not &res.Verified: that moved all of res to the heap
+	r.Verified = &verified
 	if err := l.commit(b, r, to); err != nil {
 		return err
 	}
