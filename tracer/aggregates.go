@@ -125,19 +125,6 @@ func (a *aggregates) violation(kind string) {
 	a.mu.Unlock()
 }
 
-func (a *aggregates) sanitized(d time.Duration) {
-	a.mu.Lock()
-	a.dur.add(d.Nanoseconds())
-	s := d.Seconds()
-	for i, ub := range durationBuckets {
-		if s <= ub {
-			a.durCounts[i]++
-			break
-		}
-	}
-	a.mu.Unlock()
-}
-
 // retired folds a freed buffer into the aggregates.
 func (a *aggregates) retired(b *buffer, from State) {
 	a.mu.Lock()
@@ -183,9 +170,18 @@ func (a *aggregates) summarised(allocs int64, frees []SummarisedFree, retired in
 	}
 }
 
-// coverageObserved records the coverage of one sanitize or attestation.
-func (a *aggregates) coverageObserved(pct float64) {
+// sanitizeObserved records the coverage (percent) and duration of one
+// sanitize or attestation, under one lock (it was two per lifecycle).
+func (a *aggregates) sanitizeObserved(pct float64, d time.Duration) {
 	a.mu.Lock()
+	a.dur.add(d.Nanoseconds())
+	s := d.Seconds()
+	for i, ub := range durationBuckets {
+		if s <= ub {
+			a.durCounts[i]++
+			break
+		}
+	}
 	r := pct / 100
 	a.covTotal += r
 	for i, ub := range coverageBuckets {

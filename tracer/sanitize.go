@@ -60,11 +60,10 @@ func (l *Ledger) finishSanitize(b *buffer, res zeroize.Result, ev string) error 
 
 func (l *Ledger) applyCoverage(b *buffer, cov float64, d time.Duration) {
 	b.coverage, b.covered = cov, true
-	l.agg.coverageObserved(cov)
+	l.agg.sanitizeObserved(cov, d)
 	if b.state == Quarantined {
 		b.clean = cov >= l.threshold(b)
 	}
-	l.agg.sanitized(d)
 	l.anomaly(b, d)
 }
 

@@ -117,6 +117,12 @@ func appendFloat(b []byte, f float64) []byte {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return append(b, '0') // json.Marshal would fail; coverage is always finite
 	}
+	if f == math.Trunc(f) && math.Abs(f) < 1e15 && !(f == 0 && math.Signbit(f)) {
+		// Whole numbers (coverage is 100 on every passing sanitize): the
+		// shortest 'f' form is the integer's digits; AppendFloat was 3% of
+		// the ledger lifecycle's profile.
+		return strconv.AppendInt(b, int64(f), 10)
+	}
 	format := byte('f')
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'

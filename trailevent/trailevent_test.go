@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"testing"
@@ -12,7 +13,7 @@ import (
 func TestBufferAppendBodyIsMarshal(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	strs := []string{"", "a", "tenant-ä", "<script>&", "q\"uote\\", "ctl\x01\n", "\u2028", "bad\xff", "req-000123"}
-	floats := []float64{0, 100, 99.9, 1e-7, 12.5, 1e21, 0.000001, 33.333333333333336}
+	floats := []float64{0, math.Copysign(0, -1), 100, -100, 4096, 99.9, 1e-7, 12.5, 1e14, 1e15 - 1, 1e15, 1e16, 1e21, 0.000001, 33.333333333333336}
 	pick := func() string { return strs[r.IntN(len(strs))] }
 	for i := 0; i < 5000; i++ {
 		rec := Buffer{Ev: pick(), H: r.Uint64N(1 << 40), Kind: pick(), From: pick(), To: pick(), Tenant: pick(),
