@@ -1,6 +1,7 @@
 package forensic
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/json"
@@ -91,6 +92,24 @@ func FuzzValidJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if got, want := validJSON(b), json.Valid(b); got != want {
 			t.Fatalf("validJSON(%q) = %v, json.Valid says %v", b, got, want)
+		}
+	})
+}
+
+// FuzzCanonicalBody holds canonicalBody, whose fast path copies an
+// already compact body, to json.Marshal of the body as a RawMessage.
+func FuzzCanonicalBody(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `{"a":"x y"}`, `{ "a":1}`, `{"a":"<&>"}`, "{\"a\":\"\u2028\"}", "{\"a\":\"\xe2\x80\xa8\"}", `{"a":"\\\" "}`, `{"a":"\" , "}`, "{\"a\":\"\xff\"}", `{"a":[1, 2]}`, `{"a":1}` + "\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := canonicalBody(b)
+		want, werr := json.Marshal(json.RawMessage(b))
+		if (err == nil) != (werr == nil) || !bytes.Equal(got, want) {
+			t.Fatalf("canonicalBody(%q) = %q, %v; json.Marshal gives %q, %v", b, got, err, want, werr)
+		}
+		if len(b) > 0 && len(got) > 0 && &got[0] == &b[0] {
+			t.Fatalf("canonicalBody(%q) aliases its input", b)
 		}
 	})
 }
