@@ -18,7 +18,7 @@ func Example() {
 	defer os.RemoveAll(dir)
 	skey, vkey, _ := note.GenerateKey(rand.Reader, "kvh-node-1")
 	signer, _ := note.NewSigner(skey)
-	verifier, _ := note.NewVerifier(vkey)
+	verifier, _ := forensic.NewVerifier(vkey)
 
 	log, err := forensic.Open(dir, forensic.Options{Signer: signer, Origin: "kvh/node-1/example"})
 	if err != nil {

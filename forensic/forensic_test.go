@@ -32,7 +32,7 @@ func newKeys(t testing.TB, name string) keys {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := note.NewVerifier(vkey)
+	v, err := NewVerifier(vkey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,7 +96,7 @@ func LoadVerifier(path string) (note.Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := note.NewVerifier(strings.TrimSpace(string(b)))
+	v, err := NewVerifier(strings.TrimSpace(string(b)))
 	if err != nil {
 		return nil, fmt.Errorf("verification key %s: %w", path, err)
 	}

@@ -80,7 +80,7 @@ func NewSigner(skey string) (note.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := note.NewVerifier(vkey)
+	v, err := NewVerifier(vkey)
 	if err != nil || v.KeyHash() != s.KeyHash() || v.Name() != s.Name() {
 		return nil, errors.New("signing key: its public half does not match its key hash")
 	}
@@ -221,7 +221,7 @@ func (l *Log) replayRekey(c *chain, body []byte) (macOld bool, toUs bool, err er
 	if err := strictUnmarshal(body, &rb); err != nil {
 		return false, false, fmt.Errorf("malformed rekey record: %v", err)
 	}
-	nv, err := note.NewVerifier(rb.NewKey)
+	nv, err := NewVerifier(rb.NewKey)
 	if err != nil {
 		return false, false, fmt.Errorf("malformed rekey record: new_key: %v", err)
 	}
@@ -300,13 +300,17 @@ func (v *verifier) refreshKeys() {
 	for _, k := range v.keys {
 		vs = append(vs, k.v)
 	}
-	v.known = note.VerifierList(vs...)
+	v.known, v.knownList = note.VerifierList(vs...), vs
 }
 
 // openNote opens a signed checkpoint with every key known so far. It
 // returns nil, nil for a note signed only by unknown keys.
 func (v *verifier) openNote(n []byte) (*log.Checkpoint, []string, error) {
-	nn, err := note.Open(n, v.known)
+	return v.openNoteWith(n, v.known)
+}
+
+func (v *verifier) openNoteWith(n []byte, known note.Verifiers) (*log.Checkpoint, []string, error) {
+	nn, err := note.Open(n, known)
 	var unknown *note.UnverifiedNoteError
 	if errors.As(err, &unknown) {
 		return nil, nil, nil
@@ -367,8 +371,8 @@ func (v *verifier) rekey(seg string, line int, seq uint64, body []byte, proved [
 	if err := strictUnmarshal(body, &rb); err != nil {
 		return fail(seg, line, seqp(seq), "malformed rekey record: %v", err)
 	}
-	oldV, err1 := note.NewVerifier(rb.OldKey)
-	newV, err2 := note.NewVerifier(rb.NewKey)
+	oldV, err1 := NewVerifier(rb.OldKey)
+	newV, err2 := NewVerifier(rb.NewKey)
 	if err := errors.Join(err1, err2); err != nil {
 		return fail(seg, line, seqp(seq), "malformed rekey record: %v", err)
 	}
@@ -739,7 +743,7 @@ func ParseKeyring(data []byte) ([]note.Verifier, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		v, err := note.NewVerifier(line)
+		v, err := NewVerifier(line)
 		if err != nil {
 			return nil, fmt.Errorf("keyring line %d: %v", i+1, err)
 		}

@@ -127,6 +127,7 @@ type verifier struct {
 	// the sizes those claim.
 	keys       map[string]*keyState
 	known      note.Verifiers
+	knownList  []note.Verifier // known, as a list (openCheckpoints batches it)
 	sigs       map[uint64][]string
 	pend       []pendingNote
 	pendAt     map[uint64]bool
@@ -664,23 +665,49 @@ type openedCheckpoint struct {
 }
 
 // openCheckpoints parses every checkpoint line and opens the note of every
-// well-formed one, on all cores.
+// well-formed one, on all cores. Each worker takes lines in chunks and
+// checks their Ed25519 signatures as one batch (edbatch.go); a chunk whose
+// batch fails is opened again one note at a time, so that each line gets
+// exactly the verdict a lone check gives it.
 func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
+	const chunk = 128
 	out := make([]openedCheckpoint, len(lines))
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), max(len(lines)/64, 1)) {
+	for range min(runtime.GOMAXPROCS(0), max(len(lines)/chunk, 1)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(lines); i = int(next.Add(1) - 1) {
-				o := &out[i]
-				if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || parseCheckpointLine(lines[i], &o.line) != nil {
-					o.line = checkpointLine{}
-					continue
+			var b edBatch
+			for {
+				lo := int(next.Add(chunk) - chunk)
+				if lo >= len(lines) {
+					return
 				}
-				o.parsed = true
-				o.cp, o.ids, o.err = v.openCheckpoint([]byte(o.line.Note))
+				hi := min(lo+chunk, len(lines))
+				b.reset()
+				vs, batched := deferring(v.knownList, &b)
+				batched = batched && !v.opts.NoSignatures
+				for i := lo; i < hi; i++ {
+					o := &out[i]
+					if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || parseCheckpointLine(lines[i], &o.line) != nil {
+						o.line = checkpointLine{}
+						continue
+					}
+					o.parsed = true
+					if batched {
+						o.cp, o.ids, o.err = v.openNoteWith([]byte(o.line.Note), vs)
+					} else {
+						o.cp, o.ids, o.err = v.openCheckpoint([]byte(o.line.Note))
+					}
+				}
+				if batched && b.verify() != nil {
+					for i := lo; i < hi; i++ {
+						if o := &out[i]; o.parsed {
+							o.cp, o.ids, o.err = v.openCheckpoint([]byte(o.line.Note))
+						}
+					}
+				}
 			}
 		}()
 	}
