@@ -63,6 +63,7 @@ func (s *Server) handle(c *conn) {
 	log := s.cfg.Log.With("pid", c.id.PID, "tenant", c.id.Tenant)
 	buf := make([]byte, wire.RecordSize*wire.MaxBatch+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
+	var dec wire.Decoder // its records live until the next packet's
 	errs := 0
 	for {
 		n, oobn, _, _, err := c.c.ReadMsgUnix(buf, oob)
@@ -79,7 +80,7 @@ func (s *Server) handle(c *conn) {
 		if err != nil || n == 0 {
 			break
 		}
-		recs, err := wire.Decode(buf[:n])
+		recs, err := dec.Decode(buf[:n])
 		if len(fds) > 0 {
 			// The counters page comes with a HELLO, and only one is kept;
 			// any other fd is closed.

@@ -122,28 +122,42 @@ var le = binary.LittleEndian
 
 // Decode parses one packet into its records.
 func Decode(b []byte) ([]Record, error) {
+	var d Decoder
+	return d.Decode(b)
+}
+
+// Decoder decodes a connection's packets, reusing its record slice and the
+// strings of the tenant and request it saw last (a client sends the same
+// ones in packet after packet: decoding them afresh was two allocations a
+// record). The records a Decode returns are valid until the next Decode.
+type Decoder struct {
+	recs            []Record
+	tenant, request string
+}
+
+// Decode parses one packet into its records.
+func (d *Decoder) Decode(b []byte) ([]Record, error) {
 	if len(b) == 0 || len(b)%RecordSize != 0 {
 		return nil, fmt.Errorf("%w: %d bytes", ErrSize, len(b))
 	}
 	if len(b)/RecordSize > MaxBatch {
 		return nil, fmt.Errorf("%w: %d", ErrTooMany, len(b)/RecordSize)
 	}
-	out := make([]Record, 0, len(b)/RecordSize)
+	d.recs = d.recs[:0]
 	for off := 0; off < len(b); off += RecordSize {
-		r, err := decodeOne(b[off : off+RecordSize])
-		if err != nil {
+		d.recs = append(d.recs, Record{})
+		if err := d.decodeOne(&d.recs[len(d.recs)-1], b[off:off+RecordSize]); err != nil {
 			return nil, fmt.Errorf("record %d: %w", off/RecordSize, err)
 		}
-		out = append(out, r)
 	}
-	return out, nil
+	return d.recs, nil
 }
 
-func decodeOne(b []byte) (Record, error) {
+func (d *Decoder) decodeOne(r *Record, b []byte) error {
 	if le.Uint32(b[0:]) != Magic || le.Uint16(b[4:]) != Version {
-		return Record{}, ErrMagic
+		return ErrMagic
 	}
-	r := Record{
+	*r = Record{
 		Type:     le.Uint16(b[6:]),
 		Seq:      le.Uint64(b[8:]),
 		TSNanos:  le.Uint64(b[16:]),
@@ -162,13 +176,31 @@ func decodeOne(b []byte) (Record, error) {
 		Result:   b[92],
 		Flags:    b[93],
 		Device:   int32(le.Uint32(b[96:])),
-		Tenant:   cstring(b[104:128]),
-		Request:  cstring(b[128:152]),
+		Tenant:   cstringSeen(b[104:128], &d.tenant),
+		Request:  cstringSeen(b[128:152], &d.request),
 	}
 	if r.Type < Hello || r.Type > FloorAck {
-		return Record{}, fmt.Errorf("%w %d", ErrType, r.Type)
+		return fmt.Errorf("%w %d", ErrType, r.Type)
 	}
-	return r, nil
+	return nil
+}
+
+// cstringSeen is cstring, answered from *last when the field holds exactly
+// the printable ASCII of the string decoded last (which it then keeps).
+func cstringSeen(b []byte, last *string) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	if string(b) == *last { // no allocation: the compiler compares in place
+		return *last
+	}
+	for _, c := range b {
+		if c < 0x20 || c >= 0x7f {
+			return cstring(b)
+		}
+	}
+	*last = string(b)
+	return *last
 }
 
 // cstring reads a NUL-padded field as printable UTF-8 (anything else is

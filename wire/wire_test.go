@@ -226,3 +226,55 @@ func FuzzDecodeCounters(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecoderStrings: a Decoder that keeps the last tenant and request
+// decodes every packet's strings exactly as cstring does, whatever came
+// before (packets a and b, in both orders and twice).
+func FuzzDecoderStrings(f *testing.F) {
+	f.Add([]byte("tenant-a"), []byte("req-1"), []byte("tenant-a"), []byte("req-2"))
+	f.Add([]byte("t\x01x"), []byte(""), []byte("t\x01x"), []byte("\xff\xfe"))
+	f.Add([]byte("é"), []byte("\x7f"), []byte("a\x00b"), []byte("a"))
+	f.Fuzz(func(t *testing.T, ta, ra, tb, rb []byte) {
+		pkt := func(tn, rq []byte) []byte {
+			g := golden
+			b := g.Encode()
+			clear(b[104:152])
+			copy(b[104:127], tn)
+			copy(b[128:151], rq)
+			return b
+		}
+		a, b := pkt(ta, ra), pkt(tb, rb)
+		var d Decoder
+		for _, p := range [][]byte{a, b, b, a, a, b} {
+			recs, err := d.Decode(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := cstring(p[104:128]); recs[0].Tenant != want {
+				t.Fatalf("tenant %q, cstring gives %q", recs[0].Tenant, want)
+			}
+			if want := cstring(p[128:152]); recs[0].Request != want {
+				t.Fatalf("request %q, cstring gives %q", recs[0].Request, want)
+			}
+		}
+	})
+}
+
+func BenchmarkDecode(b *testing.B) {
+	pkt := bytes.Repeat(golden.Encode(), MaxBatch)
+	b.Run("fresh", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := Decode(pkt); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decoder", func(b *testing.B) {
+		var d Decoder
+		for b.Loop() {
+			if _, err := d.Decode(pkt); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
