@@ -218,7 +218,7 @@ func start(cfg *Config, pol policy.Config, log hclog.Logger) (_ *agent, err erro
 
 	go server.Serve()
 	log.Info("listening for interposers", "socket", cfg.Socket)
-	a.http = newHTTP(reg, trail, &a.ready)
+	a.http = newHTTP(reg, trail, &a.ready, cfg.Profiling)
 	go a.http.Serve(httpLn)
 	log.Info("HTTP", "listen", httpLn.Addr().String())
 

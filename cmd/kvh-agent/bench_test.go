@@ -79,6 +79,8 @@ func (r ingestRun) String() string {
 		r.calls, r.ingested, r.rate(), r.dropped, r.lost, r.unaccounted(), r.cpuPerEvent(), r.rssMiB)
 }
 
+var profRuns int
+
 // runIngest starts an agent with policy yaml and runs clients churn
 // clients of 256-byte buffers through libkvh (each total allocations,
 // paced at rate pairs per ms, 0: as fast as they can), then waits for every
@@ -92,11 +94,30 @@ func runIngest(b *testing.B, yaml string, clients, total, rate int) ingestRun {
 	// verify off: the floor the clients run at (this measures the agent, not
 	// verification); the witness off: its cost is per call witnessed, not
 	// per event ingested (BenchmarkWitness measures it).
-	a := newAgent(t, "--verify", "off", "--witness", "off", "--policy", pf)
+	args := []string{"--verify", "off", "--witness", "off", "--policy", pf}
+	// KVH_AGENT_PROFILE=prefix writes the agent's CPU profile of each run's
+	// first seconds to prefix-<n>.pprof (the agent's --profiling).
+	prof := os.Getenv("KVH_AGENT_PROFILE")
+	if prof != "" {
+		args = append(args, "--profiling")
+	}
+	a := newAgent(t, args...)
 	defer a.kill()
 	pid := a.cmd.Process.Pid
 	cpu0 := cpuTicks(pid)
 	start := time.Now()
+	if prof != "" {
+		profRuns++
+		out := fmt.Sprintf("%s-%d.pprof", prof, profRuns)
+		done := make(chan struct{})
+		defer func() { <-done }() // before the agent is killed
+		go func() {
+			defer close(done)
+			if code, body := a.get("/debug/pprof/profile?seconds=3"); code == 200 {
+				os.WriteFile(out, []byte(body), 0o600)
+			}
+		}()
+	}
 	var wg sync.WaitGroup
 	runs := make([]libkvhtest.Run, clients)
 	for i := range runs {

@@ -40,6 +40,7 @@ type Config struct {
 	LogLevel            string
 	AppendOnly          bool
 	Witness             string
+	Profiling           bool
 	WitnessLibs         []string
 	AttestWindow        time.Duration
 	DropThreshold       uint64
@@ -100,6 +101,7 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.DurationVar(&c.ExportInterval, "export-interval", 10*time.Second, "how often to write the metrics files")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", time.Second, "how often TTLs are enforced on idle buffers")
 	fs.DurationVar(&c.GPUInterval, "gpu-interval", 10*time.Second, "how often NVML's GPU processes are checked for interposer coverage")
+	fs.BoolVar(&c.Profiling, "profiling", false, "serve Go's /debug/pprof/ on --listen (CPU and heap profiles, for performance work; off by default)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&c.AppendOnly, "append-only", true, "set the append-only attribute on trail files when permitted")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
@@ -12,9 +13,16 @@ import (
 )
 
 // newHTTP serves /metrics from reg, /healthz (the trail accepts records)
-// and /readyz (started and not stopping) on ln.
-func newHTTP(reg *prometheus.Registry, trail trailSource, ready *atomic.Bool) *http.Server {
+// and /readyz (started and not stopping) on ln; with profiling, Go's
+// /debug/pprof/ too (off by default: a profile shows what the agent runs,
+// and taking one costs CPU).
+func newHTTP(reg *prometheus.Registry, trail trailSource, ready *atomic.Bool, profiling bool) *http.Server {
 	mux := http.NewServeMux()
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := trail.Err(); err != nil {
