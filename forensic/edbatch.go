@@ -5,6 +5,7 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 
 	"filippo.io/edwards25519"
@@ -17,31 +18,52 @@ import (
 // batch, in which all the signatures by one key share that key's term (the
 // "coalesced" batch equation of ed25519-zebra and ZIP 215).
 //
-// Soundness: with fresh random 128-bit z_i, the batch equation
+// kvh's Ed25519 rule, for every key NewVerifier makes, batched or alone:
 //
-//	[8]( sum z_i R_i + sum_key (sum_{i by key} z_i k_i) A_key - (sum z_i s_i) B ) = 0
+//   - s is canonical (below the group order L), R's encoding is canonical
+//     (y below p, no x = 0 with the sign bit set);
+//   - the key is canonical, not the identity, and has no small-order
+//     component (NewVerifier refuses it otherwise: no key kvh-verify keygen
+//     or crypto/ed25519 makes is refused);
+//   - the group equation RFC 8032 §5.1.7 states holds: [8][s]B = [8]R + [8][k]A.
 //
-// holds for a batch with a forged signature with probability about 2^-128.
-// It is the group equation RFC 8032 §5.1.7 states ([8][S]B = [8]R + [8][k]A).
-// crypto/ed25519 checks the cofactorless one, which RFC 8032 allows instead;
-// every signature it accepts the batch accepts. Encodings are held to
-// crypto/ed25519's rules here: s canonical, R and A canonical encodings (it
-// compares R's encoding byte for byte). The two checks can disagree only on a
-// signature whose R has a small-order component, which only the holder of
-// the signing key can make. A batch that fails is checked one note at a
-// time with crypto/ed25519, so what a failure reports is exactly what it
-// reported before.
+// A batch checks, with fresh random 128-bit z_i (nonzero),
+//
+//	[8]( sum z_i R_i + sum_key (sum_{i by key} z_i k_i) A_key - (sum z_i s_i) B ) = 0,
+//
+// which holds for every batch of signatures that pass the rule, and for a
+// batch with one that does not with probability about 2^-128. A batch that
+// fails is checked one note at a time with the same rule, so what Verify
+// reports does not depend on which checkpoints share a batch.
+//
+// crypto/ed25519 (and note.NewVerifier) checks the cofactorless equation
+// [s]B = R + [k]A instead, which RFC 8032 allows. Every signature it accepts
+// with a key NewVerifier takes, this rule accepts. The converse fails only
+// for a signature whose R has a small-order component, which only the
+// holder of the signing key can make: a cofactorless verifier rejects it,
+// kvh accepts it. Batching needs the cofactored equation (a cofactorless
+// batch check is probabilistic exactly there), so kvh states its rule rather
+// than mimic one it cannot batch.
 
 // edVerifier is a note verifier that also knows its Ed25519 public key, so
-// that Verify can batch its signatures.
+// that Verify can batch its signatures. Alone, it checks kvh's rule.
 type edVerifier struct {
 	note.Verifier
 	pub [32]byte
 }
 
+// Verify checks one signature by kvh's rule (a batch of one).
+func (e *edVerifier) Verify(msg, sig []byte) bool {
+	var b edBatch
+	b.add(&e.pub, msg, sig)
+	return b.verify() == nil
+}
+
 // NewVerifier parses a note verifier key (vkey: <name>+<hash>+<base64 key>).
 // Use it rather than note.NewVerifier for Verify's options: its Ed25519
-// signatures are checked in batches.
+// signatures are checked by kvh's rule, in batches. A key with a
+// small-order component, the identity or a non-canonical encoding is
+// refused (no key generator makes one).
 func NewVerifier(vkey string) (note.Verifier, error) {
 	v, err := note.NewVerifier(vkey)
 	if err != nil {
@@ -57,7 +79,30 @@ func NewVerifier(vkey string) (note.Verifier, error) {
 	}
 	e := &edVerifier{Verifier: v}
 	copy(e.pub[:], raw[1:])
+	if err := primeOrderKey(e.pub[:]); err != nil {
+		return nil, fmt.Errorf("verifier key %s: %w", v.Name(), err)
+	}
 	return e, nil
+}
+
+// primeOrderKey refuses a public key that is not a canonical encoding of a
+// point of the prime-order subgroup other than the identity.
+func primeOrderKey(enc []byte) error {
+	var a edwards25519.Point
+	if canonicalPoint(&a, enc) != nil {
+		return errors.New("the Ed25519 public key is not a canonical point encoding")
+	}
+	id := edwards25519.NewIdentityPoint()
+	if a.Equal(id) == 1 {
+		return errors.New("the Ed25519 public key is the identity")
+	}
+	// [L]A = [L-1]A + A, with L-1 as the scalar -1 (its canonical value).
+	one, _ := new(edwards25519.Scalar).SetCanonicalBytes(append([]byte{1}, make([]byte, 31)...))
+	la := new(edwards25519.Point).ScalarMult(new(edwards25519.Scalar).Negate(one), &a)
+	if la.Add(la, &a).Equal(id) != 1 {
+		return errors.New("the Ed25519 public key has a small-order component")
+	}
+	return nil
 }
 
 // edBatch collects Ed25519 signatures to check at once.
@@ -144,7 +189,9 @@ func (b *edBatch) verify() error {
 			return errEdBatch
 		}
 		copy(zb[:16], rnd[(i%64)*16:])
-		if _, err := zs[i].SetCanonicalBytes(zb[:]); err != nil { // < 2^128 < L
+		// z in [2^127, 2^128): never 0, always below L
+		zb[15] |= 0x80
+		if _, err := zs[i].SetCanonicalBytes(zb[:]); err != nil {
 			return err
 		}
 		bc.MultiplyAdd(&zs[i], &s, bc)

@@ -1,11 +1,11 @@
 package forensic
 
-// Review of 152c9ec (batched checkpoint signatures): the same trail verified
-// with forensic.NewVerifier (batched, cofactored equation) and with
-// note.NewVerifier (one crypto/ed25519 check per signature, cofactorless)
-// must give the same Report. The tests named ...KeyHolder... need the
-// signing key's private scalar; ...NoKey... use only what an attacker on the
-// trail (no key) can write.
+// Attacks on batched checkpoint signatures (from the review of 152c9ec). The
+// tests named ...NoKey... use only what an attacker on the trail, without
+// the signing key, can write: kvh's verdict must equal crypto/ed25519's
+// (note.NewVerifier) exactly. The ...KeyHolder... tests need the key's
+// private scalar: there kvh's verdict must follow its stated rule
+// (edbatch.go), the same batched or alone, whatever shares a batch.
 
 import (
 	"bytes"
@@ -156,6 +156,30 @@ func atkBoth(t testing.TB, dir, vkey string, opts VerifyOptions) (batched, alone
 	return out[0], out[1], ok[0], ok[1]
 }
 
+// kvhAlone is an edVerifier that Verify cannot batch (it is not an
+// *edVerifier): every signature is checked alone, by kvh's rule.
+type kvhAlone struct{ note.Verifier }
+
+// atkKVH verifies dir batched and with kvhAlone and returns both reports.
+func atkKVH(t testing.TB, dir, vkey string) (batched, alone string, bOK, aOK bool) {
+	t.Helper()
+	bv, err := NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [2]string
+	var ok [2]bool
+	for i, v := range []note.Verifier{bv, kvhAlone{bv}} {
+		rep, err := Verify(dir, VerifyOptions{Verifier: v, MACKey: testMAC})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, _ := json.Marshal(rep)
+		out[i], ok[i] = string(j), rep.OK
+	}
+	return out[0], out[1], ok[0], ok[1]
+}
+
 func atkSame(t *testing.T, what, dir, vkey string) {
 	t.Helper()
 	b, a, bok, aok := atkBoth(t, dir, vkey, VerifyOptions{})
@@ -195,16 +219,14 @@ func atkEditNote(t testing.TB, dir string, i int, f func(string) string) {
 	writeLines(t, ckpt, lines)
 }
 
-// FINDING 1 (needs the signing key): a signature whose R carries a
-// small-order component, R = rB + T, s = r + H(R||A||M)a, fails
-// crypto/ed25519 (cofactorless: [s]B - [k]A = rB != R) but passes the
-// cofactored batch ([8](...) = [8]T = 0). A trail every checkpoint of which
-// is signed that way: the batched Verify says OK, the one-by-one Verify
-// rejects it at line 1.
+// A key holder's signature whose R carries a small-order component,
+// R = rB + T, s = r + H(R||A||M)a: crypto/ed25519 (cofactorless: [s]B - [k]A
+// = rB != R) rejects it, kvh's rule (cofactored) accepts it, batched and
+// alone alike. This is the one stated difference (edbatch.go), and it needs
+// the key.
 func TestEdBatchAttackKeyHolderTorsionR(t *testing.T) {
 	T := atkTorsion8(t)
 	s, vkey := atkKey(t, "kvh-atk", nil)
-	// The signer is honest apart from R.
 	msg := []byte("x\n")
 	sig, _ := s.Sign(msg)
 	if !ed25519.Verify(s.pub, msg, sig) {
@@ -212,32 +234,61 @@ func TestEdBatchAttackKeyHolderTorsionR(t *testing.T) {
 	}
 	s.torsionR = func(int) *edwards25519.Point { return T }
 	sig, _ = s.Sign(msg)
-	var pub [32]byte
-	copy(pub[:], s.pub)
-	var b edBatch
-	b.add(&pub, msg, sig)
-	t.Logf("torsioned R: crypto/ed25519 says %v, batch says %v", ed25519.Verify(s.pub, msg, sig), b.verify() == nil)
+	if ed25519.Verify(s.pub, msg, sig) {
+		t.Fatal("crypto/ed25519 accepted a torsioned R: the crafting is wrong")
+	}
+	kv, _ := NewVerifier(vkey)
+	if !kv.Verify(msg, sig) {
+		t.Fatal("kvh's rule refused a torsioned R alone")
+	}
 
 	dir := atkTrail(t, s, 20)
-	atkSame(t, "every checkpoint's R = rB + T8", dir, vkey)
+	b, a, bok, aok := atkKVH(t, dir, vkey)
+	if b != a || !bok || !aok {
+		t.Errorf("kvh batched and alone: OK %v / %v\nbatched: %s\nalone:   %s", bok, aok, b, a)
+	}
+	_, plain, _, plainOK := atkBoth(t, dir, vkey, VerifyOptions{})
+	if plainOK {
+		t.Errorf("note.NewVerifier (cofactorless) accepted the torsioned trail: %s", problemOf(plain))
+	}
 }
 
-// FINDING 1b (needs the key, and a key generated with a torsion
-// component): the auditor's key A' = aB + T8. Signatures made the usual way
-// verify under crypto/ed25519 only when [k]T = 0 (k = 0 mod 8, one in
-// eight); the cofactored batch accepts all of them.
+// A published key with a small-order component (A' = aB + T8): under it
+// crypto/ed25519 accepts one signature in eight and a cofactored check all.
+// NewVerifier refuses the key itself.
 func TestEdBatchAttackKeyHolderTorsionA(t *testing.T) {
-	s, vkey := atkKey(t, "kvh-atk", atkTorsion8(t))
-	dir := atkTrail(t, s, 20)
-	atkSame(t, "key A = aB + T8", dir, vkey)
+	_, vkey := atkKey(t, "kvh-atk", atkTorsion8(t))
+	if _, err := NewVerifier(vkey); err == nil || !strings.Contains(err.Error(), "small-order") {
+		t.Fatalf("NewVerifier took a key with a small-order component: %v", err)
+	}
+	if _, err := ParseKeyring([]byte(vkey + "\n")); err == nil {
+		t.Fatal("ParseKeyring took a key with a small-order component")
+	}
+	// Honest keys, the identity, a small-order point, a non-canonical one.
+	for range 20 {
+		_, honest := atkKey(t, "kvh-ok", nil)
+		if _, err := NewVerifier(honest); err != nil {
+			t.Fatalf("an honest key refused: %v", err)
+		}
+	}
+	id := edwards25519.NewIdentityPoint().Bytes()
+	nonCanon := bytes.Repeat([]byte{0xff}, 32)
+	nonCanon[0], nonCanon[31] = 0xee, 0x7f // y = p+1
+	for name, pub := range map[string][]byte{"identity": id, "order 8": atkTorsion8(t).Bytes(), "y = p+1": nonCanon} {
+		vk, err := note.NewEd25519VerifierKey("kvh-bad", ed25519.PublicKey(pub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewVerifier(vk); err == nil {
+			t.Errorf("NewVerifier took the %s as a key", name)
+		}
+	}
 }
 
-// FINDING 2 (needs the key; report differs): with one torsioned signature
-// (line 11), the batched verdict on that line depends on its neighbours in
-// its chunk of 128: alone it passes; with an unrelated bad signature in
-// another chunk the batched report names that line instead of line 11; with
-// one in the same chunk the fallback re-checks line 11 with crypto/ed25519
-// and names it. The one-by-one path names line 11 every time.
+// One torsioned signature (line 11): kvh's verdict on it, and the problem a
+// trail with another bad signature reports, do not depend on what else
+// shares its batch of 128 (it would if a failed batch fell back to a
+// cofactorless check).
 func TestEdBatchAttackKeyHolderVerdictDependsOnChunk(t *testing.T) {
 	const torsioned = 10 // 0-based checkpoint line
 	T := atkTorsion8(t)
@@ -257,10 +308,11 @@ func TestEdBatchAttackKeyHolderVerdictDependsOnChunk(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		bad  int // 0-based checkpoint line whose s gets a bit flipped; -1 none
+		want string
 	}{
-		{"torsioned line alone", -1},
-		{"bad signature in another chunk (line 251)", 250},
-		{"bad signature in the same chunk (line 51)", 50},
+		{"torsioned line alone", -1, "OK=true"},
+		{"bad signature in another chunk (line 251)", 250, "checkpoints.jsonl line 251: "},
+		{"bad signature in the same chunk (line 51)", 50, "checkpoints.jsonl line 51: "},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := t.TempDir()
@@ -268,9 +320,9 @@ func TestEdBatchAttackKeyHolderVerdictDependsOnChunk(t *testing.T) {
 			if c.bad >= 0 {
 				atkEditSig(t, d, c.bad, flip)
 			}
-			b, a, _, _ := atkBoth(t, d, vkey, VerifyOptions{})
-			if b != a {
-				t.Errorf("batched and one-by-one differ:\nbatched:    %s\none by one: %s", problemOf(b), problemOf(a))
+			b, a, _, _ := atkKVH(t, d, vkey)
+			if b != a || !strings.HasPrefix(problemOf(b), c.want) {
+				t.Errorf("want %q from both\nbatched: %s\nalone:   %s", c.want, problemOf(b), problemOf(a))
 			}
 		})
 	}
