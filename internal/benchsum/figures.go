@@ -4,8 +4,9 @@ package benchsum
 // "Measured"): where each figure comes from and what it must be. Units
 // list the names a figure has had; the first one a run reports is used.
 var Figures = []Figure{
-	{What: "agent ingest, interposer events end to end", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"events/s"}, Op: ">=", Target: 1e6},
-	{What: "agent ingest: events dropped", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"dropped"}, Op: "==", Target: 0},
+	{What: "agent ingest, interposer events end to end with 0 dropped (clients paced, the highest rate without a drop)", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"zero-drop-events/s", "events/s"}, Op: ">=", Target: 1e6},
+	{What: "agent ingest, clients flat out (they take the agent's cores): events ingested", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"flat-out-events/s"}},
+	{What: "agent ingest, clients flat out: events dropped, every one counted", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"flat-out-dropped", "dropped"}},
 	{What: "agent ingest: events neither ingested nor counted (outside count)", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"unaccounted"}, Op: "==", Target: 0},
 	{What: "agent ingest: events lost", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"lost"}, Op: "==", Target: 0},
 	{What: "agent cost per event (agent CPU ÷ events), vs a trail record per event", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"agent-cpu-us/event"}, Ref: "ref-agent-cpu-us/event", Ratio: "cpu-ratio-vs-per-event", Op: "<=", Target: 1},
