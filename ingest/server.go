@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -251,9 +252,18 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		s.wg.Done()
 	}
 	h, err := peerHandle(c, cred, now, s.cfg.ProcRoot)
-	if err != nil {
+	if errors.Is(err, proc.ErrGone) {
+		// The process connected, reported and exited before we got here
+		// (a short-lived process, or an agent that fell behind): what it
+		// sent is queued in the socket and is read like any other
+		// connection's, under the pid and uid the kernel gave it. Nothing
+		// can be done to it, and /proc no longer says who it was.
 		s.cfg.Metrics.IngestErrors.WithLabelValues("peer_gone").Inc()
-		s.cfg.Log.Debug("connection from a process already gone", "error", err)
+		s.cfg.Log.Debug("connection from a process that has exited: reading what it sent", "pid", cred.Pid, "error", err)
+		h, err = proc.Exited(int(cred.Pid)), nil
+	}
+	if err != nil {
+		s.cfg.Log.Warn("connection refused: its peer cannot be named", "error", err)
 		c.Close()
 		release()
 		return
@@ -289,7 +299,9 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		if p == nil {
 			p = &process{h: h, key: h.Key(), id: id}
 			s.procs[p.key] = p
-			s.byPID[int32(h.PID)] = p
+			if !h.IsExited() { // the pid may already name another process
+				s.byPID[int32(h.PID)] = p
+			}
 			s.adoptLocked(p)
 		}
 		p.conns++
@@ -317,7 +329,9 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 	s.cfg.Metrics.Connected.Inc()
 	// The floor first: the interposer verifies at least as strictly as the
 	// policy asks, whatever it was started with.
-	s.write(cn, wire.Floor(cn.floor.verify, cn.floor.doublePass, cn.floor.samples))
+	if !h.IsExited() {
+		s.write(cn, wire.Floor(cn.floor.verify, cn.floor.doublePass, cn.floor.samples))
+	}
 	if inherit {
 		s.inheritDeny(cn, inheritWhy)
 	}
@@ -533,7 +547,12 @@ func (s *Server) write(c *conn, msg []byte) error {
 	// cannot interleave, so no per-connection lock is needed.
 	c.c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	_, err := c.c.Write(msg)
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET):
+		// The client closed its end (it exited): what it sent before is
+		// still queued, and its handler reads it to the end.
+	default:
 		c.kick("did not read the agent's messages within " + s.cfg.WriteTimeout.String())
 	}
 	return err

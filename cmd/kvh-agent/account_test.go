@@ -154,3 +154,40 @@ func TestKilledProcessAccountCloses(t *testing.T) {
 	}
 	t.Logf("account %+v", *pa)
 }
+
+// A process that connects, reports and exits before the agent has set its
+// connection up (the agent busy or, here, stopped): its records are queued
+// in the socket, and the agent reads every one of them, under the identity
+// the kernel gave the connection (SO_PEERCRED), with its account. Before,
+// the connection was closed unread as "peer gone", or kicked when the floor
+// could not be written to a closed peer, and the records were neither
+// ingested nor counted.
+func TestShortLivedProcessIsIngested(t *testing.T) {
+	a := newAgent(t, "--verify", "off")
+	a.cmd.Process.Signal(syscall.SIGSTOP)
+	var runs []libkvhtest.Run
+	for range 3 {
+		run := libkvhtest.Exec("driver", libkvhtest.Lib(), []string{"KVH_SOCKET=" + a.sock})
+		if run.Err != nil || run.Value("RESIDUE") != 0 {
+			a.cmd.Process.Signal(syscall.SIGCONT)
+			t.Fatalf("%v\n%s\n%s", run.Err, run.Stdout, run.Stderr)
+		}
+		runs = append(runs, run)
+	}
+	time.Sleep(100 * time.Millisecond)
+	a.cmd.Process.Signal(syscall.SIGCONT)
+	var pids []int
+	for _, r := range runs {
+		pids = append(pids, r.PID)
+	}
+	accts := a.accounts(t, pids, 10*time.Second)
+	for _, p := range pids {
+		pa := accts[p]
+		if pa.Emitted == 0 || pa.Received != pa.Emitted || pa.Dropped != 0 || pa.Lost != 0 {
+			t.Errorf("pid %d: account %+v: its records were not all ingested", p, *pa)
+		}
+		if _, ok := a.waitEvent(5*time.Second, func(e map[string]any) bool { return e["ev"] == "free" && num(e["pid"]) == p }); !ok {
+			t.Errorf("pid %d: no free record in the trail", p)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,7 +38,22 @@ type Handle struct {
 	mu      sync.Mutex
 	fd      int // -1 once closed
 	cleanup runtime.Cleanup
+	exited  uint64 // Exited's: nonzero, unique
 }
+
+var exitedSeq atomic.Uint64
+
+// Exited is a handle for a peer that exited before it could be opened: the
+// kernel named its pid (SO_PEERCRED), but no pidfd holds it and /proc no
+// longer describes it. Nothing can be done to it (Alive is false, Signal
+// and Read return ErrGone), and its key is its own, never that of a later
+// process given the same pid.
+func Exited(pid int) *Handle {
+	return &Handle{PID: pid, fd: -1, exited: exitedSeq.Add(1)}
+}
+
+// IsExited reports a handle made by Exited.
+func (h *Handle) IsExited() bool { return h.exited != 0 }
 
 // newHandle wraps a pidfd; it is closed by Close or, at the latest, when
 // the handle is no longer reachable (a violation queued for a process that
@@ -49,9 +65,19 @@ func newHandle(pid, fd int) *Handle {
 }
 
 // Key names the process for as long as the node is up: pid and start time.
-func (h *Handle) Key() string { return strconv.Itoa(h.PID) + "@" + strconv.FormatUint(h.Start, 10) }
+func (h *Handle) Key() string {
+	if h.exited != 0 {
+		return strconv.Itoa(h.PID) + "@exited-" + strconv.FormatUint(h.exited, 10)
+	}
+	return strconv.Itoa(h.PID) + "@" + strconv.FormatUint(h.Start, 10)
+}
 
-func (h *Handle) String() string { return fmt.Sprintf("pid %d (start %d)", h.PID, h.Start) }
+func (h *Handle) String() string {
+	if h.exited != 0 {
+		return fmt.Sprintf("pid %d (exited before it was identified)", h.PID)
+	}
+	return fmt.Sprintf("pid %d (start %d)", h.PID, h.Start)
+}
 
 // FromSocket returns the peer of a connected Unix socket. It prefers
 // SO_PEERPIDFD; without it, it opens a pidfd for pid (from SO_PEERCRED) and
@@ -116,6 +142,9 @@ func (h *Handle) alive() bool {
 func (h *Handle) Signal(sig syscall.Signal) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.exited != 0 {
+		return fmt.Errorf("%v: %w", h, ErrGone)
+	}
 	if h.fd < 0 {
 		return fmt.Errorf("%v: handle closed", h)
 	}

@@ -95,3 +95,24 @@ func TestFromSocketPrefersPeerPidfd(t *testing.T) {
 		t.Fatalf("Parent = %d, %v", pp, err)
 	}
 }
+
+// A peer that exited before it was opened: nothing can be done to it, and
+// two of them with one pid (reused) are two processes.
+func TestExited(t *testing.T) {
+	a, b := Exited(4242), Exited(4242)
+	if a.Key() == b.Key() || !a.IsExited() {
+		t.Fatalf("keys %q %q", a.Key(), b.Key())
+	}
+	if a.Alive() {
+		t.Fatal("an exited handle is alive")
+	}
+	if err := a.Signal(syscall.SIGKILL); !errors.Is(err, ErrGone) {
+		t.Fatalf("Signal: %v", err)
+	}
+	if _, err := a.Read("/proc", "stat"); !errors.Is(err, ErrGone) {
+		t.Fatalf("Read: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
