@@ -1,0 +1,306 @@
+package ingest_test
+
+// Review of "ingest: read what a process sent even when it exited before its
+// connection was set up": attacks by a process whose connections are set
+// up only after it has exited (proc.Exited handles).
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvhygiene/kvh/forensic"
+	"github.com/kvhygiene/kvh/ingest"
+	"github.com/kvhygiene/kvh/internal/proc/proctest"
+	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/tracer"
+	"github.com/kvhygiene/kvh/violation"
+	"github.com/kvhygiene/kvh/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	switch os.Getenv("KVH_EXITED_ATTACK") {
+	case "burst":
+		exitedBurst()
+	case "stay":
+		exitedStay()
+	}
+}
+
+// exitedBurst opens KVH_N connections to KVH_SOCK; on each it sends a HELLO
+// (with a sealed counters page when KVH_PAGE=1, as libkvh does on every
+// connection it opens) and KVH_K allocations; it reads nothing unless
+// KVH_WAIT=1 (then it waits for each connection's floor: the agent set it
+// up while the process was alive). It prints its pid and exits.
+func exitedBurst() {
+	n, _ := strconv.Atoi(os.Getenv("KVH_N"))
+	k, _ := strconv.Atoi(os.Getenv("KVH_K"))
+	page := -1
+	if os.Getenv("KVH_PAGE") == "1" {
+		fd, err := unix.MemfdCreate("kvh-counters", unix.MFD_ALLOW_SEALING|unix.MFD_CLOEXEC)
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		unix.Pwrite(fd, wire.Counters{Emitted: uint64(n * k)}.Encode(), 0)
+		unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK)
+		page = fd
+	}
+	seq := uint64(0)
+	var conns []*net.UnixConn
+	for i := 0; i < n; i++ {
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: os.Getenv("KVH_SOCK"), Net: "unixpacket"})
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		hello := wire.Record{Type: wire.Hello, PID: uint32(os.Getpid())}.Encode()
+		var oob []byte
+		if page >= 0 {
+			oob = unix.UnixRights(page)
+		}
+		if _, _, err := c.WriteMsgUnix(hello, oob, nil); err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		for j := 0; j < k; j++ {
+			seq++
+			r := wire.Record{Type: wire.Alloc, Seq: seq, Ptr: uint64(0x100000 + (i*k+j)*0x1000), Bytes: 1 << 20}
+			if _, err := c.Write(r.Encode()); err != nil {
+				fmt.Println("ERR", err)
+				os.Exit(1)
+			}
+		}
+		conns = append(conns, c)
+	}
+	if os.Getenv("KVH_WAIT") == "1" {
+		for _, c := range conns {
+			buf := make([]byte, 64)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(buf); err != nil {
+				fmt.Println("ERR floor", err)
+				os.Exit(1)
+			}
+		}
+	}
+	fmt.Println("PID", os.Getpid())
+	os.Exit(0)
+}
+
+// exitedStay is an ordinary serving process: it connects, says hello and
+// lives on.
+func exitedStay() {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: os.Getenv("KVH_SOCK"), Net: "unixpacket"})
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	c.Write(wire.Record{Type: wire.Hello, PID: uint32(os.Getpid())}.Encode())
+	fmt.Println("CONNECTED")
+	time.Sleep(60 * time.Second)
+	os.Exit(0)
+}
+
+type deferredHarness struct {
+	harness
+	m     *ingest.Metrics
+	start func()
+}
+
+// newDeferredHarness is newHarness whose server accepts only once start is
+// called: connections made before wait in the listen backlog, as they do
+// for an agent that is busy (or stopped).
+func newDeferredHarness(t *testing.T, pol policy.Config, cfg ingest.Config) *deferredHarness {
+	t.Helper()
+	dir := t.TempDir()
+	if _, _, err := forensic.GenerateKeys(dir, "kvh-test"); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := forensic.LoadSigner(filepath.Join(dir, forensic.SigningKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trail, err := forensic.Open(filepath.Join(dir, "trail"), forensic.Options{Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := &sink{}
+	led, err := tracer.New(tracer.Options{Trail: trail, AsyncTrail: true, Policy: pol, Violations: sk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &deferredHarness{harness: harness{sock: filepath.Join(dir, "kvh.sock"), sink: sk, peers: ingest.NewPeers(), trail: trail}}
+	ln, err := ingest.Listen(h.sock, 0o666, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = ingest.NewMetrics(prometheus.NewRegistry())
+	}
+	h.m = cfg.Metrics
+	cfg.Ledger, cfg.Trail, cfg.Violations, cfg.Peers, cfg.Policy = led, trail, sk, h.peers, led.Policy
+	h.srv, err = ingest.New(ln, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start = func() { go h.srv.Serve() }
+	t.Cleanup(func() { h.srv.Close(); trail.Close() })
+	return h
+}
+
+// runBurst runs the exitedBurst role to its exit and returns its pid.
+func runBurst(t *testing.T, sock string, env ...string) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(append(os.Environ(), "KVH_EXITED_ATTACK=burst", "KVH_SOCK="+sock), env...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("burst: %v %s", err, out)
+	}
+	pid := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		fmt.Sscanf(l, "PID %d", &pid)
+	}
+	if pid == 0 {
+		t.Fatalf("burst said %q", out)
+	}
+	return pid
+}
+
+func waitHygiene(t *testing.T, m *ingest.Metrics, want float64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if testutil.ToFloat64(m.Hygiene) >= want {
+			return
+		}
+	}
+	t.Fatalf("%v of %v records read", testutil.ToFloat64(m.Hygiene), want)
+}
+
+// Attack: the caps that are per process — max_live_buffers here, the
+// per-process connection cap and max_event_rate's bucket alike — are per
+// connection for a process that exits before its connections are set up:
+// each connection gets its own proc.Exited handle and so its own key, its
+// own process entry and its own counters. One process that opens 3
+// connections and reports 4 live buffers on each holds 12 under a cap of 4
+// without a live_buffer_limit violation; alive at setup (the control), the
+// same process is flagged.
+func TestAttackExitedProcessSplitsPerProcessCaps(t *testing.T) {
+	pol := policy.Default()
+	pol.MaxLiveBuffers = 4
+	for _, tc := range []struct {
+		name  string
+		alive bool
+	}{{"alive_at_setup", true}, {"exited_before_setup", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newDeferredHarness(t, pol, ingest.Config{})
+			var pid int
+			if tc.alive {
+				h.start()
+				pid = runBurst(t, h.sock, "KVH_N=3", "KVH_K=4", "KVH_WAIT=1")
+			} else {
+				pid = runBurst(t, h.sock, "KVH_N=3", "KVH_K=4")
+				h.start()
+			}
+			waitHygiene(t, h.m, 12)
+			time.Sleep(200 * time.Millisecond)
+			for _, v := range h.sink.all() {
+				if v.Kind == violation.LiveBufferLimit && v.PID == pid {
+					return
+				}
+			}
+			t.Fatalf("pid %d held 12 live buffers (max_live_buffers 4) over 3 connections and was not flagged: %+v", pid, h.sink.all())
+		})
+	}
+}
+
+// The per-process connection cap, likewise: a process with MaxConnsPerProcess
+// 2 has all 5 of its connections set up and read when it exits first.
+func TestAttackExitedProcessSplitsConnectionCap(t *testing.T) {
+	h := newDeferredHarness(t, policy.Default(), ingest.Config{MaxConnsPerProcess: 2})
+	pid := runBurst(t, h.sock, "KVH_N=5", "KVH_K=1")
+	h.start()
+	time.Sleep(time.Second)
+	read := testutil.ToFloat64(h.m.Hygiene)
+	refused := false
+	for _, v := range h.sink.all() {
+		refused = refused || v.Kind == violation.ConnectionLimit && v.PID == pid
+	}
+	if read > 2 && !refused {
+		t.Fatalf("pid %d: %v connections read past its cap of 2, none refused", pid, read)
+	}
+}
+
+// Evidence double counted: libkvh sends its counters page with the HELLO of
+// every connection it opens (a reconnect). A process whose two connections
+// are set up after it exited has two process entries, each with the page:
+// two process_account records for one process, each with emitted = all it
+// emitted and received = one connection's, so each reports the other's
+// records as lost. Alive at setup (the control), one account, nothing lost.
+func TestAttackExitedProcessAccountSplit(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		alive bool
+	}{{"alive_at_setup", true}, {"exited_before_setup", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newDeferredHarness(t, policy.Default(), ingest.Config{})
+			if tc.alive {
+				h.start()
+				runBurst(t, h.sock, "KVH_N=2", "KVH_K=3", "KVH_PAGE=1", "KVH_WAIT=1")
+			} else {
+				runBurst(t, h.sock, "KVH_N=2", "KVH_K=3", "KVH_PAGE=1")
+				h.start()
+			}
+			waitHygiene(t, h.m, 6)
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && testutil.ToFloat64(h.m.Accounts) < 1; time.Sleep(20 * time.Millisecond) {
+			}
+			time.Sleep(1500 * time.Millisecond) // past exitWait: every account that will close has
+			accts, lost := testutil.ToFloat64(h.m.Accounts), testutil.ToFloat64(h.m.Lost)
+			if accts != 1 || lost != 0 {
+				t.Fatalf("one process that emitted 6 records, all received: %v process accounts, %v events counted lost", accts, lost)
+			}
+		})
+	}
+}
+
+// Attack on an innocent process: Peers is keyed by pid, one handle per pid.
+// A process A opens connections, reports and exits; its pid is reused by an
+// ordinary serving process P, which connects. When P's connection is set
+// up before A's (the setups run on goroutines, the newest first), A's
+// Exited handle replaces P's entry, and A's disconnect deletes it: P, still
+// connected, is no longer Connected and Process(pid) is nil. In the agent,
+// watchGPU then reports P, which uses a GPU through its interposer, as an
+// uncovered_process, and the enforcer acts on it (it started before the
+// violation).
+func TestAttackExitedPeerUnregistersPIDReuser(t *testing.T) {
+	proctest.NeedRoot(t)
+	h := newDeferredHarness(t, policy.Default(), ingest.Config{MaxConnsPerUID: 64})
+	pid := runBurst(t, h.sock, "KVH_N=7", "KVH_K=1")
+	proctest.StartAt(t, pid, func() *exec.Cmd {
+		c := exec.Command(os.Args[0])
+		c.Env = append(os.Environ(), "KVH_EXITED_ATTACK=stay", "KVH_SOCK="+h.sock)
+		return c
+	})
+	time.Sleep(500 * time.Millisecond) // its connection is queued behind A's
+	h.start()
+	waitHygiene(t, h.m, 7)
+	time.Sleep(500 * time.Millisecond)
+	if n := testutil.ToFloat64(h.m.Connected); n != 1 {
+		t.Fatalf("%v connections open, want the reuser's one", n)
+	}
+	if !h.peers.Connected(pid) || h.peers.Process(pid) == nil {
+		t.Fatalf("pid %d (reused by a process whose connection is open: the server's connected gauge is 1) is not Connected after the exited peer's connections ended", pid)
+	}
+	if hd := h.peers.Process(pid); hd.IsExited() {
+		t.Fatalf("pid %d's live process is represented by the exited peer's handle", pid)
+	}
+}
