@@ -33,6 +33,10 @@ func init() {
 		exitedBurst()
 	case "stay":
 		exitedStay()
+	case "handoff":
+		exitedHandoff()
+	case "holder":
+		exitedHolder()
 	}
 }
 
@@ -302,5 +306,111 @@ func TestAttackExitedPeerUnregistersPIDReuser(t *testing.T) {
 	}
 	if hd := h.peers.Process(pid); hd.IsExited() {
 		t.Fatalf("pid %d's live process is represented by the exited peer's handle", pid)
+	}
+}
+
+// exitedHandoff connects and says hello (and, with KVH_WAIT=1, waits for the
+// floor: set up while it is alive), hands the connection to a child that
+// lives on (exitedHolder), prints both pids and exits.
+func exitedHandoff() {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: os.Getenv("KVH_SOCK"), Net: "unixpacket"})
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	c.Write(wire.Record{Type: wire.Hello, PID: uint32(os.Getpid())}.Encode())
+	if os.Getenv("KVH_WAIT") == "1" {
+		buf := make([]byte, 64)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			fmt.Println("ERR floor", err)
+			os.Exit(1)
+		}
+	}
+	f, _ := c.File()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "KVH_EXITED_ATTACK=holder")
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	fmt.Println("PARENT", os.Getpid())
+	fmt.Println("CHILD", cmd.Process.Pid)
+	os.Exit(0)
+}
+
+// exitedHolder is the process that serves on: after a second it reports,
+// on the connection it inherited, a buffer it failed to zeroize, and lives
+// on.
+func exitedHolder() {
+	time.Sleep(time.Second)
+	c, err := net.FileConn(os.NewFile(3, "conn"))
+	if err != nil {
+		os.Exit(1)
+	}
+	c.Write(wire.Record{Type: wire.Alloc, Seq: 1, Ptr: 0x7000000, Bytes: 1 << 30}.Encode())
+	c.Write(wire.Record{Type: wire.Quarantine, Seq: 2, Ptr: 0x7000000, Bytes: 1 << 30, Result: wire.ResZeroizeFailed}.Encode())
+	time.Sleep(30 * time.Second)
+	os.Exit(0)
+}
+
+// podAll puts every process in one pod, tenant team-a (the orchestrator's
+// word, as the NRI plugin gives it).
+type podAll struct{}
+
+func (podAll) PodOf(containerID, cgroup string) (ingest.Pod, bool) {
+	return ingest.Pod{UID: "11111111-2222-3333-4444-555555555555", Namespace: "team-a", Name: "p", Tenant: "team-a", TenantSource: "namespace"}, true
+}
+
+// Attack: a process in a pod connects, hands its connection to a child that
+// serves on, and exits before the agent sets the connection up. Before the
+// change that connection was closed; now it is read for as long as the
+// child (alive, in the same pod) keeps it, all of it under tenant
+// "uid:<uid>" (tenant_source exited): the pod's own policy (on_violation,
+// ttl, coverage threshold) never applies to what it reports, its violations
+// are charged to the uid (a tenant other pods and host processes of that uid
+// share), and no action can reach it (the handle is Exited). Set up while
+// the parent was alive (the control), the same child is charged to its pod.
+func TestAttackExitedHandoffEscapesPodTenant(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		alive bool
+	}{{"alive_at_setup", true}, {"exited_before_setup", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newDeferredHarness(t, policy.Default(), ingest.Config{Pods: podAll{}})
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), "KVH_EXITED_ATTACK=handoff", "KVH_SOCK="+h.sock)
+			if tc.alive {
+				h.start()
+				cmd.Env = append(cmd.Env, "KVH_WAIT=1")
+			}
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("handoff: %v %s", err, out)
+			}
+			var parent, child int
+			for _, l := range strings.Split(string(out), "\n") {
+				fmt.Sscanf(l, "PARENT %d", &parent)
+				fmt.Sscanf(l, "CHILD %d", &child)
+			}
+			if p, err := os.FindProcess(child); err == nil && child != 0 {
+				defer func() { p.Kill(); p.Wait() }()
+			}
+			if !tc.alive {
+				h.start()
+			}
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				for _, v := range h.sink.all() {
+					if v.Kind == violation.QuarantinedBuffer {
+						if v.Tenant != "team-a" {
+							t.Fatalf("the quarantine that live pid %d (pod team-a) reported was charged to tenant %q (process %v): %+v", child, v.Tenant, v.Process, v)
+						}
+						return
+					}
+				}
+			}
+			t.Fatalf("no quarantined_buffer violation: %+v", h.sink.all())
+		})
 	}
 }
