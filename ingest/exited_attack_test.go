@@ -95,6 +95,7 @@ func exitedBurst() {
 				os.Exit(1)
 			}
 		}
+		time.Sleep(300 * time.Millisecond) // every record read while it lives
 	}
 	fmt.Println("PID", os.Getpid())
 	os.Exit(0)
