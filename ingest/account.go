@@ -24,6 +24,10 @@ import (
 // exiting (its socket closes before the kernel reports it gone).
 const exitWait = time.Second
 
+// exitedGrace is how long the account of a process that had exited before
+// its connection was set up stays open for its other connections.
+const exitedGrace = 500 * time.Millisecond
+
 // maxCarried bounds the accounts of processes that disconnected alive.
 const maxCarried = 1024
 
@@ -141,6 +145,12 @@ func (s *Server) adoptLocked(p *process) {
 func (s *Server) settle(p *process) {
 	for deadline := time.Now().Add(exitWait); p.h.Alive() && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
+	}
+	if p.h.IsExited() {
+		// Its other connections, if it had several, wait in the listen
+		// backlog behind this one: they adopt the carried account, and the
+		// last of them closes it.
+		time.Sleep(exitedGrace)
 	}
 	s.mu.Lock()
 	c, ok := s.carry[p.key]

@@ -3,6 +3,7 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -57,6 +58,25 @@ func (c *conn) reason() string {
 	return c.kicked
 }
 
+// readQueued reads one packet that is already queued, without waiting:
+// io.EOF when none is.
+func readQueued(c *net.UnixConn, buf, oob []byte) (n, oobn int, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	if cerr := rc.Read(func(fd uintptr) bool {
+		n, oobn, _, _, err = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		return true // never wait for more
+	}); cerr != nil {
+		return 0, 0, cerr
+	}
+	if errors.Is(err, unix.EAGAIN) {
+		return 0, 0, io.EOF
+	}
+	return n, oobn, err
+}
+
 // handle serves c on setup's goroutine until it closes.
 func (s *Server) handle(c *conn) {
 	defer s.wg.Done()
@@ -65,8 +85,18 @@ func (s *Server) handle(c *conn) {
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	var dec wire.Decoder // its records live until the next packet's
 	errs := 0
+	// A process that exited sends nothing more: read what it queued, then
+	// close (a live process it handed the socket to gets nothing more
+	// under the dead one's name).
+	exited := c.p.h.IsExited()
 	for {
-		n, oobn, _, _, err := c.c.ReadMsgUnix(buf, oob)
+		var n, oobn int
+		var err error
+		if exited {
+			n, oobn, err = readQueued(c.c, buf, oob)
+		} else {
+			n, oobn, _, _, err = c.c.ReadMsgUnix(buf, oob)
+		}
 		var fds []int
 		if oobn > 0 {
 			fds = takeFDs(oob[:oobn])

@@ -109,6 +109,9 @@ func IdentifyWith(procRoot string, pid int, uid uint32, trustClaims bool, pods P
 // read was its own and not that of a process that took its pid since. One
 // that has gone is identified by its uid only.
 func identifyHandle(procRoot string, h *proc.Handle, uid uint32, trustClaims bool, pods Pods) Identity {
+	if h.IsExited() { // /proc/<pid> is gone, or another process's
+		return Identity{PID: h.PID, UID: uid, Tenant: "uid:" + strconv.FormatUint(uint64(uid), 10), TenantSource: "exited"}
+	}
 	id := IdentifyWith(procRoot, h.PID, uid, trustClaims, pods)
 	if !h.Alive() {
 		id = Identity{PID: h.PID, UID: uid, Tenant: "uid:" + strconv.FormatUint(uint64(uid), 10), TenantSource: "exited"}

@@ -325,7 +325,11 @@ func (s *Server) setup(c *net.UnixConn, cred *unix.Ucred, now time.Time) {
 		release()
 		return
 	}
-	s.cfg.Peers.add(h)
+	if !h.IsExited() {
+		// An exited peer's pid may already name another process, which
+		// must not lose (or take) its place among the connected.
+		s.cfg.Peers.add(h)
+	}
 	s.cfg.Metrics.Connected.Inc()
 	// The floor first: the interposer verifies at least as strictly as the
 	// policy asks, whatever it was started with.

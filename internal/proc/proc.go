@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,22 +37,22 @@ type Handle struct {
 	mu      sync.Mutex
 	fd      int // -1 once closed
 	cleanup runtime.Cleanup
-	exited  uint64 // Exited's: nonzero, unique
+	exited  bool // made by Exited
 }
-
-var exitedSeq atomic.Uint64
 
 // Exited is a handle for a peer that exited before it could be opened: the
 // kernel named its pid (SO_PEERCRED), but no pidfd holds it and /proc no
 // longer describes it. Nothing can be done to it (Alive is false, Signal
-// and Read return ErrGone), and its key is its own, never that of a later
-// process given the same pid.
+// and Read return ErrGone). Its key, <pid>@exited, is shared by the
+// connections of one exited process (they wait in the listen backlog
+// together), so its caps and its account stay one process's; it is never
+// the key of a live process.
 func Exited(pid int) *Handle {
-	return &Handle{PID: pid, fd: -1, exited: exitedSeq.Add(1)}
+	return &Handle{PID: pid, fd: -1, exited: true}
 }
 
 // IsExited reports a handle made by Exited.
-func (h *Handle) IsExited() bool { return h.exited != 0 }
+func (h *Handle) IsExited() bool { return h.exited }
 
 // newHandle wraps a pidfd; it is closed by Close or, at the latest, when
 // the handle is no longer reachable (a violation queued for a process that
@@ -66,14 +65,14 @@ func newHandle(pid, fd int) *Handle {
 
 // Key names the process for as long as the node is up: pid and start time.
 func (h *Handle) Key() string {
-	if h.exited != 0 {
-		return strconv.Itoa(h.PID) + "@exited-" + strconv.FormatUint(h.exited, 10)
+	if h.exited {
+		return strconv.Itoa(h.PID) + "@exited"
 	}
 	return strconv.Itoa(h.PID) + "@" + strconv.FormatUint(h.Start, 10)
 }
 
 func (h *Handle) String() string {
-	if h.exited != 0 {
+	if h.exited {
 		return fmt.Sprintf("pid %d (exited before it was identified)", h.PID)
 	}
 	return fmt.Sprintf("pid %d (start %d)", h.PID, h.Start)
@@ -142,7 +141,7 @@ func (h *Handle) alive() bool {
 func (h *Handle) Signal(sig syscall.Signal) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.exited != 0 {
+	if h.exited {
 		return fmt.Errorf("%v: %w", h, ErrGone)
 	}
 	if h.fd < 0 {

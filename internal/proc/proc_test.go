@@ -96,11 +96,11 @@ func TestFromSocketPrefersPeerPidfd(t *testing.T) {
 	}
 }
 
-// A peer that exited before it was opened: nothing can be done to it, and
-// two of them with one pid (reused) are two processes.
+// A peer that exited before it was opened: nothing can be done to it; its
+// connections share one key, which no live process has.
 func TestExited(t *testing.T) {
 	a, b := Exited(4242), Exited(4242)
-	if a.Key() == b.Key() || !a.IsExited() {
+	if a.Key() != b.Key() || !a.IsExited() || a.Key() == (&Handle{PID: 4242}).Key() {
 		t.Fatalf("keys %q %q", a.Key(), b.Key())
 	}
 	if a.Alive() {
