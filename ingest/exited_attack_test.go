@@ -9,20 +9,16 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/ingest"
 	"github.com/kvhygiene/kvh/internal/proc/proctest"
 	"github.com/kvhygiene/kvh/policy"
-	"github.com/kvhygiene/kvh/tracer"
 	"github.com/kvhygiene/kvh/violation"
 	"github.com/kvhygiene/kvh/wire"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -113,53 +109,6 @@ func exitedStay() {
 	fmt.Println("CONNECTED")
 	time.Sleep(60 * time.Second)
 	os.Exit(0)
-}
-
-type deferredHarness struct {
-	harness
-	m     *ingest.Metrics
-	start func()
-}
-
-// newDeferredHarness is newHarness whose server accepts only once start is
-// called: connections made before wait in the listen backlog, as they do
-// for an agent that is busy (or stopped).
-func newDeferredHarness(t *testing.T, pol policy.Config, cfg ingest.Config) *deferredHarness {
-	t.Helper()
-	dir := t.TempDir()
-	if _, _, err := forensic.GenerateKeys(dir, "kvh-test"); err != nil {
-		t.Fatal(err)
-	}
-	signer, err := forensic.LoadSigner(filepath.Join(dir, forensic.SigningKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	trail, err := forensic.Open(filepath.Join(dir, "trail"), forensic.Options{Signer: signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sk := &sink{}
-	led, err := tracer.New(tracer.Options{Trail: trail, AsyncTrail: true, Policy: pol, Violations: sk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &deferredHarness{harness: harness{sock: filepath.Join(dir, "kvh.sock"), sink: sk, peers: ingest.NewPeers(), trail: trail}}
-	ln, err := ingest.Listen(h.sock, 0o666, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = ingest.NewMetrics(prometheus.NewRegistry())
-	}
-	h.m = cfg.Metrics
-	cfg.Ledger, cfg.Trail, cfg.Violations, cfg.Peers, cfg.Policy = led, trail, sk, h.peers, led.Policy
-	h.srv, err = ingest.New(ln, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.start = func() { go h.srv.Serve() }
-	t.Cleanup(func() { h.srv.Close(); trail.Close() })
-	return h
 }
 
 // runBurst runs the exitedBurst role to its exit and returns its pid.

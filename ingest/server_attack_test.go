@@ -116,7 +116,16 @@ type harness struct {
 	trail *forensic.Log
 }
 
-func newHarness(t testing.TB, pol policy.Config, cfg ingest.Config) *harness {
+type deferredHarness struct {
+	harness
+	m     *ingest.Metrics
+	start func()
+}
+
+// newDeferredHarness is newHarness whose server accepts only once start is
+// called: connections made before wait in the listen backlog, as they do
+// for an agent that is busy (or stopped).
+func newDeferredHarness(t testing.TB, pol policy.Config, cfg ingest.Config) *deferredHarness {
 	t.Helper()
 	dir := t.TempDir()
 	if _, _, err := forensic.GenerateKeys(dir, "kvh-test"); err != nil {
@@ -135,7 +144,7 @@ func newHarness(t testing.TB, pol policy.Config, cfg ingest.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{sock: filepath.Join(dir, "kvh.sock"), sink: sk, peers: ingest.NewPeers(), trail: trail}
+	h := &deferredHarness{harness: harness{sock: filepath.Join(dir, "kvh.sock"), sink: sk, peers: ingest.NewPeers(), trail: trail}}
 	ln, err := ingest.Listen(h.sock, 0o666, -1)
 	if err != nil {
 		t.Fatal(err)
@@ -143,14 +152,22 @@ func newHarness(t testing.TB, pol policy.Config, cfg ingest.Config) *harness {
 	if cfg.Metrics == nil {
 		cfg.Metrics = ingest.NewMetrics(prometheus.NewRegistry())
 	}
+	h.m = cfg.Metrics
 	cfg.Ledger, cfg.Trail, cfg.Violations, cfg.Peers, cfg.Policy = led, trail, sk, h.peers, led.Policy
 	h.srv, err = ingest.New(ln, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go h.srv.Serve()
+	h.start = func() { go h.srv.Serve() }
 	t.Cleanup(func() { h.srv.Close(); trail.Close() })
 	return h
+}
+
+func newHarness(t testing.TB, pol policy.Config, cfg ingest.Config) *harness {
+	t.Helper()
+	h := newDeferredHarness(t, pol, cfg)
+	h.start()
+	return &h.harness
 }
 
 // Attack: the per-process connection cap was counted by pid. A process
