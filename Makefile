@@ -131,13 +131,8 @@ cover: $(BUILD)/gcov/libkvh.so ## every test once with coverage: one table per p
 test-short: ## quick tests (no crash loop, no fuzzing)
 	$(GO) test -short -count=1 ./...
 
-fuzz: ## run each fuzz target for FUZZTIME (default 10s)
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f"; out=$$(mktemp); \
-	    if ! $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >$$out 2>&1; then \
-	      grep -v '^fuzz: elapsed' $$out; rm -f $$out; exit 1; fi; rm -f $$out; \
-	  done; done
+fuzz: ## run each fuzz target for FUZZTIME (default 10s); scripts/fuzz.sh
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as throughput and ratios against references measured in the same run; summary in build/bench.md
 	@mkdir -p $(BUILD)
