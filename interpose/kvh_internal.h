@@ -179,7 +179,7 @@ static inline void ensure_init(void) { pthread_once(&init_once, init); }
 
 /* ---- table.c: the allocation table, lock-striped open addressing -------- */
 
-#define TABLE_SLOTS 4096 /* a ptrs stripe's first capacity: 1M entries in all, then it grows */
+#define TABLE_SLOTS 64 /* a ptrs stripe's first capacity: 16K entries (768 KiB) in all, then it grows */
 
 /* OWN_IMPORTER: memory this process did not get from the driver (an import,
  * registered host memory): kvh never writes to it. */
@@ -192,7 +192,7 @@ enum slot_state { ST_LIVE = 0, ST_QUARANTINED = 1, ST_RELEASED = 2 };
  * owner, state, and aux = the handle's live mappings, stream = bytes from
  * offset 0 zeroized by the cuMemUnmap in progress). */
 struct slot {
-  uint64_t key; /* 0 empty, 1 deleted */
+  uint64_t key; /* 0 empty */
   uint64_t size;
   uint64_t stream;
   uint64_t aux;
@@ -202,13 +202,12 @@ struct slot {
 };
 
 #define STRIPES 256
-#define TOMB 1
 
 struct stripe {
   pthread_mutex_t mu;
   struct slot *slots;
   uint32_t cap;     /* a power of two; grows (table.c) */
-  uint32_t used;    /* entries and tombstones */
+  uint32_t used;    /* entries (a delete leaves no tombstone) */
   uint32_t grow_at; /* grow when used reaches it (three quarters of cap) */
 };
 

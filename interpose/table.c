@@ -1,13 +1,17 @@
 /* table.c — the allocation table: what this process allocated, keyed by
  * pointer (ptrs) or by VMM handle (handles), and the VMM mappings.
  *
- * Lock-striped open addressing: a call locks one stripe of 256, never the
- * whole table, for lookups as for changes. A stripe grows on its own, under
- * its own lock, when live entries and tombstones would fill three quarters
- * of it: into a new mapping twice the live entries' need, without the
- * tombstones. So the table has no fixed capacity; only an mmap that fails
- * leaves an allocation untracked (counted, said once on stderr), and its
- * device free then asks the driver for its range (hooks.c). */
+ * Lock-striped open addressing with linear probing: a call locks one stripe
+ * of 256, never the whole table, for lookups as for changes. A delete
+ * shifts the entries after it back into the hole (no tombstones), so a
+ * stripe holds only live entries and a lookup probes past live ones only.
+ * A stripe grows on its own, under its own lock, when its entries would
+ * fill three quarters of it: into a new mapping twice their need. So the
+ * table has no fixed capacity and starts small (TABLE_SLOTS a stripe: it
+ * stays in cache, which a churning process's lookups showed they need);
+ * only an mmap that fails leaves an allocation untracked (counted, said
+ * once on stderr), and its device free then asks the driver for its range
+ * (hooks.c). */
 #include "kvh_internal.h"
 
 #include <stdlib.h>
@@ -51,9 +55,24 @@ struct slot *table_find(struct table *t, uint64_t key, struct stripe **sp) {
   return NULL;
 }
 
+static inline uint32_t home_of(const struct stripe *s, uint64_t key) { return (uint32_t)(mix(key) >> 8) & (s->cap - 1); }
+
+/* table_del empties e's slot and moves each later entry of its probe run
+ * that may live there back into the hole (Knuth's algorithm R): every
+ * entry stays reachable from its home slot without a tombstone. */
 void table_del(struct stripe *s, struct slot *e) {
-  (void)s; /* the tombstone still counts as used until the stripe grows */
-  e->key = TOMB;
+  uint32_t mask = s->cap - 1, hole = (uint32_t)(e - s->slots);
+  s->slots[hole] = (struct slot){0}; /* the run ends at the hole at the latest, in a full stripe too */
+  for (uint32_t j = (hole + 1) & mask; s->slots[j].key; j = (j + 1) & mask) {
+    /* the entry at j may fill the hole if the hole lies on its probe path,
+     * cyclically from its home up to j */
+    if (((j - home_of(s, s->slots[j].key)) & mask) >= ((j - hole) & mask)) {
+      s->slots[hole] = s->slots[j];
+      s->slots[j] = (struct slot){0};
+      hole = j;
+    }
+  }
+  s->used--;
 }
 
 static void say_once(atomic_int *said, const char *msg, size_t n) {
@@ -66,8 +85,7 @@ __attribute__((noinline, cold)) static int grow(struct stripe *s) {
   static atomic_int said;
   static const char msg[] = "libkvh: the allocation table cannot grow (out of memory): device frees it missed are "
                             "zeroized over the range cuMemGetAddressRange reports; other untracked frees pass through\n";
-  uint32_t live = 0, cap = s->cap ? s->cap : 16;
-  for (uint32_t i = 0; i < s->cap; i++) live += s->slots[i].key > TOMB;
+  uint32_t live = s->used, cap = s->cap ? s->cap : 16;
   while ((uint64_t)(live + 1) * 2 > cap && cap < (1u << 30)) cap *= 2;
   struct slot *n = cfg.table_fixed ? NULL : slots_new(cap);
   if (!n) {
@@ -77,7 +95,7 @@ __attribute__((noinline, cold)) static int grow(struct stripe *s) {
   }
   for (uint32_t i = 0; i < s->cap; i++) {
     const struct slot *x = &s->slots[i];
-    if (x->key <= TOMB) continue;
+    if (!x->key) continue;
     uint32_t j = (uint32_t)(mix(x->key) >> 8) & (cap - 1);
     while (n[j].key) j = (j + 1) & (cap - 1);
     n[j] = *x;
@@ -96,16 +114,11 @@ int table_put(struct table *t, const struct slot *v) {
   pthread_mutex_lock(&s->mu);
   if (unlikely(s->used >= s->grow_at)) grow(s);
   struct slot *free_slot = NULL;
-  int fresh = 0; /* an empty slot, not a tombstone or the key's own */
+  int fresh = 0; /* an empty slot, not the key's own */
   for (uint32_t i = 0, j = (uint32_t)(h >> 8) & (s->cap - 1); i < s->cap; i++, j = (j + 1) & (s->cap - 1)) {
     struct slot *x = &s->slots[j];
-    if (x->key == v->key) {
-      free_slot = x;
-      break;
-    }
-    if (x->key == TOMB && !free_slot) free_slot = x;
-    if (x->key == 0) {
-      if (!free_slot) free_slot = x, fresh = 1;
+    if (x->key == v->key || x->key == 0) {
+      free_slot = x, fresh = x->key == 0;
       break;
     }
   }
@@ -124,9 +137,15 @@ size_t table_take_ctx(struct table *t, uint64_t ctx, struct slot **out) {
   for (int i = 0; i < STRIPES; i++) {
     struct stripe *s = &t->s[i];
     pthread_mutex_lock(&s->mu);
-    for (uint32_t j = 0; j < s->cap; j++) {
+    /* A delete may move a later entry back into slot j (look at j again)
+     * or one from the stripe's start to its end (seen twice: not ctx's,
+     * or it would have been taken). */
+    for (uint32_t j = 0; j < s->cap;) {
       struct slot *e = &s->slots[j];
-      if (e->key <= TOMB || e->ctx != ctx) continue;
+      if (!e->key || e->ctx != ctx) {
+        j++;
+        continue;
+      }
       if (n == cap) {
         size_t c2 = cap ? 2 * cap : 64;
         struct slot *v2 = realloc(v, c2 * sizeof *v);

@@ -646,7 +646,7 @@ func TestVMMLastMappingIsZeroized(t *testing.T) {
 }
 
 // The allocation table grows: past its initial capacity (lowered here with
-// the test-only KVH_TEST_TABLE_SLOTS, and at the real one of 1M entries)
+// the test-only KVH_TEST_TABLE_SLOTS, and past the real one of 16K entries to 1.1M)
 // every freed buffer is still zeroized. Where it cannot grow
 // (KVH_TEST_TABLE_FIXED=1 stands for an mmap that fails), a device free the
 // table missed asks the driver for the allocation's range and zeroizes it.
