@@ -182,7 +182,7 @@ func BenchmarkAgentIngest(b *testing.B) {
 	const clients, total = 16, 100000
 	const windows = "trail_event_min_bytes: 65536\n"
 	var best ingestRun
-	for _, rate := range []int{32, 64, 80, 96, 112, 128, 160, 192, 256} {
+	for _, rate := range []int{32, 48, 64, 72, 80, 96, 112, 128, 160, 192, 256} {
 		r := runIngest(b, windows, clients, total, rate)
 		b.Logf("paced, %d pairs/ms per client: %v", rate, r)
 		if r.dropped > 0 || r.lost > 0 || r.unaccounted() != 0 {
