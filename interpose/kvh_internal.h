@@ -258,7 +258,7 @@ size_t vmap_lower(uint64_t va);
 /* vmap_insert adds m in order; 0 when there is no memory to hold it. */
 int vmap_insert(const struct vmap *m);
 
-/* hkey is a VMM handle's key in handles: 0 and 1 are the table's markers. */
+/* hkey is a VMM handle's key in handles: never 0, the empty marker. */
 static inline uint64_t hkey(uint64_t h) { return h + 2; }
 
 static inline uint64_t mix(uint64_t x) {
