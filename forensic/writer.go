@@ -199,15 +199,18 @@ func (l *Log) send(err error) {
 }
 
 // maxSyncs is how many fdatasyncs the syncer keeps in flight. On ext4 a
-// second and third fdatasync issued while one runs join the journal commit
-// instead of queueing behind it: measured here, 4 in flight commit about
-// three times as often as 1, so a record waits about one flush, not two.
-const maxSyncs = 4
+// second fdatasync issued while one runs joins the journal commit instead
+// of queueing behind it, so a record waits about one flush, not two. More
+// than two cost more than they save: each flush is about 100 µs of kernel
+// CPU here, and with 256 producers on 2 cores, 2 in flight (and
+// minOverlap 128) beat 4 (and 32) in 5 of 5 interleaved runs of
+// BenchmarkAppendDurable (+15 to +80%) and 3 of 3 of the ledger's.
+const maxSyncs = 2
 
 // minOverlap is the fewest records that start a flush while another runs:
 // below it, a flush and a signed checkpoint of their own cost more than
 // waiting for the running flush to end.
-const minOverlap = 32
+const minOverlap = 128
 
 func pendingRecords(js []*job) int {
 	n := 0
