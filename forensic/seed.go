@@ -153,7 +153,8 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 	}
 	defer f.Close()
 	sf := &SeedFile{File: filepath.Base(path), OK: true, seedOK: true}
-	prev := "GENESIS"
+	var prev hexStr // the chain's last hash
+	prev.set([]byte("GENESIS"))
 	var mac = newMAC(key)
 	bad := func(i int, reason string) {
 		if sf.OK {
@@ -165,6 +166,12 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 	defer lp.stop()
 	var tailPre seedPre
 	var buf []byte
+	verified := false // a line's hash checked: prev is the file's last hash
+	defer func() {
+		if verified {
+			sf.lastHash = string(prev.bytes())
+		}
+	}()
 	for i := 0; ; i++ {
 		line, pre, rerr := lp.next()
 		if _, long := rerr.(errLineTooLong); long {
@@ -199,26 +206,27 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 			sf.first, _ = pyjson.Parse(line)
 		}
 		calc, macOK := pre.calc, pre.macOK
-		if !pre.spec || prev != pre.prevField {
+		if !pre.spec || !bytes.Equal(prev.bytes(), pre.prevField.bytes()) {
 			// The line's prev_hash is not the chain's: hash what the seed
 			// hashes, the chain's prev and the line's canonical form.
 			var c pyjson.Canonicalizer
-			buf = append(buf[:0], prev...)
+			buf = append(buf[:0], prev.bytes()...)
 			buf, _ = c.Object(buf, line, "curr_hash", "hmac")
-			calc = hexSHA(buf)
+			sum := sha256.Sum256(buf)
+			hex.Encode(calc[:], sum[:])
 			if mac != nil {
 				mac.Reset()
 				mac.Write(buf)
-				macOK = hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(pre.hmac))
+				macOK = hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), pre.hmac.bytes())
 			}
 		}
-		if pre.curr != calc {
+		if !bytes.Equal(pre.curr.bytes(), calc[:]) {
 			bad(i, "hash chain broken (record edited, inserted, removed or reordered)")
 			sf.seedOK = false
 			break
 		}
 		if mac != nil {
-			if pre.hmac == "" {
+			if pre.hmac.n == 0 {
 				sf.MissingMAC++
 				bad(i, "HMAC missing (stripped?)")
 			} else if !macOK {
@@ -227,8 +235,8 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 				break
 			}
 		}
-		prev = calc
-		sf.lastHash = calc
+		prev.set(calc[:])
+		verified = true
 		if sf.OK {
 			sf.Lines++
 		}
@@ -269,9 +277,28 @@ func seedVerdict(files []*SeedFile) string {
 	return "ok"
 }
 
-func hexSHA(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
+// hexStr holds a hash field of a seed line: the 64 hex digits the seed
+// writes are kept inline (a verify walked 4 string allocations a line),
+// anything longer as a string.
+type hexStr struct {
+	n    int // -1: in long
+	b    [64]byte
+	long string
+}
+
+func (h *hexStr) set(b []byte) {
+	if len(b) <= len(h.b) {
+		h.n, h.long = copy(h.b[:], b), ""
+		return
+	}
+	h.n, h.long = -1, string(b)
+}
+
+func (h *hexStr) bytes() []byte {
+	if h.n < 0 {
+		return []byte(h.long)
+	}
+	return h.b[:h.n]
 }
 
 // seedPre is what a worker computes for one seed line ahead of the chain
@@ -282,10 +309,10 @@ type seedPre struct {
 	blank     bool
 	perr      error
 	spec      bool // calc and macOK were computed, on prevField
-	prevField string
-	curr      string
-	hmac      string
-	calc      string
+	prevField hexStr
+	curr      hexStr
+	hmac      hexStr // empty when missing or not a string, as for the seed
+	calc      [64]byte
 	macOK     bool
 }
 
@@ -309,26 +336,28 @@ func prepSeedLine(w *seedWorker, line []byte, out *seedPre) {
 		out.perr = err
 		return
 	}
-	out.curr, _ = w.c.Str("curr_hash")
-	out.hmac, _ = w.c.Str("hmac")
-	pf, ok := w.c.Str("prev_hash")
+	cur, _ := w.c.Bytes("curr_hash")
+	out.curr.set(cur)
+	mc, _ := w.c.Bytes("hmac")
+	out.hmac.set(mc)
+	pf, ok := w.c.Bytes("prev_hash")
 	if !ok {
 		return
 	}
-	out.prevField, out.spec = pf, true
+	out.prevField.set(pf)
+	out.spec = true
 	if w.sha == nil {
 		w.sha = sha256.New()
 	}
 	w.sha.Reset()
-	w.sha.Write([]byte(pf))
+	w.sha.Write(pf)
 	w.sha.Write(w.buf)
-	hex.Encode(w.hexd[:], w.sha.Sum(w.sum[:0]))
-	out.calc = string(w.hexd[:])
-	if w.mac != nil && out.hmac != "" {
+	hex.Encode(out.calc[:], w.sha.Sum(w.sum[:0]))
+	if w.mac != nil && len(mc) > 0 {
 		w.mac.Reset()
-		w.mac.Write([]byte(pf))
+		w.mac.Write(pf)
 		w.mac.Write(w.buf)
 		hex.Encode(w.hexd[:], w.mac.Sum(w.sum[:0]))
-		out.macOK = hmac.Equal(w.hexd[:], []byte(out.hmac))
+		out.macOK = hmac.Equal(w.hexd[:], mc)
 	}
 }

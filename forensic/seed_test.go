@@ -2,6 +2,8 @@ package forensic
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"github.com/kvhygiene/kvh/internal/pyjson"
 	"os"
 	"path/filepath"
@@ -142,4 +144,9 @@ func TestSeedDirectory(t *testing.T) {
 	if _, err := VerifySeed(t.TempDir(), nil); err == nil {
 		t.Fatal("a directory without kv_cache.log verified")
 	}
+}
+
+func hexSHA(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

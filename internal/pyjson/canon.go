@@ -123,6 +123,20 @@ func (c *Canonicalizer) Str(key string) (string, bool) {
 	return "", false
 }
 
+// Bytes is Str without a copy: the decoded text, valid until the next
+// Object.
+func (c *Canonicalizer) Bytes(key string) ([]byte, bool) {
+	for _, m := range c.top {
+		if string(c.keys[m.k0:m.k1]) == key {
+			if m.kind != 's' {
+				return nil, false
+			}
+			return c.keys[m.s0:m.s1], true
+		}
+	}
+	return nil, false
+}
+
 func (c *Canonicalizer) fail(line []byte) error {
 	if _, err := Parse(line); err != nil {
 		return err
