@@ -149,8 +149,8 @@ func (l *Ledger) register(tags Tags, size int64, kind Kind, o AllocOptions) (Han
 	}
 	r := b.rec("allocate", Allocated)
 	r.From, r.Bytes = "", size
-	mr := b.pol.MaxReuse
-	r.MaxReuse = &mr
+	b.out.maxReuse = b.pol.MaxReuse
+	r.MaxReuse = &b.out.maxReuse
 	if err := l.record(r); err != nil {
 		return 0, fmt.Errorf("recording allocate: %w", err)
 	}
@@ -167,7 +167,10 @@ func (l *Ledger) register(tags Tags, size int64, kind Kind, o AllocOptions) (Han
 }
 
 // Buffer returns a local buffer's memory, for the owner to write after
-// MarkInUse. It fails for remote, quarantined and unknown buffers.
+// MarkInUse. It fails for remote, quarantined and unknown buffers. The
+// memory stays the ledger's: after Free it goes back to the Allocator (the
+// default recycles it, cleared, for later buffers of any tenant), so the
+// owner must not keep the slice past Free, as with C's free.
 func (l *Ledger) Buffer(h Handle) ([]byte, error) {
 	b, err := l.get(h)
 	if err != nil {
@@ -315,8 +318,8 @@ func (l *Ledger) Reuse(h Handle, tags *Tags) error {
 	}
 	r := b.rec("reuse", Allocated)
 	r.Reuse = b.reuse
-	mr := b.pol.MaxReuse
-	r.MaxReuse = &mr
+	b.out.maxReuse = b.pol.MaxReuse
+	r.MaxReuse = &b.out.maxReuse
 	if err := l.commit(b, r, Allocated); err != nil {
 		return err
 	}
@@ -430,8 +433,8 @@ func (l *Ledger) retireWith(b *buffer, ev, reason string) error {
 	from := b.state
 	r := b.rec(ev, Freed)
 	r.Reason = reason
-	cov := b.coverage
-	r.Coverage = &cov
+	b.out.cov = b.coverage
+	r.Coverage = &b.out.cov
 	if err := l.commit(b, r, Freed); err != nil {
 		return err
 	}

@@ -36,7 +36,9 @@ func (l *Ledger) commit(b *buffer, r record, to State) error {
 // Options.AsyncTrail).
 func (l *Ledger) record(r record) error {
 	if !l.encodes {
-		return l.recordBody(r.Ev, r)
+		// The trail may keep the body: its numbers must not point into
+		// the buffer's out fields, which the next record reuses.
+		return l.recordBody(r.Ev, detach(r))
 	}
 	// The trail encodes the body before it returns and keeps no reference:
 	// a pooled record saves boxing one (a 256-byte allocation) per record.
@@ -49,6 +51,23 @@ func (l *Ledger) record(r record) error {
 }
 
 var recPool = sync.Pool{New: func() any { return new(record) }}
+
+// detach returns r with its optional numbers copied to memory of its own.
+func detach(r record) record {
+	if r.Coverage != nil {
+		v := *r.Coverage
+		r.Coverage = &v
+	}
+	if r.Verified != nil {
+		v := *r.Verified
+		r.Verified = &v
+	}
+	if r.MaxReuse != nil {
+		v := *r.MaxReuse
+		r.MaxReuse = &v
+	}
+	return r
+}
 
 // encodesBody reports whether t encodes a body before Append or
 // AppendAsync returns and keeps no reference to it.

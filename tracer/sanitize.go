@@ -48,9 +48,8 @@ func (l *Ledger) finishSanitize(b *buffer, res zeroize.Result, ev string) error 
 	}
 	cov := res.CoveragePct()
 	r := b.rec(ev, to)
-	r.Bytes, r.Coverage, r.Method, r.Seed, r.DurNS = int64(res.Bytes), &cov, res.Method, res.Seed, res.Duration.Nanoseconds()
-	verified := res.Verified // not &res.Verified: that moved all of res to the heap
-	r.Verified = &verified
+	b.out.cov, b.out.verified = cov, res.Verified
+	r.Bytes, r.Coverage, r.Method, r.Seed, r.DurNS, r.Verified = int64(res.Bytes), &b.out.cov, res.Method, res.Seed, res.Duration.Nanoseconds(), &b.out.verified
 	if err := l.commit(b, r, to); err != nil {
 		return err
 	}
@@ -151,7 +150,8 @@ func (l *Ledger) Attest(h Handle, a Attestation) error {
 		to = Quarantined
 	}
 	r := b.rec("attest", to)
-	r.Bytes, r.Coverage, r.Method, r.Seed, r.DurNS, r.Verified = a.Bytes, &cov, a.Method, a.Seed, a.Duration.Nanoseconds(), &a.Verified
+	b.out.cov, b.out.verified = cov, a.Verified
+	r.Bytes, r.Coverage, r.Method, r.Seed, r.DurNS, r.Verified = a.Bytes, &b.out.cov, a.Method, a.Seed, a.Duration.Nanoseconds(), &b.out.verified
 	if err := l.commit(b, r, to); err != nil {
 		return err
 	}

@@ -210,7 +210,7 @@ func Sanitize(b []byte, opts Options) Result {
 	r.Zeroed = len(b) // what the zero pass was asked to cover; verification finds the truth
 	switch opts.Verify {
 	case VerifyFull:
-		r.Method += "+full"
+		r.Method = method(opts.DoublePass, "+full")
 		ok, i := IsZero(b)
 		r.Checked = len(b)
 		if !ok {
@@ -225,7 +225,7 @@ func Sanitize(b []byte, opts Options) Result {
 		if r.Seed == 0 {
 			r.Seed = RandomSeed()
 		}
-		r.Method += "+sample"
+		r.Method = method(opts.DoublePass, "+sample")
 		for _, off := range SampleOffsets(len(b), k, r.Seed) {
 			w := b[off:min(off+SampleWindow, len(b))]
 			r.Checked += len(w)
@@ -235,7 +235,7 @@ func Sanitize(b []byte, opts Options) Result {
 			}
 		}
 	default:
-		r.Method += "+unverified"
+		r.Method = method(opts.DoublePass, "+unverified")
 	}
 	if opts.Faults != nil && opts.Faults.FailVerify && opts.Verify != VerifyOff && opts.Verify != "" {
 		r.FirstNonZero = max(r.FirstNonZero, 0)
@@ -243,6 +243,27 @@ func Sanitize(b []byte, opts Options) Result {
 	r.Verified = (opts.Verify == VerifyFull || opts.Verify == VerifySample) && r.FirstNonZero < 0
 	r.Duration = time.Since(start)
 	return r
+}
+
+// method names the passes and the verification. The names are constants:
+// a concatenation was an allocation per sanitize in the ledger's profile.
+func method(doublePass bool, verify string) string {
+	if doublePass {
+		switch verify {
+		case "+full":
+			return "pattern+memset+full"
+		case "+sample":
+			return "pattern+memset+sample"
+		}
+		return "pattern+memset+unverified"
+	}
+	switch verify {
+	case "+full":
+		return "memset+full"
+	case "+sample":
+		return "memset+sample"
+	}
+	return "memset+unverified"
 }
 
 func parallel(b []byte, f func([]byte)) {
