@@ -15,9 +15,16 @@ import (
 // PruneOptions say what to remove. Negative RetentionDays or MaxRotated mean
 // "no limit of that kind".
 type PruneOptions struct {
-	Signer        note.Signer
-	Verifier      note.Verifier
+	Signer   note.Signer
+	Verifier note.Verifier
+	// Keyring holds further verification keys trusted (a trail whose keys
+	// rotated); Verifier may then be nil.
+	Keyring []note.Verifier
+	// MACKey and MACKeys are the trail's MAC keys, every epoch's after a
+	// rotation, in any order: each epoch is checked with the key its rekey
+	// record names, and the prune record is MAC'd with the current one.
 	MACKey        []byte
+	MACKeys       [][]byte
 	RetentionDays int
 	MaxRotated    int
 	ArchiveDir    string // move instead of delete
@@ -41,13 +48,13 @@ type PruneReport struct {
 // the removal with a signed prune record first, never touches the active
 // segment, and verifies again afterwards.
 func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
-	if opts.Signer == nil || opts.Verifier == nil {
+	if opts.Signer == nil || (opts.Verifier == nil && len(opts.Keyring) == 0) {
 		return nil, errors.New("pruning needs the signing key and the verification key")
 	}
 	if opts.Now.IsZero() {
 		opts.Now = time.Now()
 	}
-	vopts := VerifyOptions{Verifier: opts.Verifier, MACKey: opts.MACKey}
+	vopts := VerifyOptions{Verifier: opts.Verifier, Keyring: opts.Keyring, MACKey: opts.MACKey, MACKeys: opts.MACKeys}
 	before, err := Verify(dir, vopts)
 	if err != nil {
 		return nil, err
@@ -93,7 +100,13 @@ func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
 	if reason == "" {
 		reason = fmt.Sprintf("retention: days=%d max_rotated=%d", opts.RetentionDays, opts.MaxRotated)
 	}
-	l, err := Open(dir, Options{Signer: opts.Signer, MACKey: opts.MACKey, TickInterval: -1})
+	mac := before.macKey // the current epoch's, of the keys given
+	if mac == nil && (opts.MACKey != nil || len(opts.MACKeys) > 0) {
+		rep.Refused = "none of the given MAC keys is the current epoch's (MACs " + before.MAC + "): the prune record is MAC'd with it; nothing was removed"
+		rep.Removed = []string{}
+		return rep, nil
+	}
+	l, err := Open(dir, Options{Signer: opts.Signer, MACKey: mac, TickInterval: -1})
 	if err != nil {
 		return nil, fmt.Errorf("opening the trail to record the prune: %w", err)
 	}

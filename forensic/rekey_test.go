@@ -478,3 +478,40 @@ func BenchmarkVerifyRekeyed(b *testing.B) {
 	b.ReportMetric(cr.Seconds()/cp.Seconds(), "cpu-rekeyed/plain")
 	b.ReportMetric(float64(N)*float64(b.N)/tr.Seconds(), "rekeyed-records/s")
 }
+
+// Pruning a trail whose MAC key rotated, given every MAC key in either
+// order (and the keyring instead of one key): each epoch is checked before
+// and after, and the prune record is MAC'd with the current key. Given only
+// the old MAC key, prune refuses and removes nothing.
+func TestRekeyPruneWithEveryMACKey(t *testing.T) {
+	k0, k1 := newKeys(t, "kvh-old"), newKeys(t, "kvh-new")
+	for i, o := range []PruneOptions{
+		{Verifier: k0.verifier, MACKey: testMAC, MACKeys: [][]byte{testMAC2}},
+		{Keyring: []note.Verifier{k0.verifier, k1.verifier}, MACKey: testMAC2, MACKeys: [][]byte{testMAC}},
+	} {
+		dir, _ := rotatedTrail(t, k0, k1, testMAC, testMAC2)
+		o.Signer, o.RetentionDays, o.MaxRotated = k1.signer, -1, 2
+		pr, err := Prune(dir, o)
+		must(t, err)
+		if !pr.OK || len(pr.Removed) == 0 {
+			t.Fatalf("case %d: prune: %q %v %v", i, pr.Refused, pr.Before.Problem, pr.After)
+		}
+		if pr.Before.MAC != "verified" || pr.After.MAC != "verified" {
+			t.Fatalf("case %d: MACs before %q, after %q: every epoch should be checked", i, pr.Before.MAC, pr.After.MAC)
+		}
+		rep := must1(Verify(dir, VerifyOptions{Verifier: k1.verifier, MACKey: testMAC2}))
+		if !rep.OK || rep.MAC != "verified" {
+			t.Fatalf("case %d: after the prune, with the current keys: %v %s", i, rep.Problem, rep.MAC)
+		}
+	}
+	dir, _ := rotatedTrail(t, k0, k1, testMAC, testMAC2)
+	segs, _, _ := listDir(dir)
+	pr, err := Prune(dir, PruneOptions{Signer: k1.signer, Verifier: k0.verifier, MACKey: testMAC, RetentionDays: -1, MaxRotated: 0})
+	must(t, err)
+	if pr.OK || !strings.Contains(pr.Refused, "current epoch") || len(pr.Removed) != 0 {
+		t.Fatalf("prune with only the old MAC key: ok %v refused %q removed %v", pr.OK, pr.Refused, pr.Removed)
+	}
+	if after, _, _ := listDir(dir); len(after) != len(segs) {
+		t.Fatalf("a refused prune removed files: %d -> %d", len(segs), len(after))
+	}
+}

@@ -104,6 +104,9 @@ type Report struct {
 	// rekeyProofs are the trail's rekey records with what proves them
 	// against their seals; Prune carries them in its prune record.
 	rekeyProofs []RekeyProof
+	// macKey is the given MAC key that verified the last epoch (nil when
+	// none did): the key a writer appending to this trail must use.
+	macKey []byte
 }
 
 type verifier struct {
@@ -290,6 +293,7 @@ func (v *verifier) run(dir string) error {
 	if err := v.finishMAC(c.size() - 1); err != nil {
 		return err
 	}
+	rep.macKey = c.macKey
 	// Truncation: anything a signed checkpoint attests must still be here.
 	for size := range v.roots {
 		if ok, why := v.signedAt(size); size > c.size() && !ok && !v.opts.NoSignatures {

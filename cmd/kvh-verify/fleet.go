@@ -13,7 +13,6 @@ import (
 	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/ship"
 	"github.com/minio/minio-go/v7"
-	"golang.org/x/mod/sumdb/note"
 )
 
 // nodeVerdict is one node's line of a fleet verification.
@@ -37,7 +36,8 @@ func cmdFleet(args []string, stdout, stderr io.Writer) int {
 	fs := newCommand("fleet", stdout, stderr)
 	pubkey := fs.String("pubkey", "", "the verification key of every node's trail (note vkey format, from keygen)")
 	pubkeyDir := fs.String("pubkey-dir", "", "a directory holding NODE.pub for each node; a node without one falls back to --pubkey")
-	macFile := fs.String("hmac-key-file", "", "HMAC key file for every node's records (default: $FORENSIC_HMAC_SECRET if set)")
+	keyring := fs.String("keyring", "", "a file of verification keys trusted for every node, one per line (# comments), e.g. kept with keygen --keyring; with or instead of --pubkey/--pubkey-dir")
+	macFiles := fs.StringArray("hmac-key-file", nil, "HMAC key file for the nodes' records (repeatable: after a MAC key rotation give the old and the new key; default: $FORENSIC_HMAC_SECRET if set)")
 	parallel := fs.Int("parallel", 4, "nodes verified at once")
 	asJSON := fs.Bool("json", false, "print the verdicts as JSON")
 	s3 := addS3Flags(fs)
@@ -47,8 +47,8 @@ func cmdFleet(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() != 1 {
 		return fs.usageError("exactly one s3://BUCKET/PREFIX location is required, %d given", fs.NArg())
 	}
-	if *pubkey == "" && *pubkeyDir == "" {
-		return fs.usageError("--pubkey or --pubkey-dir is required; without a key nothing proves who wrote a trail")
+	if *pubkey == "" && *pubkeyDir == "" && *keyring == "" {
+		return fs.usageError("--pubkey, --pubkey-dir or --keyring is required; without a key nothing proves who wrote a trail")
 	}
 	if *parallel < 1 {
 		return fs.usageError("--parallel must be at least 1")
@@ -57,15 +57,11 @@ func cmdFleet(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return errorf(stderr, "fleet: %v", err)
 	}
-	mac, err := forensic.LoadMACKey(*macFile)
-	if err != nil {
+	// Every node is checked against the same trust: the keyring and MAC
+	// keys; its own NODE.pub, or --pubkey, as the key it must be signed by.
+	var base forensic.VerifyOptions
+	if err := (&trust{pubkey: pubkey, keyring: keyring, macFiles: macFiles}).load(&base); err != nil {
 		return errorf(stderr, "fleet: %v", err)
-	}
-	var fleetKey note.Verifier
-	if *pubkey != "" {
-		if fleetKey, err = forensic.LoadVerifier(*pubkey); err != nil {
-			return errorf(stderr, "fleet: %v", err)
-		}
 	}
 	client, err := s3.client()
 	if err != nil {
@@ -88,7 +84,7 @@ func cmdFleet(args []string, stdout, stderr io.Writer) int {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			fv.Nodes[i] = verifyNode(s3, client, loc.Join(n), n, fleetKey, *pubkeyDir, mac)
+			fv.Nodes[i] = verifyNode(s3, client, loc.Join(n), n, base, *pubkeyDir)
 		}()
 	}
 	wg.Wait()
@@ -150,9 +146,9 @@ func (v nodeVerdict) line() string {
 }
 
 // verifyNode fetches and verifies one node's shipped trail.
-func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, fleetKey note.Verifier, keyDir string, mac []byte) nodeVerdict {
+func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, base forensic.VerifyOptions, keyDir string) nodeVerdict {
 	out := nodeVerdict{Node: node, Location: loc.String()}
-	key := fleetKey
+	key := base.Verifier
 	if keyDir != "" {
 		p := filepath.Join(keyDir, node+".pub")
 		if _, err := os.Stat(p); err == nil {
@@ -162,8 +158,8 @@ func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, fl
 			}
 		}
 	}
-	if key == nil {
-		out.Error = fmt.Sprintf("no key: %s has no %s.pub and no --pubkey was given", keyDir, node)
+	if key == nil && len(base.Keyring) == 0 {
+		out.Error = fmt.Sprintf("no key: %s has no %s.pub and no --pubkey or --keyring was given", keyDir, node)
 		return out
 	}
 	dir, f, cleanup, err := s3.fetchTrail(c, loc)
@@ -172,7 +168,8 @@ func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, fl
 		return out
 	}
 	defer cleanup()
-	opts := forensic.VerifyOptions{Verifier: key, MACKey: mac, External: f.External}
+	opts := base
+	opts.Verifier, opts.External = key, f.External
 	rep, err := forensic.Verify(dir, opts)
 	if err != nil {
 		out.Error = err.Error()

@@ -14,8 +14,7 @@ func cmdPrune(args []string, stdout, stderr io.Writer) int {
 	maxRot := fs.Int("max-rotated", -1, "keep at most N rotated segments (0 keeps none)")
 	archive := fs.String("archive-dir", "", "move pruned segments here instead of deleting them")
 	keyFile := fs.String("key", "", "the trail's signing key (the prune record is signed like any other)")
-	pubkey := fs.String("pubkey", "", "the trail's verification key")
-	macFile := fs.String("hmac-key-file", "", "HMAC key file (default: $FORENSIC_HMAC_SECRET if set)")
+	trust := trustFlags(fs)
 	reason := fs.String("reason", "", "reason recorded in the prune record")
 	if code, stop := fs.parse(args); stop {
 		return code
@@ -26,33 +25,29 @@ func cmdPrune(args []string, stdout, stderr io.Writer) int {
 	if *days < 0 && *maxRot < 0 {
 		return fs.usageError("give --retention-days and/or --max-rotated")
 	}
-	if *keyFile == "" || *pubkey == "" {
-		return fs.usageError("--key and --pubkey are required: pruning is authorised by a signed record and checked before and after")
+	if *keyFile == "" || !trust.given() {
+		return fs.usageError("--key and --pubkey (or --keyring) are required: pruning is authorised by a signed record and checked before and after")
 	}
 	signer, err := forensic.LoadSigner(*keyFile)
 	if err != nil {
 		return errorf(stderr, "prune: %v", err)
 	}
-	verifier, err := forensic.LoadVerifier(*pubkey)
-	if err != nil {
-		return errorf(stderr, "prune: %v", err)
-	}
-	mac, err := forensic.LoadMACKey(*macFile)
-	if err != nil {
+	var vopts forensic.VerifyOptions
+	if err := trust.load(&vopts); err != nil {
 		return errorf(stderr, "prune: %v", err)
 	}
 	if err := checkTrailDir(fs.Arg(0)); err != nil {
 		return errorf(stderr, "prune: %v", err)
 	}
 	rep, err := forensic.Prune(fs.Arg(0), forensic.PruneOptions{
-		Signer: signer, Verifier: verifier, MACKey: mac,
+		Signer: signer, Verifier: vopts.Verifier, Keyring: vopts.Keyring, MACKey: vopts.MACKey, MACKeys: vopts.MACKeys,
 		RetentionDays: *days, MaxRotated: *maxRot, ArchiveDir: *archive, Reason: *reason,
 	})
 	if err != nil {
 		return errorf(stderr, "prune: %v", err)
 	}
 	if !rep.OK && rep.Before != nil {
-		if err := wrongKey(fs.Arg(0), rep.Before, forensic.VerifyOptions{Verifier: verifier, MACKey: mac}); err != nil {
+		if err := wrongKey(fs.Arg(0), rep.Before, vopts); err != nil {
 			return errorf(stderr, "prune: nothing was removed: %v", err)
 		}
 	}

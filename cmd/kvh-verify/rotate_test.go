@@ -137,3 +137,40 @@ func TestReportShowsKeyHistory(t *testing.T) {
 		}
 	}
 }
+
+// prune on a rotated trail, as README's "Rotating keys" says: the new
+// signing key, the original public key or the keyring, and every MAC key in
+// any order. Without the current MAC key it refuses and removes nothing.
+func TestPruneRotatedTrail(t *testing.T) {
+	for _, trust := range [][]string{
+		{"--pubkey", "OLDPUB", "--hmac-key-file", "OLDMAC", "--hmac-key-file", "NEXTMAC"},
+		{"--keyring", "RING", "--hmac-key-file", "NEXTMAC", "--hmac-key-file", "OLDMAC"},
+	} {
+		dir, ring, old, next := rotatedTrailCLI(t)
+		args := []string{"prune", dir, "--max-rotated", "1", "--key", next[0]}
+		for _, a := range trust {
+			a = strings.NewReplacer("OLDPUB", pubOf(old[0]), "OLDMAC", old[1], "NEXTMAC", next[1], "RING", ring).Replace(a)
+			args = append(args, a)
+		}
+		code, out, e := runCmd(t, args...)
+		if code != 0 {
+			t.Fatalf("prune %v: %d %s %s", trust, code, out, e)
+		}
+		var rep forensic.PruneReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Removed) == 0 || rep.After.MAC != "verified" {
+			t.Fatalf("prune %v: %v %s", trust, err, out)
+		}
+		if code, out, e := runCmd(t, "log", dir, "--pubkey", pubOf(old[0]), "--hmac-key-file", old[1], "--hmac-key-file", next[1]); code != 0 || !strings.Contains(out, "MACs         verified") {
+			t.Fatalf("log after the prune: %d %s %s", code, out, e)
+		}
+	}
+	dir, _, old, next := rotatedTrailCLI(t)
+	before, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	code, _, e := runCmd(t, "prune", dir, "--max-rotated", "0", "--key", next[0], "--pubkey", pubOf(old[0]), "--hmac-key-file", old[1])
+	if code != exitFail || !strings.Contains(e, "current epoch") {
+		t.Fatalf("prune without the current MAC key: %d %s", code, e)
+	}
+	if after, _ := filepath.Glob(filepath.Join(dir, "*.jsonl")); len(after) != len(before) {
+		t.Fatalf("a refused prune removed files: %d -> %d", len(before), len(after))
+	}
+}

@@ -181,3 +181,22 @@ func TestFleetNamesTheTamperedNode(t *testing.T) {
 		t.Fatalf("the wrong key: exit %d\n%s", code, out)
 	}
 }
+
+// A node whose keys rotated verifies in a fleet run from the auditor's
+// keyring with every MAC key, each epoch's MACs checked.
+func TestFleetRotatedNode(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.Bucket(t, "trails", true)
+	srv.Env(t)
+	dir, ring, old, next := rotatedTrailCLI(t)
+	shipTrail(t, srv, dir, ship.Location{Bucket: "trails", Prefix: "fleet/node-r"})
+	code, out, errb := runCmd(t, s3Args(srv, "fleet", "--keyring", ring, "--hmac-key-file", old[1], "--hmac-key-file", next[1], "--json", "s3://trails/fleet")...)
+	var fv fleetVerdict
+	if err := json.Unmarshal([]byte(out), &fv); err != nil || code != exitOK || fv.Verified != 1 || fv.Nodes[0].Report.MAC != "verified" {
+		t.Fatalf("fleet --keyring with both MAC keys: exit %d %v\n%s%s", code, err, out, errb)
+	}
+	code, out, errb = runCmd(t, s3Args(srv, "fleet", "--pubkey", pubOf(old[0]), "--hmac-key-file", next[1], "s3://trails/fleet")...)
+	if code != exitOK || !strings.Contains(out, "node-r  VERIFIED") || !strings.Contains(out, "MACs verified except seq 0..") {
+		t.Fatalf("fleet --pubkey with the new MAC key only: exit %d\n%s%s", code, out, errb)
+	}
+}
