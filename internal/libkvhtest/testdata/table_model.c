@@ -136,7 +136,7 @@ int main(int argc, char **argv) {
   table_init(t, (uint32_t)atoi(argv[4]));
   /* model: key i+2 is live with ctx model[i] (0: not live). */
   uint64_t *model = calloc((size_t)nkeys, sizeof *model);
-  long live = 0, untracked0 = 0, refused = 0;
+  long live = 0, refused = 0;
   for (long op = 0; op < ops; op++) {
     long i = (long)(next() % (uint64_t)nkeys);
     uint64_t key = (uint64_t)i + 2, r = next() % 10000;
@@ -182,7 +182,6 @@ int main(int argc, char **argv) {
     pthread_mutex_unlock(&st->mu);
   }
   free(model);
-  (void)untracked0;
   printf("OK ops=%ld live=%ld refused=%ld untracked=%lu\n", ops, live, refused, (unsigned long)atomic_load(&untracked));
   return 0;
 }
