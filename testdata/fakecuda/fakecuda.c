@@ -112,10 +112,11 @@ static int live_put(struct block b) {
 }
 
 static int live_take(CUdeviceptr p, struct block *out) {
-  for (unsigned i = hslot(p);; i = (i + 1) & (HASH - 1)) {
+  for (unsigned i = hslot(p), step = 0; step < HASH; i = (i + 1) & (HASH - 1), step++) {
     if (live[i].p == 0) return 0;
     if (live[i].p == p && live[i].size) { *out = live[i]; live[i].size = 0; return 1; }
   }
+  return 0; /* a full table of live blocks and tombstones: not there */
 }
 
 /* take returns a block of n bytes: the most recently freed of that size, or new space. */
@@ -960,7 +961,7 @@ static void reclaim(CUdeviceptr p, size_t n) {
       k->stack[i] = k->stack[--k->n];
       break;
     }
-  for (unsigned i = hslot(p);; i = (i + 1) & (HASH - 1)) {
+  for (unsigned i = hslot(p), step = 0; step < HASH; i = (i + 1) & (HASH - 1), step++) {
     if (live[i].p == 0) break;
     if (live[i].p == p && live[i].size) return; /* still live */
   }
@@ -992,10 +993,11 @@ static void run_node(const struct gnode *x) {
 
 /* block_live says whether p is a live block (mu held). */
 static int block_live(CUdeviceptr p) {
-  for (unsigned i = hslot(p);; i = (i + 1) & (HASH - 1)) {
+  for (unsigned i = hslot(p), step = 0; step < HASH; i = (i + 1) & (HASH - 1), step++) {
     if (live[i].p == 0) return 0;
     if (live[i].p == p && live[i].size) return 1;
   }
+  return 0;
 }
 
 /* unfreed_live says whether the executable's alloc node i allocates memory
