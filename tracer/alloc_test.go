@@ -81,3 +81,43 @@ func TestKeptRecordsDoNotAlias(t *testing.T) {
 		t.Fatalf("attest records kept: coverage %v verified %v, want [50 100] [false true]", covs, verified)
 	}
 }
+
+// A buffer's slice reaches no memory past its size: the default allocator
+// hands out class-sized arrays (cap 1<<k) and clears only the first n bytes
+// on reuse, and a sanitize covers only the first n. Bytes one tenant's code
+// put in the spare capacity (an append within cap writes there) must not
+// reach the next buffer of the class, whoever's it is.
+func TestBufferTailDoesNotLeakAcrossTenants(t *testing.T) {
+	l, _ := newLedger(t, nil)
+	secret := make([]byte, 1000)
+	for i := range secret {
+		secret[i] = 0xAA
+	}
+	// sync.Pool may drop what it is given (a GC, or at random under -race):
+	// a few rounds make a recycle all but certain.
+	for range 32 {
+		a, err := l.Allocate(Tags{Tenant: "a"}, 3000, AllocOptions{})
+		must(t, err)
+		must(t, l.MarkInUse(a))
+		buf, err := l.Buffer(a)
+		must(t, err)
+		_ = append(buf, secret...) // within cap: lands past len, in the array
+		_, err = l.Sanitize(a)
+		must(t, err)
+		must(t, l.Free(a))
+
+		b, err := l.Allocate(Tags{Tenant: "b"}, 3000, AllocOptions{})
+		must(t, err)
+		must(t, l.MarkInUse(b))
+		bb, err := l.Buffer(b)
+		must(t, err)
+		for i, c := range bb[:cap(bb)] {
+			if c != 0 {
+				t.Fatalf("tenant b's buffer (len %d cap %d) holds %#x at %d: tenant a's bytes", len(bb), cap(bb), c, i)
+			}
+		}
+		_, err = l.Sanitize(b)
+		must(t, err)
+		must(t, l.Free(b))
+	}
+}
