@@ -170,7 +170,10 @@ func (l *Ledger) register(tags Tags, size int64, kind Kind, o AllocOptions) (Han
 // MarkInUse. It fails for remote, quarantined and unknown buffers. The
 // memory stays the ledger's: after Free it goes back to the Allocator (the
 // default recycles it, cleared, for later buffers of any tenant), so the
-// owner must not keep the slice past Free, as with C's free.
+// owner must not keep the slice past Free, as with C's free. Its capacity
+// is its length: the allocator's array may be larger (the default's is the
+// size class), and the bytes past the size are neither sanitized nor
+// cleared for the next buffer, so the owner must not reach them.
 func (l *Ledger) Buffer(h Handle) ([]byte, error) {
 	b, err := l.get(h)
 	if err != nil {
@@ -183,7 +186,7 @@ func (l *Ledger) Buffer(h Handle) ([]byte, error) {
 	case b.state == Quarantined:
 		return nil, fmt.Errorf("%w: %s", ErrQuarantined, h)
 	}
-	return b.mem, nil
+	return b.mem[:len(b.mem):len(b.mem)], nil
 }
 
 // State returns a live buffer's state.
