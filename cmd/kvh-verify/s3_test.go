@@ -200,3 +200,38 @@ func TestFleetRotatedNode(t *testing.T) {
 		t.Fatalf("fleet --pubkey with the new MAC key only: exit %d\n%s%s", code, out, errb)
 	}
 }
+
+// A node's NODE.pub pins the key its trail must be signed by: a fleet
+// keyring (every node's keys, kept for rotations) must not let another
+// node's trail, shipped over this node's prefix, verify as this node's.
+// NODE.pub alone verifies a rotated trail (it follows the sealed rekey
+// records), so the keyring is for the nodes without one.
+func TestFleetKeyringDoesNotUnpinNodeKey(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.Bucket(t, "trails", true)
+	srv.Env(t)
+	keyDir := t.TempDir()
+	ring := filepath.Join(t.TempDir(), "keyring")
+	var ringText []byte
+	var dirs []string
+	for _, n := range []string{"node-a", "node-b"} {
+		key, pub := keys(t, n)
+		b, _ := os.ReadFile(pub)
+		os.WriteFile(filepath.Join(keyDir, n+".pub"), b, 0o644)
+		ringText = append(ringText, b...)
+		ringText = append(ringText, '\n')
+		dirs = append(dirs, writeTrail(t, key, nil, counted(20)...))
+	}
+	os.WriteFile(ring, ringText, 0o644)
+	shipTrail(t, srv, dirs[1], ship.Location{Bucket: "trails", Prefix: "fleet/node-b"})
+	// node-b's trail where node-a's belongs.
+	shipTrail(t, srv, dirs[1], ship.Location{Bucket: "trails", Prefix: "fleet/node-a"})
+	code, out, errb := runCmd(t, s3Args(srv, "fleet", "--pubkey-dir", keyDir, "s3://trails/fleet")...)
+	if code == exitOK || strings.HasPrefix(out, "node-a  VERIFIED") {
+		t.Fatalf("--pubkey-dir: node-b's trail verified as node-a's: exit %d\n%s%s", code, out, errb)
+	}
+	code, out, errb = runCmd(t, s3Args(srv, "fleet", "--pubkey-dir", keyDir, "--keyring", ring, "s3://trails/fleet")...)
+	if code == exitOK || strings.HasPrefix(out, "node-a  VERIFIED") {
+		t.Fatalf("--pubkey-dir with --keyring: node-b's trail verified as node-a's: exit %d\n%s%s", code, out, errb)
+	}
+}
