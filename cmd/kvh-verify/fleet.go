@@ -36,7 +36,7 @@ func cmdFleet(args []string, stdout, stderr io.Writer) int {
 	fs := newCommand("fleet", stdout, stderr)
 	pubkey := fs.String("pubkey", "", "the verification key of every node's trail (note vkey format, from keygen)")
 	pubkeyDir := fs.String("pubkey-dir", "", "a directory holding NODE.pub for each node; a node without one falls back to --pubkey")
-	keyring := fs.String("keyring", "", "a file of verification keys trusted for every node, one per line (# comments), e.g. kept with keygen --keyring; with or instead of --pubkey/--pubkey-dir")
+	keyring := fs.String("keyring", "", "a file of verification keys trusted for every node without a NODE.pub in --pubkey-dir, one per line (# comments), e.g. kept with keygen --keyring; with or instead of --pubkey")
 	macFiles := fs.StringArray("hmac-key-file", nil, "HMAC key file for the nodes' records (repeatable: after a MAC key rotation give the old and the new key; default: $FORENSIC_HMAC_SECRET if set)")
 	parallel := fs.Int("parallel", 4, "nodes verified at once")
 	asJSON := fs.Bool("json", false, "print the verdicts as JSON")
@@ -148,7 +148,7 @@ func (v nodeVerdict) line() string {
 // verifyNode fetches and verifies one node's shipped trail.
 func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, base forensic.VerifyOptions, keyDir string) nodeVerdict {
 	out := nodeVerdict{Node: node, Location: loc.String()}
-	key := base.Verifier
+	key, ring := base.Verifier, base.Keyring
 	if keyDir != "" {
 		p := filepath.Join(keyDir, node+".pub")
 		if _, err := os.Stat(p); err == nil {
@@ -156,9 +156,13 @@ func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, ba
 				out.Error = err.Error()
 				return out
 			}
+			// NODE.pub pins the node's key: the fleet keyring (every
+			// node's keys) would let another node's trail pass as this
+			// one's. NODE.pub alone follows the trail's sealed rekeys.
+			ring = nil
 		}
 	}
-	if key == nil && len(base.Keyring) == 0 {
+	if key == nil && len(ring) == 0 {
 		out.Error = fmt.Sprintf("no key: %s has no %s.pub and no --pubkey or --keyring was given", keyDir, node)
 		return out
 	}
@@ -169,7 +173,7 @@ func verifyNode(s3 *s3Flags, c *minio.Client, loc ship.Location, node string, ba
 	}
 	defer cleanup()
 	opts := base
-	opts.Verifier, opts.External = key, f.External
+	opts.Verifier, opts.Keyring, opts.External = key, ring, f.External
 	rep, err := forensic.Verify(dir, opts)
 	if err != nil {
 		out.Error = err.Error()
