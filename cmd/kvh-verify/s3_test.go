@@ -235,3 +235,19 @@ func TestFleetKeyringDoesNotUnpinNodeKey(t *testing.T) {
 		t.Fatalf("--pubkey-dir with --keyring: node-b's trail verified as node-a's: exit %d\n%s%s", code, out, errb)
 	}
 }
+
+// Nodes verified in parallel share one VerifyOptions (the keyring and MAC
+// key slices): run under -race, nothing in Verify may write to them.
+func TestFleetParallelSharesTrust(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.Bucket(t, "trails", true)
+	srv.Env(t)
+	dir, ring, old, next := rotatedTrailCLI(t)
+	for _, n := range []string{"node-a", "node-b", "node-c", "node-d"} {
+		shipTrail(t, srv, dir, ship.Location{Bucket: "trails", Prefix: "fleet/" + n})
+	}
+	code, out, errb := runCmd(t, s3Args(srv, "fleet", "--keyring", ring, "--hmac-key-file", old[1], "--hmac-key-file", next[1], "--parallel", "4", "s3://trails/fleet")...)
+	if code != exitOK || !strings.Contains(out, "4 node(s): 4 verified") {
+		t.Fatalf("fleet: exit %d\n%s%s", code, out, errb)
+	}
+}
