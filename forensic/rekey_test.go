@@ -515,3 +515,27 @@ func TestRekeyPruneWithEveryMACKey(t *testing.T) {
 		t.Fatalf("a refused prune removed files: %d -> %d", len(segs), len(after))
 	}
 }
+
+// A second prune after the rekey record was pruned carries it again, from
+// the proof the first prune record holds: verifying that proof must not
+// change it (compact.Range merges into the frontier it is given), or the
+// second prune record carries a proof that no longer matches its seal and
+// the trail, its segments already removed, no longer verifies.
+func TestRekeyPruneTwiceCarriesTheProofIntact(t *testing.T) {
+	k0, k1 := newKeys(t, "kvh-old"), newKeys(t, "kvh-new")
+	dir, rekeySeq := rotatedTrail(t, k0, k1, testMAC, testMAC2)
+	if rekeySeq&1 == 0 {
+		t.Fatalf("rekey at seq %d: the frontier merges on Append only for an odd seq", rekeySeq)
+	}
+	for _, max := range []int{3, 0} {
+		pr, err := Prune(dir, PruneOptions{Signer: k1.signer, Verifier: k1.verifier, MACKey: testMAC2, RetentionDays: -1, MaxRotated: max})
+		must(t, err)
+		if !pr.OK {
+			t.Fatalf("prune --max-rotated %d (removed %v): %q %v", max, pr.Removed, pr.Refused, pr.After.Problem)
+		}
+	}
+	rep := must1(Verify(dir, VerifyOptions{Verifier: k0.verifier, MACKey: testMAC, MACKeys: [][]byte{testMAC2}}))
+	if !rep.OK {
+		t.Fatal(rep.Problem)
+	}
+}
