@@ -497,7 +497,9 @@ func (v *verifier) prunedRekeys(segs []segFile) error {
 		if err := parseLine(r.Record, &p); err != nil || p.seq != seq || string(p.kind) != KindRekey {
 			return fail(where, 0, seqp(seq), "malformed")
 		}
-		rng, err := rangeFactory.NewRange(0, seq, r.Frontier)
+		// A copy: Append merges into the hashes it is given, and the
+		// proof is carried again by the next prune record.
+		rng, err := rangeFactory.NewRange(0, seq, slices.Clone(r.Frontier))
 		if err != nil {
 			return fail(where, 0, seqp(seq), "frontier: %v", err)
 		}
