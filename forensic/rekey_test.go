@@ -3,6 +3,7 @@ package forensic
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -537,5 +538,19 @@ func TestRekeyPruneTwiceCarriesTheProofIntact(t *testing.T) {
 	rep := must1(Verify(dir, VerifyOptions{Verifier: k0.verifier, MACKey: testMAC, MACKeys: [][]byte{testMAC2}}))
 	if !rep.OK {
 		t.Fatal(rep.Problem)
+	}
+}
+
+// A Report holds no MAC secret: a caller that logs it (%+v prints
+// unexported fields) must not print the key it was verified with.
+func TestReportHoldsNoMACKey(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := buildTrail(t, k, testMAC, 20, 0)
+	rep := must1(Verify(dir, VerifyOptions{Verifier: k.verifier, MACKey: testMAC}))
+	if !rep.OK || rep.MAC != "verified" {
+		t.Fatalf("verify: %v %s", rep.Problem, rep.MAC)
+	}
+	if s := fmt.Sprintf("%+v", *rep); strings.Contains(s, fmt.Sprint(testMAC)) || strings.Contains(s, string(testMAC)) {
+		t.Fatalf("the report prints the MAC key: %s", s)
 	}
 }
