@@ -100,7 +100,15 @@ func Prune(dir string, opts PruneOptions) (*PruneReport, error) {
 	if reason == "" {
 		reason = fmt.Sprintf("retention: days=%d max_rotated=%d", opts.RetentionDays, opts.MaxRotated)
 	}
-	mac := before.macKey // the current epoch's, of the keys given
+	var mac []byte // the current epoch's, of the keys given
+	if before.macKeyID != "" {
+		for _, k := range append([][]byte{opts.MACKey}, opts.MACKeys...) {
+			if k != nil && KeyID(k) == before.macKeyID {
+				mac = k
+				break
+			}
+		}
+	}
 	if mac == nil && (opts.MACKey != nil || len(opts.MACKeys) > 0) {
 		rep.Refused = "none of the given MAC keys is the current epoch's (MACs " + before.MAC + "): the prune record is MAC'd with it; nothing was removed"
 		rep.Removed = []string{}

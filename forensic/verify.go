@@ -104,9 +104,10 @@ type Report struct {
 	// rekeyProofs are the trail's rekey records with what proves them
 	// against their seals; Prune carries them in its prune record.
 	rekeyProofs []RekeyProof
-	// macKey is the given MAC key that verified the last epoch (nil when
-	// none did): the key a writer appending to this trail must use.
-	macKey []byte
+	// macKeyID names the given MAC key that verified the last epoch (""
+	// when none did): the key a writer appending to this trail must use.
+	// Its id, not the key: a caller may log the Report.
+	macKeyID string
 }
 
 type verifier struct {
@@ -293,7 +294,9 @@ func (v *verifier) run(dir string) error {
 	if err := v.finishMAC(c.size() - 1); err != nil {
 		return err
 	}
-	rep.macKey = c.macKey
+	if c.macKey != nil {
+		rep.macKeyID = KeyID(c.macKey)
+	}
 	// Truncation: anything a signed checkpoint attests must still be here.
 	for size := range v.roots {
 		if ok, why := v.signedAt(size); size > c.size() && !ok && !v.opts.NoSignatures {
