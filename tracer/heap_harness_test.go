@@ -11,7 +11,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
-// The default allocator under concurrent lifecycles of several tenants,
+// Pool under concurrent lifecycles of several tenants,
 // synchronous and asynchronous sanitizes, reuse and quarantine, on a trail
 // that encodes records pointing at the buffers' scratch fields: every buffer
 // a tenant receives holds only zeros up to its capacity, no two live
@@ -26,7 +26,7 @@ func TestHeapNoTenantReadsAnother(t *testing.T) {
 	must(t, err)
 	p := policy.Default()
 	p.MaxReuse = -1
-	l, err := New(Options{Trail: trail, Policy: p})
+	l, err := New(Options{Trail: trail, Policy: p, Allocator: &Pool{}})
 	must(t, err)
 
 	var mu sync.Mutex

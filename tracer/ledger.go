@@ -168,12 +168,10 @@ func (l *Ledger) register(tags Tags, size int64, kind Kind, o AllocOptions) (Han
 
 // Buffer returns a local buffer's memory, for the owner to write after
 // MarkInUse. It fails for remote, quarantined and unknown buffers. The
-// memory stays the ledger's: after Free it goes back to the Allocator (the
-// default recycles it, cleared, for later buffers of any tenant), so the
-// owner must not keep the slice past Free, as with C's free. Its capacity
-// is its length: the allocator's array may be larger (the default's is the
-// size class), and the bytes past the size are neither sanitized nor
-// cleared for the next buffer, so the owner must not reach them.
+// memory stays the ledger's: after Free it goes back to the Allocator,
+// which may hand it to a later buffer of any tenant (Pool does), so an
+// owner must not keep the slice past Free. Its capacity is its length:
+// only those bytes are sanitized.
 func (l *Ledger) Buffer(h Handle) ([]byte, error) {
 	b, err := l.get(h)
 	if err != nil {

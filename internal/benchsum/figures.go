@@ -19,6 +19,8 @@ var Figures = []Figure{
 	{What: "seed-format verify of a 60k-line HMAC'd seed log vs the seed's verify_chain", Pkg: "/forensic", Bench: `BenchmarkVerifySeed`, Units: []string{"lines/s"}, Ref: "seed-lines/s", Ratio: "x-seed", Op: ">=", Target: 5, OnRate: true},
 	{What: "ledger lifecycle, durable, 256 goroutines, vs every record waited for", Pkg: "/tracer", Bench: `BenchmarkLifecycleDurable`, Units: []string{"lifecycles/s"}, Ref: "ref-every-record-lifecycles/s", Ratio: "ratio-vs-every-record", Op: ">=", Target: 1e5},
 	{What: "ledger cost per lifecycle", Pkg: "/tracer", Bench: `BenchmarkLifecycleDurable`, Units: []string{"cpu-us/lifecycle"}, Ref: "ref-cpu-us/lifecycle"},
+	{What: "ledger lifecycle with tracer.Pool (freed buffers reused; see its caveat), vs the default allocator", Pkg: "/tracer", Bench: `BenchmarkLifecycleDurable`, Units: []string{"pooled-lifecycles/s"}, Ref: "lifecycles/s"},
+	{What: "ledger cost per lifecycle with tracer.Pool", Pkg: "/tracer", Bench: `BenchmarkLifecycleDurable`, Units: []string{"pooled-cpu-us/lifecycle"}, Ref: "cpu-us/lifecycle"},
 	{What: "ledger heap after 1M lifecycles", Pkg: "/tracer", Bench: `BenchmarkRSSAfterLifecycles`, Units: []string{"heap-MiB"}},
 	{What: "host zeroize / clear()", Pkg: "/zeroize", Bench: `BenchmarkZeroize/.*`, Units: []string{"zero/clear"}, Op: ">=", Target: 0.9},
 	{What: "full verify / plain read scan", Pkg: "/zeroize", Bench: `BenchmarkZeroize/.*`, Units: []string{"verify/read"}, Op: ">=", Target: 0.8},
