@@ -132,12 +132,11 @@ void emit(struct kvh_record *r) {
   memcpy(r->tenant, tl_tenant[0] ? tl_tenant : cfg.tenant, sizeof r->tenant);
   memcpy(r->request, tl_request, sizeof r->request);
   if (cfg.mode == MODE_ENFORCE) r->flags |= KVH_F_ENFORCE;
-  if (unlikely(!ring)) {
-    lost(1);
-    return;
-  }
+  /* With no ring every event is a drop, but the reporter still starts: it
+   * alone reads the agent's deny and floor, and reports the drops. */
   uint64_t pos = atomic_load_explicit(&ring_head, memory_order_relaxed);
-  for (;;) {
+  if (unlikely(!ring)) lost(1);
+  else for (;;) {
     uint64_t i = pos & (RING - 1);
     struct cell *c = &ring[i];
     uint64_t s = cell_seq(c, i);
