@@ -63,11 +63,16 @@ static int env_int(const char *k) { const char *v = getenv(k); return v ? atoi(v
  * collide with the parent's later ones in the memory they share. */
 static void fork_child(void) {
   if (top < ARENA / 2) top = ARENA / 2;
+  pthread_mutex_unlock(&mu);
 }
+/* mu is held across fork, so a child forked while another thread is inside
+ * the driver does not inherit it locked (and hang on its first call). */
+static void fork_prepare(void) { pthread_mutex_lock(&mu); }
+static void fork_parent(void) { pthread_mutex_unlock(&mu); }
 
 static void init(void) {
   static int atfork;
-  if (!atfork) atfork = 1, pthread_atfork(NULL, NULL, fork_child);
+  if (!atfork) atfork = 1, pthread_atfork(fork_prepare, fork_parent, fork_child);
   if (!arena) {
     size_t mb = (size_t)env_int("FAKECUDA_ARENA_MB");
     if (mb >= 1 && mb <= 4096) ARENA = mb << 20;
