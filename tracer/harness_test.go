@@ -46,17 +46,36 @@ func (p *lifoPool) Put(b []byte) {
 	}
 }
 
-// TestNoTenantReadsAnother drives random lifecycles across tenants with
-// memory recycled through a LIFO pool, and checks that every buffer a tenant
-// receives holds only zeros, that quarantined memory never returns to the
-// pool, and that the ledger's counts match the trail.
-func TestNoTenantReadsAnother(t *testing.T) {
-	skey, vkey, _ := note.GenerateKey(crand.Reader, "kvh-harness")
+// signedTrail opens a durable trail in a fresh directory under a fresh
+// signing key, for a harness that verifies it at the end (verifyTrail).
+func signedTrail(t *testing.T, name string) (*forensic.Log, string, note.Verifier) {
+	t.Helper()
+	skey, vkey, _ := note.GenerateKey(crand.Reader, name)
 	signer, _ := note.NewSigner(skey)
 	verifier, _ := note.NewVerifier(vkey)
 	dir := t.TempDir()
 	trail, err := forensic.Open(dir, forensic.Options{Signer: signer})
 	must(t, err)
+	return trail, dir, verifier
+}
+
+// verifyTrail closes the trail and fails the test unless it verifies.
+func verifyTrail(t *testing.T, trail *forensic.Log, dir string, verifier note.Verifier) {
+	t.Helper()
+	must(t, trail.Close())
+	rep, err := forensic.Verify(dir, forensic.VerifyOptions{Verifier: verifier})
+	must(t, err)
+	if !rep.OK {
+		t.Fatal(rep.Problem)
+	}
+}
+
+// TestNoTenantReadsAnother drives random lifecycles across tenants with
+// memory recycled through a LIFO pool, and checks that every buffer a tenant
+// receives holds only zeros, that quarantined memory never returns to the
+// pool, and that the ledger's counts match the trail.
+func TestNoTenantReadsAnother(t *testing.T) {
+	trail, dir, verifier := signedTrail(t, "kvh-harness")
 	pool := &lifoPool{free: map[int][][]byte{}, owned: map[*byte]bool{}}
 	p := policy.Default()
 	p.MaxReuse = -1
@@ -134,16 +153,11 @@ func TestNoTenantReadsAnother(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	must(t, trail.Close())
+	verifyTrail(t, trail, dir, verifier)
 	for p := range quarantined {
 		if pool.owned[p] {
 			t.Fatal("quarantined memory was returned to the pool")
 		}
-	}
-	rep, err := forensic.Verify(dir, forensic.VerifyOptions{Verifier: verifier})
-	must(t, err)
-	if !rep.OK {
-		t.Fatal(rep.Problem)
 	}
 	counts := map[string]int64{}
 	must(t, forensic.Events(dir, func(_ uint64, body []byte) error {

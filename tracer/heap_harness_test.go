@@ -1,14 +1,11 @@
 package tracer
 
 import (
-	crand "crypto/rand"
 	"math/rand/v2"
 	"sync"
 	"testing"
 
-	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/policy"
-	"golang.org/x/mod/sumdb/note"
 )
 
 // Pool under concurrent lifecycles of several tenants,
@@ -18,12 +15,7 @@ import (
 // buffers share memory, quarantined memory is never handed out again, and
 // the trail verifies. Run it with -race.
 func TestHeapNoTenantReadsAnother(t *testing.T) {
-	skey, vkey, _ := note.GenerateKey(crand.Reader, "kvh-heap-harness")
-	signer, _ := note.NewSigner(skey)
-	verifier, _ := note.NewVerifier(vkey)
-	dir := t.TempDir()
-	trail, err := forensic.Open(dir, forensic.Options{Signer: signer})
-	must(t, err)
+	trail, dir, verifier := signedTrail(t, "kvh-heap-harness")
 	p := policy.Default()
 	p.MaxReuse = -1
 	l, err := New(Options{Trail: trail, Policy: p, Allocator: &Pool{}})
@@ -114,10 +106,5 @@ func TestHeapNoTenantReadsAnother(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	must(t, trail.Close())
-	rep, err := forensic.Verify(dir, forensic.VerifyOptions{Verifier: verifier})
-	must(t, err)
-	if !rep.OK {
-		t.Fatal(rep.Problem)
-	}
+	verifyTrail(t, trail, dir, verifier)
 }

@@ -197,10 +197,11 @@ func RandomSeed() uint64 {
 // it as opts say, and reports coverage.
 func Sanitize(b []byte, opts Options) Result {
 	start := time.Now()
-	r := Result{Bytes: len(b), FirstNonZero: -1, Method: "memset"}
+	r := Result{Bytes: len(b), FirstNonZero: -1}
+	passes := 0
 	if opts.DoublePass {
 		Fill(b, Pattern)
-		r.Method = "pattern+memset"
+		passes = 1
 	}
 	target := b
 	if f := opts.Faults; f != nil && f.LeaveBytes > 0 {
@@ -208,9 +209,10 @@ func Sanitize(b []byte, opts Options) Result {
 	}
 	Zero(target)
 	r.Zeroed = len(b) // what the zero pass was asked to cover; verification finds the truth
+	verified := 2     // unverified
 	switch opts.Verify {
 	case VerifyFull:
-		r.Method = method(opts.DoublePass, "+full")
+		verified = 0
 		ok, i := IsZero(b)
 		r.Checked = len(b)
 		if !ok {
@@ -225,7 +227,7 @@ func Sanitize(b []byte, opts Options) Result {
 		if r.Seed == 0 {
 			r.Seed = RandomSeed()
 		}
-		r.Method = method(opts.DoublePass, "+sample")
+		verified = 1
 		for _, off := range SampleOffsets(len(b), k, r.Seed) {
 			w := b[off:min(off+SampleWindow, len(b))]
 			r.Checked += len(w)
@@ -234,9 +236,8 @@ func Sanitize(b []byte, opts Options) Result {
 				break
 			}
 		}
-	default:
-		r.Method = method(opts.DoublePass, "+unverified")
 	}
+	r.Method = methods[passes][verified]
 	if opts.Faults != nil && opts.Faults.FailVerify && opts.Verify != VerifyOff && opts.Verify != "" {
 		r.FirstNonZero = max(r.FirstNonZero, 0)
 	}
@@ -245,25 +246,12 @@ func Sanitize(b []byte, opts Options) Result {
 	return r
 }
 
-// method names the passes and the verification. The names are constants:
-// a concatenation was an allocation per sanitize in the ledger's profile.
-func method(doublePass bool, verify string) string {
-	if doublePass {
-		switch verify {
-		case "+full":
-			return "pattern+memset+full"
-		case "+sample":
-			return "pattern+memset+sample"
-		}
-		return "pattern+memset+unverified"
-	}
-	switch verify {
-	case "+full":
-		return "memset+full"
-	case "+sample":
-		return "memset+sample"
-	}
-	return "memset+unverified"
+// methods names the passes (memset, or a pattern then memset) and the
+// verification (full, sample, none). Constants: a concatenation was an
+// allocation per sanitize in the ledger's profile.
+var methods = [2][3]string{
+	{"memset+full", "memset+sample", "memset+unverified"},
+	{"pattern+memset+full", "pattern+memset+sample", "pattern+memset+unverified"},
 }
 
 func parallel(b []byte, f func([]byte)) {

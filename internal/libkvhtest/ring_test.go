@@ -31,17 +31,23 @@ void *mmap64(void *a, size_t len, int prot, int flags, int fd, off_t off) __attr
 `
 
 func buildFailRingMmap(t *testing.T) string {
+	return buildC(t, "failmmap.so", failRingMmap, "-O2", "-shared", "-fPIC")
+}
+
+// buildC compiles a test program's C source with cc (make deps installs
+// it) into a temporary directory and returns the output's path; flags come
+// after the source, so libraries may be among them.
+func buildC(t *testing.T, out, source string, flags ...string) string {
 	t.Helper()
 	dir := t.TempDir()
-	src := filepath.Join(dir, "failmmap.c")
-	so := filepath.Join(dir, "failmmap.so")
-	if err := os.WriteFile(src, []byte(failRingMmap), 0o644); err != nil {
+	src, bin := filepath.Join(dir, out+".c"), filepath.Join(dir, out)
+	if err := os.WriteFile(src, []byte(source), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("cc", "-O2", "-shared", "-fPIC", "-o", so, src).CombinedOutput(); err != nil {
-		t.Skipf("cannot build the mmap shim: %v\n%s", err, out)
+	if b, err := exec.Command("cc", append([]string{"-o", bin, src}, flags...)...).CombinedOutput(); err != nil {
+		t.Fatalf("building %s with cc (make deps installs it): %v\n%s", out, err, b)
 	}
-	return so
+	return bin
 }
 
 // events counts the pid's allocation and free records.

@@ -2,8 +2,6 @@ package libkvhtest
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -75,19 +73,8 @@ int main(int argc, char **argv) {
 `
 
 func buildForkChurn(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "forkchurn.c")
-	bin := filepath.Join(dir, "forkchurn")
-	if err := os.WriteFile(src, []byte(forkChurn), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("cc", "-O1", "-g", "-I"+filepath.Join(Root(), "interpose", "include"), "-o", bin, src,
+	return buildC(t, "forkchurn", forkChurn, "-O1", "-g", "-I"+filepath.Join(Root(), "interpose", "include"),
 		"-L"+FakeDir(), "-lcuda", "-Wl,-rpath,"+FakeDir(), "-ldl", "-lpthread")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building forkchurn: %v\n%s", err, out)
-	}
-	return bin
 }
 
 func runForkChurn(t *testing.T, bin, preload string, env []string, args ...string) Run {
