@@ -333,7 +333,7 @@ func (s *Server) record(c *conn, r *wire.Record, raw []byte, pol policy.Config, 
 		c.dropped += r.Count
 		c.p.reported.Add(r.Count)
 		s.cfg.Metrics.Dropped.Add(float64(r.Count))
-		if _, err := s.cfg.Trail.Append(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
+		if err := s.appendQueued(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
 			return err
 		}
 		pol := s.cfg.Policy()

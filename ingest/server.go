@@ -29,6 +29,28 @@ type Trail interface {
 	Append(body any) (uint64, error)
 }
 
+// queuedTrail is a Trail that can queue a record without waiting for it
+// to be durable (*forensic.Log): see appendQueued.
+type queuedTrail interface {
+	AppendAsync(body any) error
+}
+
+// appendQueued records a routine summary (an event window, an interposer's
+// drop report) without waiting for it to be durable when the trail can
+// queue: it becomes durable, in order, with the trail's next group commit,
+// as the ledger's per-event records do in the agent (tracer's AsyncTrail).
+// A connection's reader that waited for an fdatasync once a second for its
+// window, or for each drop report in an overload, left its interposer's
+// ring to fill behind a slow disk; anything that waits on the trail later
+// (an action, a process account) still finds these records on disk first.
+func (s *Server) appendQueued(body any) error {
+	if q, ok := s.cfg.Trail.(queuedTrail); ok {
+		return q.AppendAsync(body)
+	}
+	_, err := s.cfg.Trail.Append(body)
+	return err
+}
+
 // Config wires a Server.
 type Config struct {
 	Ledger     *tracer.Ledger       // required

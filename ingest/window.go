@@ -115,7 +115,7 @@ func (s *Server) closeWindow(w *window) {
 		w.rec.FirstSeq, w.rec.LastSeq = 0, 0
 	}
 	w.rec.Digest = hex.EncodeToString(w.digest.Sum(nil))
-	if _, err := s.cfg.Trail.Append(w.rec); err != nil {
+	if err := s.appendQueued(w.rec); err != nil {
 		s.cfg.Log.Error("recording an event window", "error", err)
 	}
 }
