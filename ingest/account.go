@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kvhygiene/kvh/trailevent"
+	"github.com/kvhygiene/kvh/violation"
 	"github.com/kvhygiene/kvh/wire"
 	"golang.org/x/sys/unix"
 )
@@ -87,8 +88,10 @@ type settled struct {
 }
 
 // settleLocked keeps a closing account for Progress, from the moment it
-// leaves carry (s.mu held; reading the page is one pread).
-func (s *Server) settleLocked(c carried) {
+// leaves carry (s.mu held; reading the page is one pread). Its gap is the
+// credible part of what the page claims (chargeGap); a claim past the rate
+// cap comes back as the violation to emit once s.mu is released.
+func (s *Server) settleLocked(c carried) *violation.Violation {
 	now := time.Now()
 	if len(s.settled) >= maxCarried {
 		for pid, o := range s.settled {
@@ -98,18 +101,39 @@ func (s *Server) settleLocked(c carried) {
 		}
 	}
 	if len(s.settled) >= 4*maxCarried {
-		return
+		return nil
 	}
-	st := settled{received: c.received, gap: c.reported, at: now}
+	st := settled{received: c.received, at: now}
+	claimed := c.reported
 	if c.account != nil {
 		if e, d, err := readAccount(c.account); err == nil {
-			st.emitted, st.gap = e, max(d, c.reported)
-			if e > c.received+st.gap {
-				st.gap = e - c.received // what did not arrive was dropped or lost
+			st.emitted, claimed = e, max(d, c.reported)
+			if e > c.received+claimed {
+				claimed = e - c.received // what did not arrive was dropped or lost
 			}
 		}
 	}
+	credible, over := c.p.chargeGap(now, s.cfg.Policy().MaxEventRate, claimed)
+	st.gap = credible
 	s.settled[c.p.id.PID] = st
+	if over && c.p.shouldFlag(violation.EventRateLimit, now) {
+		v := s.gapViolation(c.p, claimed, now)
+		return &v
+	}
+	return nil
+}
+
+// chargeGap charges the gap p's interposer claims so far (a DROPS record's
+// running total) to p's max_event_rate, and reports a claim past it.
+func (s *Server) chargeGap(p *process, claimed uint64, now time.Time) {
+	if _, over := p.chargeGap(now, s.cfg.Policy().MaxEventRate, claimed); over && p.shouldFlag(violation.EventRateLimit, now) {
+		s.cfg.Violations.Emit(s.gapViolation(p, claimed, now))
+	}
+}
+
+func (s *Server) gapViolation(p *process, claimed uint64, now time.Time) violation.Violation {
+	return violation.Violation{Kind: violation.EventRateLimit, PID: p.id.PID, Tenant: p.id.Tenant, Source: "ingest", Process: p.h, At: now,
+		Detail: fmt.Sprintf("offered more than %g events/s: its interposer claims %d events dropped or lost, past what the cap allows (only that part is an evidence gap)", s.cfg.Policy().MaxEventRate, claimed)}
 }
 
 // carried is the account of a process whose connections all ended while it
@@ -152,11 +176,12 @@ func (s *Server) settle(p *process) {
 		// last of them closes it.
 		time.Sleep(exitedGrace)
 	}
+	var vs []*violation.Violation
 	s.mu.Lock()
 	c, ok := s.carry[p.key]
 	if ok && c.p == p && !p.h.Alive() {
 		delete(s.carry, p.key)
-		s.settleLocked(c)
+		vs = append(vs, s.settleLocked(c))
 	} else {
 		ok = false
 	}
@@ -166,11 +191,16 @@ func (s *Server) settle(p *process) {
 			if !o.p.h.Alive() {
 				stale = append(stale, o)
 				delete(s.carry, k)
-				s.settleLocked(o)
+				vs = append(vs, s.settleLocked(o))
 			}
 		}
 	}
 	s.mu.Unlock()
+	for _, v := range vs {
+		if v != nil {
+			s.cfg.Violations.Emit(*v)
+		}
+	}
 	if ok {
 		s.closeAccount(c, true)
 	}
@@ -224,15 +254,23 @@ func (s *Server) appendAccount(rec trailevent.ProcessAccount) {
 }
 
 // Progress returns the event account of the connected (or recently
-// disconnected) process pid now: what its interposer emitted and counted
-// dropped (from its counters page; without one, emitted is unknown and
-// dropped is what it reported), and what the agent received.
+// disconnected) process pid now: what its interposer emitted (from its
+// counters page; without one, unknown), what the agent received, and the
+// credible part of what it claims dropped (its page's count, or what it
+// reported), charged to its max_event_rate as it is read: the page is the
+// tenant's to write, and a claim past its cap is an event_rate_limit
+// violation that excuses nothing beyond the cap.
 func (s *Server) Progress(pid int) (emitted, received, dropped uint64, ok bool) {
+	type claim struct {
+		p        *process
+		reported uint64
+		account  *os.File
+	}
+	var cs []claim
 	s.mu.Lock()
 	if o, found := s.settled[pid]; found && time.Since(o.at) < settledFor {
 		emitted, received, dropped, ok = o.emitted, o.received, o.gap, true
 	}
-	var files []*os.File
 	var ps []*process
 	for _, p := range s.procs {
 		if p.id.PID == pid {
@@ -242,28 +280,32 @@ func (s *Server) Progress(pid int) (emitted, received, dropped uint64, ok bool) 
 	for _, c := range s.carry {
 		if c.p.id.PID == pid {
 			ok = true
-			if c.account != nil {
-				files = append(files, c.account)
-			}
 			received += c.received
-			dropped = max(dropped, c.reported)
+			cs = append(cs, claim{c.p, c.reported, c.account})
 		}
 	}
 	s.mu.Unlock()
 	for _, p := range ps {
 		ok = true
 		p.mu.Lock()
-		if p.account != nil {
-			files = append(files, p.account)
-		}
+		f := p.account
 		p.mu.Unlock()
 		received += p.received.Load()
-		dropped = max(dropped, p.reported.Load())
+		cs = append(cs, claim{p, p.reported.Load(), f})
 	}
-	for _, f := range files {
-		if e, d, err := readAccount(f); err == nil {
-			emitted, dropped = max(emitted, e), max(dropped, d)
+	now := time.Now()
+	for _, c := range cs {
+		claimed := c.reported
+		if c.account != nil {
+			if e, d, err := readAccount(c.account); err == nil {
+				emitted, claimed = max(emitted, e), max(claimed, d)
+			}
 		}
+		credible, over := c.p.chargeGap(now, s.cfg.Policy().MaxEventRate, claimed)
+		if over && c.p.shouldFlag(violation.EventRateLimit, now) {
+			s.cfg.Violations.Emit(s.gapViolation(c.p, claimed, now))
+		}
+		dropped = max(dropped, credible)
 	}
 	return emitted, received, dropped, ok
 }

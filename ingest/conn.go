@@ -331,16 +331,12 @@ func (s *Server) record(c *conn, r *wire.Record, raw []byte, pol policy.Config, 
 		// those buffers anyway. Not the tenant's violation — unless what it
 		// offered, dropped or not, went past its own max_event_rate.
 		c.dropped += r.Count
-		c.p.reported.Add(r.Count)
+		reported := c.p.reported.Add(r.Count)
 		s.cfg.Metrics.Dropped.Add(float64(r.Count))
 		if err := s.appendQueued(trailevent.InterposerDrops{Ev: trailevent.EvInterposerDrops, PID: c.id.PID, Tenant: c.id.Tenant, Count: r.Count}); err != nil {
 			return err
 		}
-		pol := s.cfg.Policy()
-		now := time.Now()
-		if !c.p.offered(now, pol.MaxEventRate, r.Count) && c.p.shouldFlag(violation.EventRateLimit, now) {
-			s.violation(c, violation.EventRateLimit, fmt.Sprintf("offered more than %g events/s (%d of them dropped by its interposer)", pol.MaxEventRate, r.Count))
-		}
+		s.chargeGap(c.p, reported, time.Now())
 		if c.dropped >= s.cfg.DropThreshold && c.dropped-r.Count < s.cfg.DropThreshold {
 			log := s.cfg.Log
 			log.Warn("an interposer is dropping events: the agent is not keeping up (an evidence gap, not a violation)", "pid", c.id.PID, "tenant", c.id.Tenant, "dropped", c.dropped)

@@ -35,7 +35,9 @@ type CorrelatorConfig struct {
 	// up to maxDefer windows, instead of making the tenant a violator — and
 	// a free with no attestation is forgiven while the process has drops
 	// not yet used to forgive one: its attestation was dropped because the
-	// agent was slow, an evidence gap, not the tenant's violation.
+	// agent was slow, an evidence gap, not the tenant's violation. The
+	// tenant writes those counts: dropped must be only the part of its
+	// claim its rate cap covers (Server.Progress charges it).
 	Progress func(pid int) (emitted, received, dropped uint64, ok bool)
 }
 
@@ -225,9 +227,13 @@ func (c *Correlator) Check(now time.Time) {
 			delete(c.suppressed, pid)
 		}
 	}
+	// The drops already used to forgive a free are kept as long as the
+	// process's account is known: its dropped count is a running total, so
+	// forgetting them would let the same drops excuse more frees.
+	var quiet []int
 	for pid, f := range c.forgiven {
 		if now.Sub(f.at) >= 10*time.Second {
-			delete(c.forgiven, pid)
+			quiet = append(quiet, pid)
 		}
 	}
 	// Attestations the witness never matched (a library it does not probe)
@@ -238,6 +244,18 @@ func (c *Correlator) Check(now time.Time) {
 		}
 	}
 	c.mu.Unlock()
+	for _, pid := range quiet {
+		if c.cfg.Progress != nil {
+			if _, _, _, known := c.cfg.Progress(pid); known {
+				continue
+			}
+		}
+		c.mu.Lock()
+		if f, ok := c.forgiven[pid]; ok && now.Sub(f.at) >= 10*time.Second {
+			delete(c.forgiven, pid)
+		}
+		c.mu.Unlock()
+	}
 	for _, cd := range candidates {
 		if c.cfg.Covered(cd.pid) {
 			continue

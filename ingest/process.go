@@ -33,6 +33,12 @@ type process struct {
 	flood   *trailevent.FloodSummary // the open window of events past a cap
 	flagged map[violation.Kind]time.Time
 	account *os.File // the interposer's counters page, from its first HELLO that had one
+
+	// The gap its interposer claims (dropped + lost, from DROPS records
+	// and its counters page, both written by the tenant): the largest
+	// claim charged to max_event_rate so far, and of it what the bucket
+	// covered — all that may excuse a witnessed free as an evidence gap.
+	gapCharged, gapCredible uint64
 }
 
 // setAccount keeps f as the process's counters page unless it has one
@@ -59,20 +65,27 @@ func (p *process) takeAccount() *os.File {
 	return f
 }
 
-// offered takes n tokens for events the process offered but its interposer
-// dropped: they count against its max_event_rate as much as those that
-// arrived. It reports false when the bucket could not cover them — the
-// process offered more than its cap, which is the tenant's doing.
-func (p *process) offered(now time.Time, rate float64, n uint64) bool {
+// chargeGap charges the interposer's claimed gap (events given a seq that
+// never arrived: dropped or lost, a running total) against max_event_rate:
+// events offered and dropped count against the cap as much as those that
+// arrived. Only the part of a claim not charged before is taken. It returns
+// how much of the claims so far the bucket covered — the credible gap —
+// and whether this claim went past the cap, which is the tenant's doing: a
+// counters page or a DROPS record is written by the tenant and could claim
+// anything.
+func (p *process) chargeGap(now time.Time, rate float64, claimed uint64) (credible uint64, over bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.refillLocked(now, rate)
-	p.tokens -= float64(n)
-	if p.tokens < 0 {
-		p.tokens = 0
-		return false
+	if claimed > p.gapCharged {
+		delta := claimed - p.gapCharged
+		p.refillLocked(now, rate)
+		covered := min(delta, uint64(max(p.tokens, 0)))
+		p.tokens -= float64(covered)
+		p.gapCredible += covered
+		p.gapCharged = claimed
+		over = covered < delta
 	}
-	return true
+	return p.gapCredible, over
 }
 
 // floodWindow is how long one flood_summary record spans at most.
