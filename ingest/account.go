@@ -3,6 +3,8 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 	"os"
 	"time"
 
@@ -230,7 +232,11 @@ func (s *Server) closeAccount(c carried, exited bool) {
 		return
 	}
 	rec.Emitted, rec.Dropped = emitted, dropped
-	if got := c.received + dropped; got <= emitted {
+	// The page is the tenant's: its counts may not add up, and their sum
+	// may pass 2^64 (then the excess saturates rather than wraps to a loss).
+	if got, carry := bits.Add64(c.received, dropped, 0); carry != 0 {
+		rec.Excess = math.MaxUint64
+	} else if got <= emitted {
 		rec.Lost = emitted - got
 	} else {
 		rec.Excess = got - emitted

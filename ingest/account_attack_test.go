@@ -15,11 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvhygiene/kvh/forensic"
 	"github.com/kvhygiene/kvh/ingest"
 	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/trailevent"
 	"github.com/kvhygiene/kvh/violation"
 	"github.com/kvhygiene/kvh/wire"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,4 +104,49 @@ func TestAttackForgedPageDropsForgiveUnattestedFrees(t *testing.T) {
 	if !over {
 		t.Error("a page claiming 2^40 drops at a cap of 100 events/s raised no event_rate_limit violation")
 	}
+}
+
+// Attack: a forged counters page whose dropped count is 2^64-1 wrapped
+// received + dropped in closeAccount (6 + 2^64-1 = 5), so a process that
+// emitted 6 records, all received, closed its account as one record lost
+// (a loss the agent reports as its own) with no excess, where its counts
+// do not add up. Now a sum past 2^64 is excess, saturated.
+func TestAttackForgedPageDropsWrapTheAccount(t *testing.T) {
+	h := newDeferredHarness(t, policy.Default(), ingest.Config{})
+	h.start()
+	runBurst(t, h.sock, "KVH_N=1", "KVH_K=6", "KVH_PAGE=1", "KVH_WAIT=1", "KVH_DROPPED=18446744073709551615")
+	waitHygiene(t, h.m, 6)
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(h.m.Accounts) < 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the process's account was never closed")
+		}
+	}
+	if lost := testutil.ToFloat64(h.m.Lost); lost != 0 {
+		t.Fatalf("6 records emitted and received, a forged dropped count of 2^64-1: %g counted lost", lost)
+	}
+	n := 0
+	for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		n = accountsWithExcess(t, h.trail) // the metric counts the record before it is appended
+	}
+	if n != 1 {
+		t.Fatalf("%d process_account records with excess, want 1", n)
+	}
+}
+
+// accountsWithExcess counts the process_account records on trail whose
+// counts did not add up.
+func accountsWithExcess(t *testing.T, trail *forensic.Log) int {
+	t.Helper()
+	if err := trail.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return countEvents(t, trail.Dir(), func(name string, ev any) bool {
+		a, ok := ev.(*trailevent.ProcessAccount)
+		if !ok {
+			if v, isVal := ev.(trailevent.ProcessAccount); isVal {
+				a, ok = &v, true
+			}
+		}
+		return ok && a.Excess > 0
+	})
 }
