@@ -17,6 +17,7 @@ import (
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/sys/unix"
 )
 
 // VerifyOptions say what an auditor trusts.
@@ -586,9 +587,11 @@ func (v *verifier) progress(n int64) {
 }
 
 // loadCheckpoints reads checkpoints.jsonl and the external checkpoints,
-// checking every signature.
+// checking every signature. The file is read and judged in chunks
+// (checkpointChunk lines, checkpointChunkBytes bytes at most), so memory
+// does not grow with it and its first bad line ends the reading.
 func (v *verifier) loadCheckpoints() error {
-	data, err := v.d.readFile(CheckpointFile)
+	f, err := v.d.open(CheckpointFile, unix.O_RDONLY, 0, false)
 	if errors.Is(err, errNotRegular) {
 		return fail(CheckpointFile, 0, nil, "%v", err)
 	}
@@ -602,44 +605,70 @@ func (v *verifier) loadCheckpoints() error {
 		}
 		return fail(CheckpointFile, 0, nil, "missing: nothing in the trail is signed")
 	}
-	lines := bytes.Split(data, []byte("\n"))
-	// Signatures are checked on every core first (one Ed25519 verification
-	// per group commit is most of this file's cost); the loop below then
-	// judges the lines in order, as before.
-	opened := v.openCheckpoints(lines)
-	for i, line := range lines {
-		if len(line) == 0 {
-			if i != len(lines)-1 {
-				return fail(CheckpointFile, i+1, nil, "empty line")
+	defer f.Close()
+	br := bufio.NewReaderSize(f, maxCheckpointLine+1)
+	var (
+		lines [][]byte
+		buf   []byte
+		ends  []int
+	)
+	for lineNo := 1; ; {
+		// A chunk of lines; the element after the file's last newline (empty
+		// when the file ends with one) is the last, as bytes.Split gives it.
+		lines, buf, ends = lines[:0], buf[:0], ends[:0]
+		last, long := false, false
+		for len(ends) < checkpointChunk && len(buf) < checkpointChunkBytes {
+			line, err := br.ReadSlice('\n')
+			if errors.Is(err, bufio.ErrBufferFull) {
+				// Longer than any checkpoint line: malformed. Skip to its end.
+				for errors.Is(err, bufio.ErrBufferFull) {
+					_, err = br.ReadSlice('\n')
+				}
+				if err != nil && err != io.EOF {
+					return fmt.Errorf("reading %s: %w", CheckpointFile, err)
+				}
+				long, last = true, err == io.EOF
+				break
 			}
-			continue
-		}
-		cl := opened[i].line
-		if !opened[i].parsed {
-			if i == len(lines)-1 {
-				// An incomplete last checkpoint line is a crash artefact; checkpoints are re-derivable.
-				v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s line %d: incomplete checkpoint ignored", CheckpointFile, i+1))
-				continue
+			if err == io.EOF {
+				buf = append(buf, line...)
+				ends = append(ends, len(buf))
+				last = true
+				break
 			}
-			return fail(CheckpointFile, i+1, nil, "malformed checkpoint line")
+			if err != nil {
+				return fmt.Errorf("reading %s: %w", CheckpointFile, err)
+			}
+			buf = append(buf, line[:len(line)-1]...)
+			ends = append(ends, len(buf))
 		}
-		cp, err := opened[i].cp, opened[i].err
-		if err != nil {
-			return fail(CheckpointFile, i+1, nil, "%v", err)
+		for i, o := range ends {
+			lo := 0
+			if i > 0 {
+				lo = ends[i-1]
+			}
+			lines = append(lines, buf[lo:o:o])
 		}
-		if cp == nil { // signed by a key not known yet
-			v.pend = append(v.pend, pendingNote{note: []byte(cl.Note), size: cl.Size, line: i + 1})
-			v.pendAt[cl.Size] = true
-			continue
+		// Signatures are checked on every core first (one Ed25519
+		// verification per group commit is most of this file's cost); the
+		// loop below then judges the lines in order.
+		opened := v.openCheckpoints(lines)
+		for i, line := range lines {
+			if err := v.judgeCheckpoint(lineNo, line, &opened[i], last && !long && i == len(lines)-1); err != nil {
+				return err
+			}
+			lineNo++
 		}
-		v.sigs[cp.Size] = append(v.sigs[cp.Size], opened[i].ids...)
-		if cp.Size != cl.Size {
-			return fail(CheckpointFile, i+1, nil, "size %d does not match the signed size %d", cl.Size, cp.Size)
+		if long {
+			if !last {
+				return fail(CheckpointFile, lineNo, nil, "malformed checkpoint line (longer than %d bytes)", maxCheckpointLine)
+			}
+			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s line %d: incomplete checkpoint ignored", CheckpointFile, lineNo))
+			lineNo++
 		}
-		if old, ok := v.roots[cp.Size]; ok && !bytes.Equal(old, cp.Hash) {
-			return fail(CheckpointFile, i+1, nil, "two signed checkpoints for size %d disagree (fork)", cp.Size)
+		if last {
+			break
 		}
-		v.roots[cp.Size] = cp.Hash
 	}
 	for i, n := range v.opts.External {
 		cp, ids, err := v.openCheckpoint(n)
@@ -660,6 +689,52 @@ func (v *verifier) loadCheckpoints() error {
 		v.sigs[cp.Size] = append(v.sigs[cp.Size], ids...)
 		v.ext[cp.Size] = cp.Hash
 	}
+	return nil
+}
+
+// The checkpoint file is read in chunks of at most these many lines and
+// bytes; a line longer than maxCheckpointLine is malformed.
+const (
+	checkpointChunk      = 4096
+	checkpointChunkBytes = 4 << 20
+	maxCheckpointLine    = 64 << 10
+)
+
+// judgeCheckpoint judges line lineNo of the checkpoint file, whose note o
+// has opened; last is the element after the file's last newline.
+func (v *verifier) judgeCheckpoint(lineNo int, line []byte, o *openedCheckpoint, last bool) error {
+	if len(line) == 0 {
+		if !last {
+			return fail(CheckpointFile, lineNo, nil, "empty line")
+		}
+		return nil
+	}
+	cl := o.line
+	if !o.parsed {
+		if last {
+			// An incomplete last checkpoint line is a crash artefact; checkpoints are re-derivable.
+			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s line %d: incomplete checkpoint ignored", CheckpointFile, lineNo))
+			return nil
+		}
+		return fail(CheckpointFile, lineNo, nil, "malformed checkpoint line")
+	}
+	cp, err := o.cp, o.err
+	if err != nil {
+		return fail(CheckpointFile, lineNo, nil, "%v", err)
+	}
+	if cp == nil { // signed by a key not known yet
+		v.pend = append(v.pend, pendingNote{note: []byte(cl.Note), size: cl.Size, line: lineNo})
+		v.pendAt[cl.Size] = true
+		return nil
+	}
+	v.sigs[cp.Size] = append(v.sigs[cp.Size], o.ids...)
+	if cp.Size != cl.Size {
+		return fail(CheckpointFile, lineNo, nil, "size %d does not match the signed size %d", cl.Size, cp.Size)
+	}
+	if old, ok := v.roots[cp.Size]; ok && !bytes.Equal(old, cp.Hash) {
+		return fail(CheckpointFile, lineNo, nil, "two signed checkpoints for size %d disagree (fork)", cp.Size)
+	}
+	v.roots[cp.Size] = cp.Hash
 	return nil
 }
 
@@ -697,7 +772,7 @@ func (v *verifier) openCheckpoints(lines [][]byte) []openedCheckpoint {
 				batched = batched && !v.opts.NoSignatures
 				for i := lo; i < hi; i++ {
 					o := &out[i]
-					if len(lines[i]) == 0 || len(lines[i]) > 64<<10 || parseCheckpointLine(lines[i], &o.line) != nil {
+					if len(lines[i]) == 0 || len(lines[i]) > maxCheckpointLine || parseCheckpointLine(lines[i], &o.line) != nil {
 						o.line = checkpointLine{}
 						continue
 					}
