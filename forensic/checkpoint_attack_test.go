@@ -5,9 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Attack on the auditor: checkpoints.jsonl was read whole and split into a
@@ -94,3 +97,95 @@ func TestCheckpointFileAcrossChunks(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// Attack on the auditor: what follows the first line of a segment that
+// does not verify was read whole into memory (to look for complete records
+// in it and hash it as a torn tail), so a segment padded with gigabytes
+// after one bad line exhausted the verifier's memory. Now it is read as a
+// stream: the verifier's peak heap does not grow with it.
+func TestAttackHugeTornTail(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := buildTrail(t, k, testMAC, 300, 6<<10)
+	clean, rep := peakHeap(func() *Report { return verify(t, dir, k, testMAC) })
+	if !rep.OK {
+		t.Fatalf("before the attack: %v", rep.Problem)
+	}
+	const n = 64 << 20
+	for _, tc := range []struct{ name, seg string }{
+		{"middle segment", segPath(dir, 1)},
+		{"last segment", lastSeg(t, dir)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			orig, err := os.ReadFile(tc.seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.WriteFile(tc.seg, orig, 0o600)
+			// Garbage after line 3, written a MiB at a time (the test's own
+			// heap stays small, so the verifier's is what the samples see),
+			// in 4 KiB lines (so that the read-ahead's per-line state is
+			// small beside them).
+			cut := 0
+			for range 3 {
+				cut += bytes.IndexByte(orig[cut:], '\n') + 1
+			}
+			f, err := os.Create(tc.seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			line := append(bytes.Repeat([]byte("g"), 4<<10-1), '\n')
+			mib := bytes.Repeat(line, 256)
+			f.Write(orig[:cut])
+			for range n >> 20 {
+				if _, err := f.Write(mib); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.Write(orig[cut:])
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			attacked, rep := peakHeap(func() *Report { return verify(t, dir, k, testMAC) })
+			want := "a complete record in what is left as a torn tail"
+			if rep.OK || !strings.Contains(rep.Problem.String(), want) {
+				t.Fatalf("a segment with %d bytes of garbage after its line 3: %+v, want a problem with %q", n, rep.Problem, want)
+			}
+			if attacked > clean+16<<20 {
+				t.Fatalf("verifying with %d bytes of garbage in a segment peaked at %d bytes of heap, the untouched trail at %d: memory grows with the garbage", n, attacked, clean)
+			}
+		})
+	}
+}
+
+// peakHeap runs f and returns the largest heap (live and not yet swept)
+// seen while it ran, sampled every half millisecond, above the heap before.
+func peakHeap(f func() *Report) (uint64, *Report) {
+	runtime.GC()
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	base := s[0].Value.Uint64()
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		for {
+			metrics.Read(s)
+			if v := s[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Microsecond):
+			}
+		}
+	}()
+	rep := f()
+	close(stop)
+	<-done
+	return peak.Load() - min(base, peak.Load()), rep
+}
+
+func lastSegName(t *testing.T, dir string) string { return filepath.Base(lastSeg(t, dir)) }

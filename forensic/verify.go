@@ -544,39 +544,57 @@ func (v *verifier) segment(s segFile, last bool, torn *Torn, prevName string) (*
 // torn tail were cut off, not torn (a forgery laundered by a restart that
 // declared them torn), and nothing may follow a close record.
 func (v *verifier) tornOrFail(s segFile, f *os.File, off int64, lineNo int, last, closed bool, reason string) (*Torn, error) {
-	rest, err := io.ReadAll(io.NewSectionReader(f, off, 1<<62))
+	// What is left is read as a stream, never whole: it may be anything a
+	// tamperer appended.
+	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
+	size := st.Size() - off
 	v.rep.Bytes += off
-	v.progress(int64(len(rest)))
 	if closed {
-		return nil, fail(s.name, lineNo, nil, "data after the close record (%d bytes)", len(rest))
+		v.progress(size)
+		return nil, fail(s.name, lineNo, nil, "data after the close record (%d bytes)", size)
 	}
+	h := sha256.New()
+	br := bufio.NewReaderSize(io.TeeReader(io.NewSectionReader(f, off, 1<<62), h), MaxLine+1)
 	var p parsed
-	for i, o := 0, 0; ; i++ {
-		nl := bytes.IndexByte(rest[o:], '\n')
-		if nl < 0 {
+	var n int64 // bytes read
+	newline := false
+	for i := 0; ; i++ {
+		line, err := br.ReadSlice('\n')
+		n += int64(len(line))
+		long := false
+		for errors.Is(err, bufio.ErrBufferFull) { // longer than MaxLine: not a record
+			long = true
+			line, err = br.ReadSlice('\n')
+			n += int64(len(line))
+		}
+		if err == io.EOF {
 			break
 		}
-		if parseLine(rest[o:o+nl], &p) == nil {
-			return nil, fail(s.name, lineNo+i, seqp(p.seq), "a complete record in what is left as a torn tail (%d bytes from line %d; first bad line: %s): a torn write leaves only an incomplete final line, so these records were cut off from the chain, not torn", len(rest), lineNo, reason)
+		if err != nil {
+			return nil, err
 		}
-		o += nl + 1
+		newline = true
+		if !long && parseLine(line[:len(line)-1], &p) == nil {
+			v.progress(size)
+			return nil, fail(s.name, lineNo+i, seqp(p.seq), "a complete record in what is left as a torn tail (%d bytes from line %d; first bad line: %s): a torn write leaves only an incomplete final line, so these records were cut off from the chain, not torn", size, lineNo, reason)
+		}
 	}
+	v.progress(n)
 	if last {
-		if bytes.IndexByte(rest, '\n') < 0 {
+		if !newline {
 			v.rep.Open = true
-			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s: %d-byte incomplete final line (torn write; the next writer will declare it)", s.name, len(rest)))
+			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s: %d-byte incomplete final line (torn write; the next writer will declare it)", s.name, n))
 			return nil, nil
 		}
 		return nil, fail(s.name, lineNo, nil, "%s", reason)
 	}
-	sum := sha256.Sum256(rest)
 	// The next segment decides: if it declares exactly these bytes they are a
 	// torn tail, otherwise segment() reports the mismatch with this reason.
 	v.tornLine, v.tornReason = lineNo, reason
-	return &Torn{File: s.name, ValidLen: off, TornLen: int64(len(rest)), TornSHA256: sum[:]}, nil
+	return &Torn{File: s.name, ValidLen: off, TornLen: n, TornSHA256: h.Sum(nil)}, nil
 }
 
 func (v *verifier) progress(n int64) {
