@@ -189,3 +189,52 @@ func peakHeap(f func() *Report) (uint64, *Report) {
 }
 
 func lastSegName(t *testing.T, dir string) string { return filepath.Base(lastSeg(t, dir)) }
+
+// Attack on the auditor: the verifier reads a segment ahead in 256 KiB
+// blocks, on every core, and keeps a parsed record (some 300 bytes) for
+// every line of every block in flight. A segment with 16 MiB of empty
+// lines after its line 3 peaked the verifier's heap at 770 MB on two cores
+// (a block of empty lines cost 64 MB; the blocks in flight grow with the
+// cores, so a 64-core auditor needed some 16 GB) before it reported line
+// 4. Now a block holds at most maxBlockLines lines.
+func TestAttackSegmentOfEmptyLines(t *testing.T) {
+	k := newKeys(t, "kvh-test")
+	dir := buildTrail(t, k, testMAC, 300, 6<<10)
+	clean, rep := peakHeap(func() *Report { return verify(t, dir, k, testMAC) })
+	if !rep.OK {
+		t.Fatalf("before the attack: %v", rep.Problem)
+	}
+	seg := segPath(dir, 1)
+	orig, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := 0
+	for range 3 {
+		cut += bytes.IndexByte(orig[cut:], '\n') + 1
+	}
+	f, err := os.Create(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(orig[:cut])
+	mib := bytes.Repeat([]byte("\n"), 1<<20)
+	const n = 16
+	for range n {
+		if _, err := f.Write(mib); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Write(orig[cut:])
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	attacked, rep := peakHeap(func() *Report { return verify(t, dir, k, testMAC) })
+	t.Logf("peak heap above the start: %d bytes untouched, %d with %d MiB of empty lines", clean, attacked, n)
+	if rep.OK || !strings.Contains(rep.Problem.String(), "from line 4; first bad line") {
+		t.Fatalf("a segment with %d MiB of empty lines after line 3: %+v", n, rep.Problem)
+	}
+	if attacked > clean+n<<20 {
+		t.Fatalf("verifying a segment with %d MiB of empty lines peaked at %d bytes of heap, the untouched trail at %d", n, attacked, clean)
+	}
+}

@@ -45,6 +45,11 @@ type lineBlock[T any] struct {
 
 const pipeBlock = 256 << 10
 
+// maxBlockLines caps the lines of one block: what prep computes per line
+// (a parsed record, some 300 bytes) is kept for the whole block, so a file
+// of empty lines would otherwise cost 300 times its size per block in flight.
+const maxBlockLines = 4096
+
 // errLineTooLong is the error next returns for a line longer than maxLine.
 type errLineTooLong int
 
@@ -113,6 +118,12 @@ func (p *linePipe[T]) read(r io.Reader, work chan<- *lineBlock[T]) {
 		b.buf = append(b.buf, carry...)
 		var rerr error
 		for {
+			// What is carried may be a block already (the last one stopped
+			// at maxBlockLines): then it is not read onto, so that buffers
+			// do not grow with each block.
+			if len(b.buf) >= pipeBlock/2 && bytes.IndexByte(b.buf, '\n') >= 0 {
+				break
+			}
 			if len(b.buf) == cap(b.buf) {
 				b.buf = append(b.buf, 0)[:len(b.buf)] // grow
 			}
@@ -164,6 +175,9 @@ func (p *linePipe[T]) read(r io.Reader, work chan<- *lineBlock[T]) {
 // input, a read error, or a line longer than maxLine).
 func (p *linePipe[T]) split(b *lineBlock[T], rerr error) bool {
 	for off := 0; ; {
+		if len(b.spans) == maxBlockLines {
+			return false // the rest is carried to the next block
+		}
 		nl := bytes.IndexByte(b.buf[off:], '\n')
 		if nl > p.maxLine || (nl < 0 && len(b.buf)-off > p.maxLine) {
 			b.tail, b.err = b.buf[off:], errLineTooLong(p.maxLine)
