@@ -300,7 +300,10 @@ func (c *Canonicalizer) value1(top bool) (v0, v1 int, kind byte, ok bool) {
 			return 0, 0, 0, false
 		}
 		v0 = len(c.vals)
-		c.vals = append(c.vals, p.b[start:p.i]...)
+		var err error
+		if c.vals, err = appendNumber(c.vals, p.b[start:p.i]); err != nil {
+			return 0, 0, 0, false // fail reports it
+		}
 		return v0, len(c.vals), 'n', true
 	}
 }

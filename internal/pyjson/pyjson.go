@@ -1,5 +1,5 @@
 // Package pyjson reads JSON the way Python's json module does (NaN and
-// Infinity accepted, last duplicate key wins, number text kept) and writes the
+// Infinity accepted, last duplicate key wins, numbers as Python's int and float) and writes the
 // canonical form the Python seed hashed: json.dumps(sort_keys=True,
 // ensure_ascii=False, separators=(",", ":")).
 package pyjson
@@ -15,7 +15,7 @@ import (
 )
 
 // Value is a JSON value as Python's json module reads it: objects keep
-// their keys (last duplicate wins), numbers keep their text, and NaN,
+// their keys (last duplicate wins), numbers are in the form the seed hashed (str(int), repr(float)), and NaN,
 // Infinity and -Infinity are accepted because the seed wrote them.
 type Value struct {
 	Kind byte // 'o' object, 'a' array, 's' string, 'n' number or literal
@@ -144,8 +144,11 @@ func (p *pyParser) value() (*Value, error) {
 		if !p.number() {
 			return nil, fmt.Errorf("unexpected %q at byte %d", c, start)
 		}
-		text := string(p.b[start:p.i])
-		return &Value{Kind: 'n', Text: text}, nil
+		text, err := appendNumber(nil, p.b[start:p.i])
+		if err != nil {
+			return nil, fmt.Errorf("at byte %d: %v", start, err)
+		}
+		return &Value{Kind: 'n', Text: string(text)}, nil
 	}
 }
 
