@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // SeedFile is the verdict on one file of a seed-format (Python) log.
@@ -172,35 +174,19 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 			sf.lastHash = string(prev.bytes())
 		}
 	}()
-	for i := 0; ; i++ {
-		line, pre, rerr := lp.next()
-		if _, long := rerr.(errLineTooLong); long {
-			bad(i, fmt.Sprintf("line longer than %d bytes", MaxLine))
-			sf.seedCrash = sf.seedOK
-			break
-		}
-		if rerr != nil && !errors.Is(rerr, io.EOF) {
-			return nil, fmt.Errorf("reading %s: %w", path, rerr)
-		}
-		if rerr != nil { // the last line, without a newline
-			if len(line) == 0 {
-				break
-			}
-			prepSeedLine(newWorker(), line, &tailPre)
-			pre = &tailPre
-		}
+	w := newWorker()
+	// judge walks line i (zero-based, as the seed counts) and reports
+	// whether the walk ends there.
+	judge := func(i int, line []byte, pre *seedPre) bool {
 		if pre.blank {
-			if rerr != nil {
-				break
-			}
-			continue
+			return false
 		}
 		if pre.perr != nil {
 			bad(i, "not a seed record: "+pre.perr.Error())
 			if sf.seedOK {
 				sf.seedCrash, sf.seedOK = true, false
 			}
-			break
+			return true
 		}
 		if sf.first == nil {
 			sf.first, _ = pyjson.Parse(line)
@@ -223,16 +209,23 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 		if !bytes.Equal(pre.curr.bytes(), calc[:]) {
 			bad(i, "hash chain broken (record edited, inserted, removed or reordered)")
 			sf.seedOK = false
-			break
+			return true
 		}
 		if mac != nil {
-			if pre.hmac.n == 0 {
+			switch {
+			case pre.macCrash:
+				bad(i, "HMAC is not a hex string")
+				if sf.seedOK {
+					sf.seedCrash, sf.seedOK = true, false
+				}
+				return true
+			case pre.hmac.n == 0:
 				sf.MissingMAC++
 				bad(i, "HMAC missing (stripped?)")
-			} else if !macOK {
+			case !macOK:
 				bad(i, "HMAC invalid")
 				sf.seedOK = false
-				break
+				return true
 			}
 		}
 		prev.set(calc[:])
@@ -240,7 +233,45 @@ func seedChain(path string, key []byte) (*SeedFile, error) {
 		if sf.OK {
 			sf.Lines++
 		}
-		if rerr != nil {
+		return false
+	}
+	for i := 0; ; i++ {
+		line, pre, rerr := lp.next()
+		if _, long := rerr.(errLineTooLong); long {
+			bad(i, fmt.Sprintf("line longer than %d bytes", MaxLine))
+			sf.seedCrash = sf.seedOK
+			break
+		}
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			return nil, fmt.Errorf("reading %s: %w", path, rerr)
+		}
+		if rerr != nil { // the last line, without a newline
+			if len(line) == 0 {
+				break
+			}
+			prepSeedLine(w, line, &tailPre)
+			pre = &tailPre
+		}
+		if pre.split {
+			// The seed reads a bare carriage return as the end of a line:
+			// so do we, one line at a time.
+			stop := false
+			for k, sub := range bytes.Split(bytes.TrimSuffix(line, []byte{'\r'}), []byte{'\r'}) {
+				if k > 0 {
+					i++
+				}
+				var sp seedPre
+				prepSeedLine(w, sub, &sp)
+				if stop = judge(i, sub, &sp); stop {
+					break
+				}
+			}
+			if stop || rerr != nil {
+				break
+			}
+			continue
+		}
+		if judge(i, line, pre) || rerr != nil {
 			break
 		}
 	}
@@ -314,6 +345,12 @@ type seedPre struct {
 	hmac      hexStr // empty when missing or not a string, as for the seed
 	calc      [64]byte
 	macOK     bool
+	// split: the line holds a bare carriage return, where the seed's reader
+	// (a text file: universal newlines) ends a line.
+	split bool
+	// macCrash: the hmac member is one the seed's hmac.compare_digest
+	// raises TypeError on (truthy and not a string, or not ASCII).
+	macCrash bool
 }
 
 type seedWorker struct {
@@ -327,7 +364,12 @@ type seedWorker struct {
 
 func prepSeedLine(w *seedWorker, line []byte, out *seedPre) {
 	*out = seedPre{}
-	if len(bytes.TrimSpace(line)) == 0 {
+	line = bytes.TrimSuffix(line, []byte{'\r'}) // "\r\n" ends a line for the seed's reader too
+	if bytes.IndexByte(line, '\r') >= 0 {
+		out.split = true
+		return
+	}
+	if pyBlank(line) {
 		out.blank = true
 		return
 	}
@@ -340,6 +382,9 @@ func prepSeedLine(w *seedWorker, line []byte, out *seedPre) {
 	out.curr.set(cur)
 	mc, _ := w.c.Bytes("hmac")
 	out.hmac.set(mc)
+	if _, truthy, kind := w.c.Truthy("hmac"); truthy && (kind != 's' || !isASCII(mc)) {
+		out.macCrash = true
+	}
 	pf, ok := w.c.Bytes("prev_hash")
 	if !ok {
 		return
@@ -360,4 +405,28 @@ func prepSeedLine(w *seedWorker, line []byte, out *seedPre) {
 		hex.Encode(w.hexd[:], w.mac.Sum(w.sum[:0]))
 		out.macOK = hmac.Equal(w.hexd[:], mc)
 	}
+}
+
+// pyBlank reports whether the seed's verify_chain skips line as blank
+// (`not line.strip()`): Python's str.strip removes what str.isspace calls
+// whitespace, which is Go's unicode.IsSpace and the separators U+001C to
+// U+001F besides.
+func pyBlank(line []byte) bool {
+	for len(line) > 0 {
+		r, n := utf8.DecodeRune(line)
+		if r == utf8.RuneError && n <= 1 || !unicode.IsSpace(r) && (r < 0x1c || r > 0x1f) {
+			return false
+		}
+		line = line[n:]
+	}
+	return true
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

@@ -126,6 +126,26 @@ func (c *Canonicalizer) Str(key string) (string, bool) {
 	return "", false
 }
 
+// Truthy reports whether the top-level member key of the last object is
+// present and what Python's bool() makes of its value (a string, number,
+// literal, array or object: empty, zero, null and false are false).
+func (c *Canonicalizer) Truthy(key string) (present, truthy bool, kind byte) {
+	for _, m := range c.top {
+		if string(c.keys[m.k0:m.k1]) == key {
+			v := string(c.vals[m.v0:m.v1])
+			switch m.kind {
+			case 's':
+				return true, m.s1 > m.s0, 's'
+			case 'n':
+				return true, v != "null" && v != "false" && v != "0" && v != "0.0" && v != "-0.0", 'n'
+			default: // 'a', 'o'
+				return true, v != "[]" && v != "{}", m.kind
+			}
+		}
+	}
+	return false, false, 0
+}
+
 // Bytes is Str without a copy: the decoded text, valid until the next
 // Object.
 func (c *Canonicalizer) Bytes(key string) ([]byte, bool) {
