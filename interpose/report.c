@@ -200,6 +200,14 @@ static void disconnect(void) {
   agent_up(0);
 }
 
+/* batch_max is the most records a packet carries to the agent connected
+ * now: KVH_WIRE_BASE_BATCH, which every agent takes, until its FLOOR says
+ * it takes more. Fewer, larger packets: with 128 records a packet instead
+ * of 32, BenchmarkAgentIngest's clients and agent together ingested about
+ * 1.4x as many events on the same two cores, the sendmsg and recvmsg per
+ * packet being what they spent most on after the work itself. */
+static atomic_int batch_max = KVH_WIRE_BASE_BATCH;
+
 /* While exiting, the flush gives up at this CLOCK_MONOTONIC time (0: no limit). */
 static uint64_t flush_deadline;
 /* send_mu serialises use of the socket (sending, connecting, closing); the
@@ -257,6 +265,8 @@ static void hello(void) {
   h.version = KVH_WIRE_VERSION;
   h.type = KVH_REC_HELLO;
   h.ts_ns = now_ns(CLOCK_REALTIME);
+  /* a new connection: its agent's FLOOR says how many records it takes */
+  atomic_store_explicit(&batch_max, KVH_WIRE_BASE_BATCH, memory_order_relaxed);
   h.pid = (uint32_t)getpid();
   struct policy pol = policy_now(); /* as configured, or raised by a floor */
   h.verify = (uint8_t)pol.verify;
@@ -270,11 +280,11 @@ static void hello(void) {
 
 static atomic_int inflight; /* records taken off the ring, not yet delivered */
 
-/* take_batch moves up to KVH_WIRE_MAX_BATCH records off the ring. */
+/* take_batch moves up to batch_max records off the ring. */
 static int take_batch(struct kvh_record *batch) {
-  int n = 0;
+  int n = 0, lim = atomic_load_explicit(&batch_max, memory_order_relaxed);
   pthread_mutex_lock(&consumer);
-  while (ring && n < KVH_WIRE_MAX_BATCH) {
+  while (ring && n < lim) {
     uint64_t i = ring_tail & (RING - 1);
     struct cell *c = &ring[i];
     if ((int64_t)cell_seq(c, i) - (int64_t)(ring_tail + 1) < 0) break;
@@ -287,11 +297,18 @@ static int take_batch(struct kvh_record *batch) {
   return n;
 }
 
-/* deliver sends a batch, or counts it dropped when there is no agent. */
+/* deliver sends a batch, or counts it dropped when there is no agent; in
+ * packets the agent connected now takes (a batch taken for an agent that
+ * took more may meet a new connection, to an agent that takes fewer). */
 static void deliver(struct kvh_record *batch, int n) {
   pthread_mutex_lock(&send_mu);
-  if (sock >= 0) send_batch(batch, n);
-  else lost((unsigned long)n);
+  for (int off = 0, k; off < n; off += k) {
+    k = n - off;
+    int lim = atomic_load_explicit(&batch_max, memory_order_relaxed);
+    if (k > lim) k = lim;
+    if (sock >= 0) send_batch(batch + off, k);
+    else lost((unsigned long)k);
+  }
   pthread_mutex_unlock(&send_mu);
   atomic_fetch_sub(&inflight, n);
 }
@@ -310,6 +327,11 @@ static void maybe_connect(void) { /* send_mu held */
 /* apply_floor raises the policy to the agent's floor and acknowledges it
  * with the settings now in force (send_mu held). */
 static void apply_floor(const struct kvh_control *c) {
+  /* every agent takes KVH_WIRE_BASE_BATCH: fewer is no limit it can ask for */
+  if (c->max_batch > KVH_WIRE_BASE_BATCH) {
+    int b = c->max_batch < KVH_WIRE_MAX_BATCH ? (int)c->max_batch : KVH_WIRE_MAX_BATCH;
+    atomic_store_explicit(&batch_max, b, memory_order_relaxed);
+  }
   struct policy now = policy_raise((struct policy){c->verify, (c->flags & KVH_F_DOUBLE_PASS) != 0, c->samples});
   struct kvh_record a = {0};
   a.magic = KVH_WIRE_MAGIC;
@@ -367,6 +389,7 @@ static void report_drops(void) {
 static void *reporter(void *arg) {
   (void)arg;
   struct kvh_record batch[KVH_WIRE_MAX_BATCH];
+  uint64_t next_control = 0;
   for (;;) {
     pthread_mutex_lock(&send_mu);
     if (sock < 0) maybe_connect();
@@ -375,6 +398,16 @@ static void *reporter(void *arg) {
     int n = take_batch(batch);
     if (n) {
       deliver(batch, n);
+      /* A ring that never empties would keep the agent unheard (a deny, a
+       * floor) and the drops untold: every millisecond, busy or not. */
+      uint64_t now = now_ns(CLOCK_MONOTONIC);
+      if (fd >= 0 && now >= next_control) {
+        next_control = now + 1000000;
+        pthread_mutex_lock(&send_mu);
+        if (sock == fd) read_control();
+        if (sock == fd) report_drops();
+        pthread_mutex_unlock(&send_mu);
+      }
       continue;
     }
     if (fd >= 0) {
@@ -429,7 +462,7 @@ static void start_thread(void) {
  * on a stalled agent. (_exit skips this, as it skips every destructor.) */
 __attribute__((destructor)) static void flush_at_exit(void) {
   if (cfg.mode == MODE_OFF) return;
-  struct kvh_record batch[KVH_WIRE_MAX_BATCH];
+  static struct kvh_record batch[KVH_WIRE_MAX_BATCH]; /* 20 KiB: not on the stack of whichever thread exits */
   struct timespec d = {0, 1000000L};
   flush_deadline = now_ns(CLOCK_MONOTONIC) + 200 * 1000000ULL;
   pthread_mutex_lock(&send_mu);
@@ -491,6 +524,7 @@ void report_fork_child(void) {
   next_connect.tv_nsec = 0;
   ring_reset();
   atomic_store(&inflight, 0);
+  atomic_store(&batch_max, KVH_WIRE_BASE_BATCH);
   atomic_store(&dropped, 0);
   atomic_store(&dropped_reported, 0);
   if (cfg.mode != MODE_OFF) counters_open();

@@ -23,7 +23,12 @@ const (
 	Version     = 1
 	RecordSize  = 160
 	ControlSize = 16
-	MaxBatch    = 32
+	// MaxBatch is the most records a packet carries (the agent's read
+	// buffer); BaseBatch the most an interposer sends before the agent's
+	// Floor tells it MaxBatch (what every agent takes, the one before
+	// the field too).
+	MaxBatch  = 128
+	BaseBatch = 32
 
 	// CountersMagic and CountersSize are struct kvh_counters': the
 	// process's event account, in a sealed memfd passed with the HELLO.
@@ -137,20 +142,31 @@ type Decoder struct {
 
 // Decode parses one packet into its records.
 func (d *Decoder) Decode(b []byte) ([]Record, error) {
+	recs, err := d.DecodeInto(d.recs, b)
+	if err == nil {
+		d.recs = recs
+	}
+	return recs, err
+}
+
+// DecodeInto is Decode into recs[:0] instead of the Decoder's own slice:
+// for a caller that pools record slices across connections while each
+// connection keeps its Decoder (and so its strings).
+func (d *Decoder) DecodeInto(recs []Record, b []byte) ([]Record, error) {
 	if len(b) == 0 || len(b)%RecordSize != 0 {
 		return nil, fmt.Errorf("%w: %d bytes", ErrSize, len(b))
 	}
 	if len(b)/RecordSize > MaxBatch {
 		return nil, fmt.Errorf("%w: %d", ErrTooMany, len(b)/RecordSize)
 	}
-	d.recs = d.recs[:0]
+	recs = recs[:0]
 	for off := 0; off < len(b); off += RecordSize {
-		d.recs = append(d.recs, Record{})
-		if err := d.decodeOne(&d.recs[len(d.recs)-1], b[off:off+RecordSize]); err != nil {
+		recs = append(recs, Record{})
+		if err := d.decodeOne(&recs[len(recs)-1], b[off:off+RecordSize]); err != nil {
 			return nil, fmt.Errorf("record %d: %w", off/RecordSize, err)
 		}
 	}
-	return d.recs, nil
+	return recs, nil
 }
 
 func (d *Decoder) decodeOne(r *Record, b []byte) error {
@@ -251,18 +267,21 @@ func Control(typ uint16) []byte {
 
 // Floor encodes a CtlFloor message: the interposer raises its verify mode,
 // double pass and sample count to at least these (never lowers them) and
-// answers with a FloorAck record.
+// answers with a FloorAck record. It also tells the interposer that this
+// agent takes MaxBatch records a packet.
 func Floor(verify uint8, doublePass bool, samples uint16) []byte {
-	return ControlMsg{Type: CtlFloor, Verify: verify, DoublePass: doublePass, Samples: samples}.Encode()
+	return ControlMsg{Type: CtlFloor, Verify: verify, DoublePass: doublePass, Samples: samples, MaxBatch: MaxBatch}.Encode()
 }
 
-// ControlMsg is struct kvh_control. Verify, DoublePass and Samples are a
-// floor's (zero for the other types).
+// ControlMsg is struct kvh_control. Verify, DoublePass, Samples and
+// MaxBatch are a floor's (zero for the other types); MaxBatch 0 means
+// BaseBatch.
 type ControlMsg struct {
 	Type       uint16
 	Verify     uint8
 	DoublePass bool
 	Samples    uint16
+	MaxBatch   uint32
 }
 
 // Encode renders m as kvh_control bytes.
@@ -276,6 +295,7 @@ func (m ControlMsg) Encode() []byte {
 		b[9] = FlagDoublePass
 	}
 	le.PutUint16(b[10:], m.Samples)
+	le.PutUint32(b[12:], m.MaxBatch)
 	return b
 }
 
@@ -289,15 +309,15 @@ func DecodeControl(b []byte) (ControlMsg, error) {
 	if le.Uint32(b[0:]) != Magic || le.Uint16(b[4:]) != Version {
 		return ControlMsg{}, ErrMagic
 	}
-	m := ControlMsg{Type: le.Uint16(b[6:]), Verify: b[8], DoublePass: b[9]&FlagDoublePass != 0, Samples: le.Uint16(b[10:])}
+	m := ControlMsg{Type: le.Uint16(b[6:]), Verify: b[8], DoublePass: b[9]&FlagDoublePass != 0, Samples: le.Uint16(b[10:]), MaxBatch: le.Uint32(b[12:])}
 	if m.Type < CtlDeny || m.Type > CtlFloor {
 		return ControlMsg{}, fmt.Errorf("%w %d", ErrType, m.Type)
 	}
-	if le.Uint32(b[12:]) != 0 {
-		return ControlMsg{}, fmt.Errorf("%w: reserved bytes set", ErrField)
-	}
-	if m.Type != CtlFloor && (b[8] != 0 || b[9] != 0 || m.Samples != 0) {
+	if m.Type != CtlFloor && (b[8] != 0 || b[9] != 0 || m.Samples != 0 || m.MaxBatch != 0) {
 		return ControlMsg{}, fmt.Errorf("%w: control type %d has no arguments", ErrField, m.Type)
+	}
+	if m.MaxBatch > MaxBatch {
+		return ControlMsg{}, fmt.Errorf("%w: floor max_batch %d above %d", ErrField, m.MaxBatch, MaxBatch)
 	}
 	if m.Verify > VerifyFull || b[9]&^FlagDoublePass != 0 {
 		return ControlMsg{}, fmt.Errorf("%w: floor verify %d flags %#x", ErrField, m.Verify, b[9])

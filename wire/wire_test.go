@@ -43,7 +43,7 @@ func goldenBytes(t *testing.T) []byte {
 }
 
 var (
-	goldenFloor    = ControlMsg{Type: CtlFloor, Verify: VerifyFull, DoublePass: true, Samples: 0x1234}
+	goldenFloor    = ControlMsg{Type: CtlFloor, Verify: VerifyFull, DoublePass: true, Samples: 0x1234, MaxBatch: MaxBatch}
 	goldenFloorAck = Record{Type: FloorAck, Seq: 9, TSNanos: 1764220800987654321, Count: 0x1234, PID: 4242, Verify: VerifyFull, Flags: FlagDoublePass}
 )
 
@@ -99,8 +99,9 @@ func TestDecodeControlRejects(t *testing.T) {
 		"type 4":         set(6, 4),
 		"verify":         set(8, VerifyFull+1),
 		"flags":          set(9, FlagImporter),
-		"reserved":       set(12, 1),
+		"max_batch":      set(12, MaxBatch+1),
 		"deny with args": func() []byte { b := Control(CtlDeny); b[10] = 1; return b }(),
+		"deny batch":     func() []byte { b := Control(CtlDeny); b[12] = 1; return b }(),
 	}
 	for name, b := range cases {
 		if _, err := DecodeControl(b); err == nil {

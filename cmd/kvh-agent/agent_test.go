@@ -387,7 +387,7 @@ func TestHostileClients(t *testing.T) {
 	c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
 	good := wire.Record{Type: wire.Alloc, Ptr: 0x1000, Bytes: 4096}.Encode()
 	c.Write(good[:100])
-	c.Write(bytes.Repeat(good, 40))
+	c.Write(bytes.Repeat(good, wire.MaxBatch+1))
 	c.Close()
 	// a flood of connections
 	var flood []*net.UnixConn

@@ -310,7 +310,7 @@ func TestClientThatNeverReads(t *testing.T) {
 		p := uint64(0x100000 + i*4096)
 		batch = append(batch, wire.Record{Type: wire.Alloc, Ptr: p, Bytes: 64}.Encode()...)
 		batch = append(batch, wire.Record{Type: wire.Quarantine, Ptr: p, Bytes: 64, Result: wire.ResVerifyFailed, Fn: 4}.Encode()...)
-		if len(batch) >= wire.RecordSize*wire.MaxBatch {
+		if len(batch) >= wire.RecordSize*wire.MaxBatch || i == n-1 {
 			if _, err := c.Write(batch); err != nil {
 				t.Fatal(err)
 			}

@@ -94,6 +94,9 @@ type Listener struct {
 	mute  bool // accept but never read (an agent that stalls)
 	greet func(n int, pid int32) [][]byte
 	conns []*net.UnixConn
+	limit int           // records a packet may carry (0: wire.MaxBatch); more is refused, as an older agent refuses it
+	slow  time.Duration // a pause after each packet read (an agent that reads, but slowly)
+	maxPk int           // the most records one packet carried
 }
 
 // Listen starts a Listener on a socket in dir.
@@ -151,9 +154,14 @@ func (l *Listener) read(c *net.UnixConn, cred *unix.Ucred) {
 		}
 		recs, err := wire.Decode(buf[:n])
 		l.mu.Lock()
+		l.maxPk = max(l.maxPk, n/wire.RecordSize)
+		if l.limit > 0 && n/wire.RecordSize > l.limit {
+			recs, err = nil, wire.ErrTooMany
+		}
 		if err != nil {
 			l.errs++
 		}
+		slow := l.slow
 		for _, r := range recs {
 			g := Got{Record: r}
 			if cred != nil {
@@ -162,6 +170,28 @@ func (l *Listener) read(c *net.UnixConn, cred *unix.Ucred) {
 			l.recs = append(l.recs, g)
 		}
 		l.mu.Unlock()
+		time.Sleep(slow)
+	}
+}
+
+// SetLimit makes the listener refuse packets of more than n records, as an
+// agent from before the FLOOR's max_batch did above wire.BaseBatch.
+func (l *Listener) SetLimit(n int) { l.mu.Lock(); l.limit = n; l.mu.Unlock() }
+
+// SetSlow makes the listener pause d after each packet it reads.
+func (l *Listener) SetSlow(d time.Duration) { l.mu.Lock(); l.slow = d; l.mu.Unlock() }
+
+// MaxPacket is the most records one packet carried; Errs counts the
+// packets refused (malformed, or over the limit).
+func (l *Listener) MaxPacket() int { l.mu.Lock(); defer l.mu.Unlock(); return l.maxPk }
+func (l *Listener) Errs() int      { l.mu.Lock(); defer l.mu.Unlock(); return l.errs }
+
+// Broadcast writes msg to every connection accepted so far.
+func (l *Listener) Broadcast(msg []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Write(msg)
 	}
 }
 

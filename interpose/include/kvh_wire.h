@@ -2,7 +2,9 @@
  *
  * Transport: a SOCK_SEQPACKET Unix socket (KVH_SOCKET, default
  * /run/kvh/kvh.sock). Each packet carries one or more kvh_record structs back
- * to back (at most KVH_WIRE_MAX_BATCH). Everything is little-endian, fixed
+ * to back: at most KVH_WIRE_BASE_BATCH, which every agent takes, until the
+ * agent's FLOOR says it takes more (max_batch, at most KVH_WIRE_MAX_BATCH).
+ * Everything is little-endian, fixed
  * layout, no pointers; the Go mirror (package wire) pins it with golden bytes.
  * The agent takes identity (pid, uid, cgroup) from the kernel (SO_PEERCRED,
  * /proc), never from these fields: pid, tenant and request are claims.
@@ -19,7 +21,8 @@
 
 #define KVH_WIRE_MAGIC 0x3148564bu /* "KVH1" little-endian */
 #define KVH_WIRE_VERSION 1
-#define KVH_WIRE_MAX_BATCH 32
+#define KVH_WIRE_BASE_BATCH 32 /* records a packet may carry to any agent */
+#define KVH_WIRE_MAX_BATCH 128 /* the most a packet carries, to an agent that said it takes them */
 
 enum kvh_record_type {
   KVH_REC_HELLO = 1,      /* first record after connect: mode, verify, config */
@@ -93,17 +96,21 @@ enum kvh_control_type {
   KVH_CTL_FLOOR = 3, /* verify at least this strictly (verify, flags, samples) */
 };
 
-/* kvh_control: 16 bytes, agent to interposer. verify, flags and samples are
- * FLOOR's (zero otherwise): the least verify mode (off < sample < full),
- * KVH_F_DOUBLE_PASS to require double pass, the least sample count. */
+/* kvh_control: 16 bytes, agent to interposer. verify, flags, samples and
+ * max_batch are FLOOR's (zero otherwise): the least verify mode (off <
+ * sample < full), KVH_F_DOUBLE_PASS to require double pass, the least
+ * sample count; and the most records per packet this agent takes, from
+ * KVH_WIRE_BASE_BATCH to KVH_WIRE_MAX_BATCH (0, as from an agent that
+ * predates the field, or less: the base). An agent sends a FLOOR first on
+ * every connection. */
 struct kvh_control {
-  uint32_t magic;    /*  0 */
-  uint16_t version;  /*  4 */
-  uint16_t type;     /*  6 enum kvh_control_type */
-  uint8_t verify;    /*  8 enum kvh_verify_mode */
-  uint8_t flags;     /*  9 KVH_F_DOUBLE_PASS or 0 */
-  uint16_t samples;  /* 10 */
-  uint32_t reserved; /* 12 */
+  uint32_t magic;     /*  0 */
+  uint16_t version;   /*  4 */
+  uint16_t type;      /*  6 enum kvh_control_type */
+  uint8_t verify;     /*  8 enum kvh_verify_mode */
+  uint8_t flags;      /*  9 KVH_F_DOUBLE_PASS or 0 */
+  uint16_t samples;   /* 10 */
+  uint32_t max_batch; /* 12 */
 };
 
 /* kvh_counters: the process's event account, 64 bytes at offset 0 of a

@@ -43,6 +43,7 @@ int main(void) {
   f.verify = KVH_VERIFY_FULL;
   f.flags = KVH_F_DOUBLE_PASS;
   f.samples = 0x1234;
+  f.max_batch = KVH_WIRE_MAX_BATCH;
   struct kvh_record a;
   memset(&a, 0, sizeof a);
   a.magic = KVH_WIRE_MAGIC;
