@@ -147,6 +147,7 @@ bench: interpose $(BUILD)/lib/libkvh-base.so fakecuda ## benchmarks, reported as
 	$(GO) test -run '^$$' -bench RSSAfterLifecycles -benchtime 1000000x ./tracer/ | tee -a $(BUILD)/bench-tracer.txt
 	$(GO) test -run '^$$' -bench Interposer -benchtime 5x ./internal/libkvhtest/ | tee $(BUILD)/bench-interposer.txt
 	$(GO) test -run '^$$' -bench Agent -benchtime 1x ./cmd/kvh-agent/ | tee $(BUILD)/bench-agent.txt
+	$(GO) test -run '^$$' -bench ConnMemory -benchtime 1x ./ingest/ | tee $(BUILD)/bench-ingest.txt
 	$(GO) test -run '^$$' -bench Witness -benchtime 1x ./bpf/ | tee $(BUILD)/bench-witness.txt
 	$(GO) test -run '^$$' -bench Ship -benchtime 3x ./ship/ | tee $(BUILD)/bench-ship.txt
 	@# one page: each figure, its target, its reference in the same run, the ratio, a verdict

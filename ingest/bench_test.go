@@ -1,6 +1,7 @@
 package ingest_test
 
 import (
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -10,8 +11,10 @@ import (
 	"github.com/kvhygiene/kvh/ingest"
 	"github.com/kvhygiene/kvh/internal/libkvhtest"
 	"github.com/kvhygiene/kvh/policy"
+	"github.com/kvhygiene/kvh/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
 )
 
 func counterValue(c prometheus.Counter) float64 {
@@ -75,5 +78,37 @@ func BenchmarkIngest(b *testing.B) {
 			b.ReportMetric(counterValue(m.Dropped), "dropped")
 			b.ReportMetric(float64(calls)-got-counterValue(m.Dropped)-counterValue(m.Lost), "unaccounted")
 		})
+	}
+}
+
+// BenchmarkConnMemory: what an idle interposer connection costs the agent
+// (the README's memory budget counts it per connection): 1,000
+// connections each send a HELLO and a full packet (allocations and their
+// frees), then wait; the Go heap and stacks in use are compared with those
+// before. A connection's packet goes back to a pool once it has been
+// handled, and at most 256 are held at once (8 MiB): this measures what
+// stays. Run it with -benchtime 1x (make bench does): each iteration
+// measures 1,000 more connections, and the server takes n.
+func BenchmarkConnMemory(b *testing.B) {
+	const n = 1000
+	h, m := connsHarness(b, n*b.N)
+	inUse := func() uint64 {
+		runtime.GC()
+		runtime.GC() // and the pool's packets
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse + ms.StackInuse
+	}
+	for range b.N {
+		before, base := inUse(), counterValue(m.Events)
+		fds := manyConns(b, h.sock, n)
+		waitEvents(b, m, base+float64(n*(wire.MaxBatch+1)))
+		after := inUse()
+		b.ReportMetric(float64(after-before)/n/1024, "KiB/conn")
+		defer func() {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}()
 	}
 }

@@ -77,25 +77,118 @@ func readQueued(c *net.UnixConn, buf, oob []byte) (n, oobn int, err error) {
 	return n, oobn, err
 }
 
+// packet is a read buffer and the records decoded from it: 20 KiB and
+// about 12 KiB. A connection holds one only while it handles a packet (a
+// connection waiting for its client holds none, see readPacket), and at
+// most maxPackets are held at once, so the agent's memory does not grow by
+// a packet per connection when every client sends at once: a handler past
+// the bound waits for one, as it would for a CPU.
+type packet struct {
+	buf  []byte
+	recs []wire.Record
+}
+
+const maxPackets = 256
+
+var (
+	packets     = sync.Pool{New: func() any { return &packet{buf: make([]byte, wire.RecordSize*wire.MaxBatch+1)} }}
+	packetSlots = make(chan struct{}, maxPackets)
+)
+
+func getPacket() *packet {
+	packetSlots <- struct{}{}
+	return packets.Get().(*packet)
+}
+
+func putPacket(pk *packet) {
+	packets.Put(pk)
+	<-packetSlots
+}
+
+// readPacket waits for c's next packet and reads it into a pooled packet
+// (the extra byte of the buffer shows a packet too long for it: its size
+// is then not a whole number of records). It never waits for a packet
+// slot while holding c's descriptor (a Close would wait on it): with none
+// free it leaves the descriptor, waits for one, and reads again.
+func readPacket(c *net.UnixConn, oob []byte) (pk *packet, n, oobn int, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	held := false // a slot taken outside the descriptor, for the next read
+	for {
+		full := false
+		cerr := rc.Read(func(fd uintptr) bool {
+			if !held {
+				select {
+				case packetSlots <- struct{}{}:
+				default:
+					full = true
+					return true
+				}
+			}
+			held = false
+			pk = packets.Get().(*packet)
+			for {
+				n, oobn, _, _, err = unix.Recvmsg(int(fd), pk.buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+				if err != unix.EINTR {
+					break
+				}
+			}
+			if err == unix.EAGAIN {
+				putPacket(pk)
+				pk = nil
+				return false // wait for the next one
+			}
+			return true
+		})
+		switch {
+		case cerr != nil:
+			if held {
+				<-packetSlots
+			}
+			if pk != nil {
+				putPacket(pk)
+			}
+			return nil, 0, 0, cerr
+		case full:
+			packetSlots <- struct{}{}
+			held = true
+		default:
+			return pk, n, oobn, err
+		}
+	}
+}
+
 // handle serves c on setup's goroutine until it closes.
 func (s *Server) handle(c *conn) {
 	defer s.wg.Done()
 	log := s.cfg.Log.With("pid", c.id.PID, "tenant", c.id.Tenant)
-	buf := make([]byte, wire.RecordSize*wire.MaxBatch+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	var dec wire.Decoder // its records live until the next packet's
+	var dec wire.Decoder // keeps the connection's strings; records go into the packet
+	var pk *packet       // the packet being handled: back to the pool when the next is read
+	defer func() {
+		if pk != nil {
+			putPacket(pk)
+		}
+	}()
 	errs := 0
 	// A process that exited sends nothing more: read what it queued, then
 	// close (a live process it handed the socket to gets nothing more
 	// under the dead one's name).
 	exited := c.p.h.IsExited()
 	for {
+		if pk != nil {
+			putPacket(pk)
+			pk = nil
+		}
 		var n, oobn int
 		var err error
 		if exited {
-			n, oobn, err = readQueued(c.c, buf, oob)
+			pk = getPacket()
+			n, oobn, err = readQueued(c.c, pk.buf, oob)
 		} else {
-			n, oobn, _, _, err = c.c.ReadMsgUnix(buf, oob)
+			pk, n, oobn, err = readPacket(c.c, oob)
 		}
 		var fds []int
 		if oobn > 0 {
@@ -110,7 +203,10 @@ func (s *Server) handle(c *conn) {
 		if err != nil || n == 0 {
 			break
 		}
-		recs, err := dec.Decode(buf[:n])
+		recs, err := dec.DecodeInto(pk.recs, pk.buf[:n])
+		if err == nil {
+			pk.recs = recs
+		}
 		if len(fds) > 0 {
 			// The counters page comes with a HELLO, and only one is kept;
 			// any other fd is closed.
@@ -187,7 +283,7 @@ func (s *Server) handle(c *conn) {
 			if f := c.p.closeOld(now); f != nil {
 				s.recordFlood(f)
 			}
-			if err := s.record(c, r, buf[i*wire.RecordSize:(i+1)*wire.RecordSize], pol, now); err != nil {
+			if err := s.record(c, r, pk.buf[i*wire.RecordSize:(i+1)*wire.RecordSize], pol, now); err != nil {
 				log.Error("handling record", "type", r.Type, "error", err)
 			}
 		}
@@ -196,6 +292,10 @@ func (s *Server) handle(c *conn) {
 			c.kick(fmt.Sprintf("%d malformed packets or records", errs))
 			break
 		}
+	}
+	if pk != nil {
+		putPacket(pk) // before disconnect, which waits for the server's lock
+		pk = nil
 	}
 	c.c.Close()
 	s.disconnect(c, log)

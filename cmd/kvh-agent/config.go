@@ -85,7 +85,7 @@ func parseFlags(args []string) (*Config, *pflag.FlagSet, error) {
 	fs.StringVar(&c.Socket, "socket", "/run/kvh/kvh.sock", "interposer socket (SOCK_SEQPACKET)")
 	fs.Uint32Var(&c.SocketMode, "socket-mode", 0o660, "the socket's mode (octal, e.g. 0660; 0666 lets any local process connect: identity comes from the kernel and the caps below hold either way)")
 	fs.StringVar(&c.SocketGroup, "socket-group", "", "the socket's group, by name or gid (default: the agent's), so that non-root serving processes can connect")
-	fs.IntVar(&c.MaxConns, "max-conns", 1024, "interposer connections the agent accepts in all (each costs about 13 KiB of agent memory)")
+	fs.IntVar(&c.MaxConns, "max-conns", 1024, "interposer connections the agent accepts in all (each costs about 11 KiB of agent memory)")
 	fs.IntVar(&c.MaxConnsPerUID, "max-conns-per-uid", 256, "interposer connections one uid may hold")
 	fs.IntVar(&c.MaxConnsPerProc, "max-conns-per-process", 8, "interposer connections one process may hold (more is a connection_limit violation)")
 	fs.StringVar(&c.Listen, "listen", ":9478", "HTTP address for /metrics, /healthz and /readyz")

@@ -11,6 +11,7 @@ var Figures = []Figure{
 	{What: "agent ingest: events lost", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgentIngest.*`, Units: []string{"lost"}, Op: "==", Target: 0},
 	{What: "agent cost per event (agent CPU ÷ events), vs a trail record per event", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"agent-cpu-us/event"}, Ref: "ref-agent-cpu-us/event", Ratio: "cpu-ratio-vs-per-event", Op: "<=", Target: 1},
 	{What: "agent RSS under load", Pkg: "/cmd/kvh-agent", Bench: `BenchmarkAgent.*`, Units: []string{"rss-MiB", "rss-after-1M-MiB"}, Op: "<=", Target: 128},
+	{What: "agent memory per idle interposer connection (heap and stacks; packets being handled are pooled, 8 MiB at most)", Pkg: "/ingest", Bench: `BenchmarkConnMemory`, Units: []string{"KiB/conn"}},
 	{What: "durable trail append, 256 producers, HMAC, vs the seed's unsynced append", Pkg: "/forensic", Bench: `BenchmarkAppendDurable/producers=256/mac=true`, Units: []string{"records/s"}, Ref: "seed-records/s", Ratio: "x-seed", Op: ">=", Target: 10, OnRate: true},
 	{What: "durable trail append, 1 and 64 producers, HMAC", Pkg: "/forensic", Bench: `BenchmarkAppendDurable/producers=(1|64)/mac=true`, Units: []string{"records/s"}, Ref: "seed-records/s", Ratio: "x-seed"},
 	{What: "trail verify per core, HMAC, vs one SHA-256 per line", Pkg: "/forensic", Bench: `BenchmarkVerify/mac=true`, Procs: 1, Units: []string{"records/s/core"}, Ref: "sha256-lines/s/core", Ratio: "x-sha256/core", Op: ">=", Target: 1e6},
