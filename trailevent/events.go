@@ -152,7 +152,10 @@ const Granularity = `Every buffer at or above the policy's ` + "`trail_event_min
 	`each violation and action, each quarantine, and each free that fails the coverage threshold or the verify floor (the buffer is brought into the ledger and judged one by one). ` +
 	`Below the size, for tenants without ` + "`ttl_sec`" + `, allocations and frees that pass are counted exactly in ` + "`event_window`" + ` records, one per connection per second at most: ` +
 	`counts, bytes, zeroed bytes, verified frees, the minimum coverage, the seq range, buffers still open at the end, and a SHA-256 over the events' 160-byte wire records in arrival order. ` +
-	`Guarantees: every event the agent received is in exactly one per-event record or one window; a window's digest lets a client's own log of those events be checked against the trail; ` +
+	`Guarantees: every allocation and free the agent accepted is in exactly one per-event record or one window. What it received and did not accept is counted, not listed: ` +
+	`records past a cap in ` + "`flood_summary`" + ` records, records with absurd values in the ` + "`kvh_ingest_errors_total`" + ` metric only; allocations flagged as imported (memory another process owns) ` +
+	`and frees that report success for memory the agent never saw allocated are in no record (the witness, where it runs, judges such frees). ` +
+	`A window's digest can be checked only against a log of the same wire records kept by the client, and libkvh keeps none: an auditor with the trail alone can check a window's counts, not its digest; ` +
 	`no event that breaches the policy is ever only in a window. ` +
 	`Events the agent did not receive are counted: ` + "`interposer_drops`" + ` as the interposer reports them, and ` + "`process_account`" + ` when the process has exited — ` +
 	`emitted = received + dropped + lost, from the counters page the interposer kept. Drops and losses are an evidence gap (the interposer zeroized those buffers anyway), never a violation of the tenant's; ` +
@@ -180,7 +183,7 @@ type EventWindow struct {
 	Verified    uint64  `json:"verified" doc:"frees among them that were verified"`
 	MinCoverage float64 `json:"min_coverage" doc:"lowest coverage percent among the frees (100 when none)"`
 	Retired     uint64  `json:"retired,omitempty" doc:"buffers summarised as allocated and still open when the connection ended"`
-	Digest      string  `json:"digest" doc:"hex SHA-256 over the events' wire records (160 bytes each, in arrival order): a client's own log can be checked against it"`
+	Digest      string  `json:"digest" doc:"hex SHA-256 over the events' wire records (160 bytes each, in arrival order): checkable only against a log of those records kept by the client (libkvh keeps none)"`
 }
 
 // Violation records one breach, before any action on it.
